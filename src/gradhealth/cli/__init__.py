@@ -1,0 +1,63 @@
+"""The ``gradhealth`` command: one sub-command per module of this package.
+
+Every user mistake ends as ``error: <sentence>`` on stderr and exit status 2 (usage/config) or
+1 (the run failed); ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from gradhealth import __version__
+from gradhealth.errors import GradHealthError
+
+# sub-command modules, each with add_parser(subparsers) and run(args) -> int
+COMMANDS = [
+    "gradhealth.cli.list_models",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one sentence, exit 2, like every other usage error
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gradhealth", description="Find, explain and fix vanishing and exploding gradients.")
+    parser.add_argument("--version", action="version", version=f"gradhealth {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.run(args) or 0)
+    except GradHealthError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted.", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `gradhealth ... | head` closed the pipe: not an error of ours
+        return 0
+    except Exception as exc:  # a bug, not a user mistake: say so in one line unless debugging
+        if debug:
+            raise
+        print(f"error: internal error {type(exc).__name__}: {exc} (run with --debug for the traceback).",
+              file=sys.stderr)
+        traceback.clear_frames(exc.__traceback__)
+        return 1

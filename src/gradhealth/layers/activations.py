@@ -1,0 +1,168 @@
+"""Activations by name, each with the rule that says where it stops passing gradient.
+
+The monitor needs, for any activation module it meets, two masks:
+
+* ``saturated``: elements in the flat region, where the derivative is below
+  ``SATURATION_FRACTION`` of its maximum (sigmoid: sigma'(x) < 0.01 * 0.25);
+* ``off``: elements on the zero (or leak) side of a ReLU-family unit; a unit that is
+  off for every example of a batch is *dead* for that batch.
+
+Rules read the output where they can, because an ``inplace=True`` activation has already
+overwritten its input when a forward hook runs.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from gradhealth.errors import unknown_name
+
+__all__ = [
+    "SATURATION_FRACTION",
+    "ActivationRule",
+    "ACTIVATIONS",
+    "get_act",
+    "create_act",
+    "rule_for_module",
+]
+
+# An element counts as saturated where the derivative is under 1 % of its maximum: at that
+# point the layer passes less than a hundredth of the gradient it could.
+SATURATION_FRACTION = 0.01
+
+Mask = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ActivationRule:
+    """How one activation is built and how its flat / dead regions are recognised."""
+
+    name: str
+    module: Callable[..., nn.Module]
+    saturated: Mask | None = None
+    off: Mask | None = None
+    # nonlinearity name understood by torch.nn.init.calculate_gain
+    gain: str = "linear"
+    # True where the rule must read the input, so an in-place variant cannot be measured
+    uses_input: bool = False
+
+
+def _sigmoid_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # sigma'(x) = s (1 - s), at most 1/4
+    return out * (1 - out) < SATURATION_FRACTION * 0.25
+
+
+def _tanh_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # tanh'(x) = 1 - t^2, at most 1
+    return 1 - out * out < SATURATION_FRACTION
+
+
+def _elu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # for x < 0: elu'(x) = alpha * exp(x) = out + alpha; the maximum slope is max(1, alpha)
+    alpha = float(getattr(module, "alpha", 1.0))
+    return (out < 0) & (out + alpha < SATURATION_FRACTION * max(1.0, alpha))
+
+
+def _gelu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # gelu'(x) = Phi(x) + x phi(x); its maximum is about 1.1289 (at x ~ 1.4 it peaks)
+    x = inp.float()
+    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
+    pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return (cdf + x * pdf).abs() < SATURATION_FRACTION * 1.1289
+
+
+def _silu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # silu'(x) = s (1 + x (1 - s)); its maximum is about 1.0998
+    x = inp.float()
+    s = torch.sigmoid(x)
+    return (s * (1 + x * (1 - s))).abs() < SATURATION_FRACTION * 1.0998
+
+
+def _relu_off(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    return out <= 0
+
+
+def _leaky_off(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # a leaky unit keeps the sign of its input, so the output tells which side it is on
+    return out < 0
+
+
+def _relu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    return out <= 0
+
+
+def _leaky_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    slope = getattr(module, "negative_slope", None)
+    if slope is None:  # PReLU: the learned slope, one per channel or shared
+        weight = module.weight.detach()
+        shape = [1] * out.dim()
+        if weight.numel() > 1 and out.dim() > 1:
+            shape[1] = weight.numel()
+        small = (weight.abs() < SATURATION_FRACTION).reshape(shape if weight.numel() > 1 else [])
+        return (out < 0) & small
+    return (out < 0) & (abs(float(slope)) < SATURATION_FRACTION)
+
+
+def _prelu(num_parameters: int = 1, init: float = 0.25) -> nn.Module:
+    return nn.PReLU(num_parameters=num_parameters, init=init)
+
+
+ACTIVATIONS: dict[str, ActivationRule] = {
+    r.name: r
+    for r in [
+        ActivationRule("sigmoid", nn.Sigmoid, saturated=_sigmoid_flat, gain="sigmoid"),
+        ActivationRule("tanh", nn.Tanh, saturated=_tanh_flat, gain="tanh"),
+        ActivationRule("relu", nn.ReLU, saturated=_relu_flat, off=_relu_off, gain="relu"),
+        ActivationRule(
+            "leaky_relu", nn.LeakyReLU, saturated=_leaky_flat, off=_leaky_off, gain="leaky_relu"
+        ),
+        ActivationRule("prelu", _prelu, saturated=_leaky_flat, off=_leaky_off, gain="leaky_relu"),
+        ActivationRule("gelu", nn.GELU, saturated=_gelu_flat, gain="relu", uses_input=True),
+        ActivationRule("silu", nn.SiLU, saturated=_silu_flat, gain="relu", uses_input=True),
+        ActivationRule("elu", nn.ELU, saturated=_elu_flat, gain="relu"),
+        ActivationRule("identity", nn.Identity, gain="linear"),
+    ]
+}
+_ALIASES = {"swish": "silu", "leakyrelu": "leaky_relu", "none": "identity", "linear": "identity"}
+
+# Module types found in arbitrary user models, mapped to the rule that measures them.
+_RULE_BY_TYPE: dict[type[nn.Module], ActivationRule] = {
+    nn.Sigmoid: ACTIVATIONS["sigmoid"],
+    nn.Tanh: ACTIVATIONS["tanh"],
+    nn.ReLU: ACTIVATIONS["relu"],
+    nn.ReLU6: ACTIVATIONS["relu"],
+    nn.LeakyReLU: ACTIVATIONS["leaky_relu"],
+    nn.PReLU: ACTIVATIONS["prelu"],
+    nn.GELU: ACTIVATIONS["gelu"],
+    nn.SiLU: ACTIVATIONS["silu"],
+    nn.ELU: ACTIVATIONS["elu"],
+}
+
+
+def get_act(name: str) -> ActivationRule:
+    """The rule (constructor, masks, init gain) of an activation given by name."""
+    key = str(name).lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in ACTIVATIONS:
+        raise unknown_name("activation", name, ACTIVATIONS)
+    return ACTIVATIONS[key]
+
+
+def create_act(name: str | nn.Module, **kwargs) -> nn.Module:
+    """A new activation module: ``create_act("leaky_relu", negative_slope=0.1)``."""
+    if isinstance(name, nn.Module):
+        return name
+    return get_act(name).module(**kwargs)
+
+
+def rule_for_module(module: nn.Module) -> ActivationRule | None:
+    """The rule for an activation module of any model, or None when it is not an activation."""
+    for cls in type(module).__mro__:
+        rule = _RULE_BY_TYPE.get(cls)
+        if rule is not None:
+            return rule
+    return None

@@ -1,0 +1,115 @@
+"""Models by name: ``create_model("resnet20")``, ``create_model("mlp:depth=30,activation=sigmoid")``.
+
+An entry is a builder plus the arguments that define it (``resnet56`` = CifarResNet with depth 56);
+everything else the builder takes can be set by keyword or in a spec string.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from typing import Any
+
+from torch import Tensor, nn
+
+from gradhealth.errors import ConfigError, unknown_name
+from gradhealth.layers import apply_init
+from gradhealth.layers.init import zero_init_last as zero_residual_branches
+
+__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry", "model_options"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+    def options(self) -> dict[str, inspect.Parameter]:
+        """Keyword arguments a user may set, with their defaults."""
+        params = inspect.signature(self.builder).parameters
+        return {
+            k: p for k, p in params.items()
+            if k not in self.fixed and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str | Callable[..., nn.Module], builder: Callable[..., nn.Module] | None = None,
+                   summary: str = "", **fixed: Any):
+    """Add a model to the registry; a name may be registered only once.
+
+    ``register_model("resnet56", CifarResNet, depth=56)``, or as a decorator on a function
+    returning an nn.Module (its name is the model's name).
+    """
+    if callable(name) and builder is None:  # used as a bare decorator
+        fn = name
+        register_model(fn.__name__, fn)
+        return fn
+    if builder is None:
+        return lambda fn: (register_model(name, fn, summary, **fixed), fn)[1]
+    if name in _MODELS:
+        raise ConfigError(f"a model named {name!r} is already registered.")
+    doc = (inspect.getdoc(builder) or "").split("\n")[0]
+    _MODELS[name] = ModelEntry(name, builder, dict(fixed), summary or doc)
+    return builder
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style pattern, sorted."""
+    return sorted(n for n in _MODELS if fnmatch(n, pattern))
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in _MODELS:
+        raise unknown_name("model", name, _MODELS)
+    return _MODELS[name]
+
+
+def model_options(name: str) -> dict[str, inspect.Parameter]:
+    """What ``create_model(name, ...)`` accepts besides ``init``, ``init_data``, ``zero_init_last``."""
+    return get_entry(name).options()
+
+
+def create_model(
+    name: str,
+    *,
+    init: str | None = None,
+    init_data: Tensor | None = None,
+    zero_init_last: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model (or a spec string / ``file.py:factory``) and initialize it.
+
+    ``init`` names a scheme of ``gradhealth.layers.init`` applied after building (the builder's own
+    init otherwise); ``init_data`` is the batch LSUV needs; ``zero_init_last`` zeroes the last
+    layer of every residual branch.
+    """
+    from gradhealth.models.spec import is_file_spec, load_factory, parse_spec
+
+    if is_file_spec(name):
+        model = load_factory(name)(**kwargs)
+    else:
+        base, spec_kwargs = parse_spec(name)
+        merged = {**spec_kwargs, **kwargs}
+        init = merged.pop("init", init)
+        zero_init_last = bool(merged.pop("zero_init_last", zero_init_last))
+        entry = get_entry(base)
+        options = entry.options()
+        unknown = sorted(set(merged) - set(options))
+        if unknown:
+            raise ConfigError(
+                f"model {base!r} has no option {unknown[0]!r}; it accepts: {', '.join(options) or 'nothing'}."
+            )
+        model = entry.builder(**{**entry.fixed, **merged})
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{name!r} did not build an nn.Module but a {type(model).__name__}.")
+    if init is not None:
+        apply_init(model, init, data=init_data, zero_last=zero_init_last)
+    elif zero_init_last:
+        zero_residual_branches(model)
+    return model
