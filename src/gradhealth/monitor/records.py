@@ -199,8 +199,8 @@ def record_from_json(obj: dict[str, Any]) -> StepRecord:
     if not isinstance(obj, dict) or "step" not in obj:
         raise ValueError("a step record needs a 'step'")
     top = _decode_obj({k: v for k, v in obj.items() if k not in ("layers", "activations", "first_nonfinite", "metrics")})
-    layers = obj.get("layers") or {}
-    acts = obj.get("activations") or {}
+    layers = obj.get("layers", {})
+    acts = obj.get("activations", {})
     if not isinstance(layers, dict) or not isinstance(acts, dict):
         raise ValueError("'layers' and 'activations' must be objects")
     event = obj.get("first_nonfinite")

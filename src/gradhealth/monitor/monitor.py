@@ -1,0 +1,562 @@
+"""GradientMonitor: per-layer gradient health of any PyTorch model, measured, not estimated.
+
+Use it in any training loop::
+
+    with GradientMonitor(model, optimizer=opt) as mon:
+        for x, y in loader:
+            loss = loss_fn(model(x), y)
+            loss.backward()               # under AMP: scaler.unscale_(opt) first
+            mon.step(loss=loss)           # after backward / unscale / all-reduce, before clipping
+            clip_grad_norm_(model.parameters(), 1.0)
+            mon.after_clip()              # optional: post-clip norms
+            opt.step(); opt.zero_grad()
+    mon.records[-1].layers["blocks.3.conv1"].grad_norm
+
+What one recorded step costs: a few fused ``torch._foreach_norm`` kernels over the gradients and
+weights, four reductions per activation output, and ONE device-to-host transfer, done when the
+step's record is complete (after the optimizer step, or at the next ``step()``). Steps that are
+not recorded (``every=N``) cost a counter increment.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import weakref
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradhealth.errors import ConfigError
+from gradhealth.monitor.records import (
+    ActivationStats,
+    JsonlWriter,
+    LayerStats,
+    NonFiniteEvent,
+    RunMeta,
+    StepRecord,
+)
+from gradhealth.monitor.stats import (
+    NORM_DTYPE,
+    activation_sums,
+    activation_summary,
+    fused_norms,
+    group_l2,
+    group_max,
+)
+from gradhealth.monitor.structure import ModelLayout, layout_of, unwrap
+
+__all__ = ["GradientMonitor"]
+
+
+def _compiling() -> bool:
+    # Under torch.compile our hooks do nothing, so they add no graph break; gradients are
+    # measured outside the compiled graph and stay exact.
+    return torch.compiler.is_compiling()
+
+
+def _first_tensor(value: Any) -> Tensor | None:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    return None
+
+
+@dataclass
+class _Pending:
+    """A measured step waiting for its optimizer step: device tensors, moved to host once."""
+
+    step: int
+    batch: int | None
+    lr: float | None
+    skipped: bool | None
+    pieces: dict[str, Tensor] = field(default_factory=dict)
+    act_counts: list[tuple[int, int]] = field(default_factory=list)
+    forward_flags: list[tuple[str, int]] = field(default_factory=list)
+    input_batches: list[int] = field(default_factory=list)
+    metric_names: list[str] = field(default_factory=list)
+    metric_floats: dict[str, float | None] = field(default_factory=dict)
+    snapshot: list[Tensor] | None = None
+    stepped: bool = False
+
+
+class GradientMonitor:
+    """Measure gradient norms, weight norms, update ratios and activation health per layer.
+
+    ``every``: record every N-th optimizer step. ``activations``: hook activation modules
+    (sigmoid, tanh, ReLU family, GELU, SiLU, ELU) for mean/std, saturation and dead units.
+    ``optimizer``: lets the monitor read the lr, measure the real update of each step, and see
+    steps that GradScaler skipped. ``jsonl``: a path the full run is appended to; ``sinks``:
+    other objects with ``write(record, meta)`` and ``close()`` (e.g. ``TensorBoardSink``).
+    ``history``: how many records stay in memory (``records`` is a bounded deque).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        every: int = 1,
+        activations: bool = True,
+        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+        history: int = 10_000,
+        jsonl: str | os.PathLike | None = None,
+        sinks: Sequence[Any] = (),
+        update_ratio: bool = True,
+        config: dict[str, Any] | None = None,
+        name: str | None = None,
+        append: bool = False,
+    ):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ConfigError(f"every must be a positive integer number of steps, not {every!r}.")
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+            raise ConfigError(f"history must be a positive integer, not {history!r}.")
+        self.every = every
+        self.measure_activations = activations
+        self.measure_updates = update_ratio
+        if optimizer is None:
+            self._optimizers: list[torch.optim.Optimizer] = []
+        elif isinstance(optimizer, torch.optim.Optimizer):
+            self._optimizers = [optimizer]
+        else:
+            self._optimizers = list(optimizer)
+        self._model_ref = weakref.ref(unwrap(model))
+        self._records: deque[StepRecord] = deque(maxlen=history)
+        self._config = dict(config or {})
+        self._name = name
+        self._jsonl_path = jsonl
+        self._append = append
+        self._sinks: list[Any] = list(sinks)
+        self._writer: JsonlWriter | None = None
+        self._meta: RunMeta | None = None
+        self._layout = ModelLayout()
+        self._handles: list[Any] = []
+        self._step = 0
+        self._batch = -1
+        self._active = False
+        self._forced = False
+        self._pending: _Pending | None = None
+        self._forward_order: list[str] | None = None
+        self._call_order: list[str] = []
+        self._reset_forward_buffers()
+        self.first_nonfinite: NonFiniteEvent | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def attach(self) -> GradientMonitor:
+        """Register the hooks (idempotent)."""
+        if self._handles:
+            return self
+        model = self._model_ref()
+        if model is None:
+            raise ConfigError("the model this monitor was made for no longer exists.")
+        self._layout = layout_of(model)
+        self._param_index: dict[torch.device, Tensor] = {}
+        self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
+        for name, module in zip(self._layout.layer_names, self._layout.layer_modules):
+            self._handles.append(module.register_forward_hook(self._make_layer_hook(name)))
+        if self.measure_activations:
+            for name, module, rule in self._layout.activations:
+                if name not in self._layout.layer_names:  # PReLU owns parameters: hooked above
+                    self._handles.append(module.register_forward_hook(self._make_layer_hook(name)))
+        for opt in self._optimizers:
+            self._handles.append(opt.register_step_pre_hook(self._on_optimizer_pre))
+            self._handles.append(opt.register_step_post_hook(self._on_optimizer_post))
+        self._set_active()
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook, finish the last record, close the sinks, drop all tensors."""
+        self._close_pending()
+        if self._handles:
+            _ = self.meta
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._layout = ModelLayout()
+        self._param_index = {}
+        self._reset_forward_buffers()
+        self._active = False
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for sink in self._sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
+
+    close = detach
+
+    def __enter__(self) -> GradientMonitor:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    # ---- public views ------------------------------------------------------------------------
+
+    @property
+    def records(self) -> deque[StepRecord]:
+        """Complete recorded steps, oldest first (bounded by ``history``).
+
+        With an optimizer attached, a step is complete after its optimizer step (or at the next
+        ``step()`` / ``end_step()`` if the optimizer did not step: then it is marked skipped);
+        without one, as soon as it is read.
+        """
+        if not self._optimizers:
+            self._materialize()
+        return self._records
+
+    def end_step(self, skipped: bool | None = None) -> StepRecord | None:
+        """Complete the current record now; ``skipped`` overrides what the optimizer hooks saw."""
+        if self._pending is None:
+            return None
+        if skipped is not None:
+            self._pending.skipped = skipped
+        self._materialize()
+        return self._records[-1]
+
+    @property
+    def meta(self) -> RunMeta:
+        """Layers in forward order with type and role, plus the run's config."""
+        if self._meta is None:
+            self._meta = RunMeta(
+                layers=self._layout.layer_info(self._forward_order or []),
+                model=self._name,
+                config=self._config,
+            )
+        return self._meta
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps seen so far (calls of ``step()``)."""
+        return self._step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self._step, "batch": self._batch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._step = int(state.get("step", 0))
+        self._batch = int(state.get("batch", -1))
+        self._set_active()
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        """Record the forward passes inside this block even on a step ``every`` would skip."""
+        self._forced = True
+        self._set_active()
+        try:
+            yield
+        finally:
+            self._forced = False
+
+    # ---- hooks -------------------------------------------------------------------------------
+
+    def _reset_forward_buffers(self) -> None:
+        self._act_sums: dict[str, list[Tensor]] = {}
+        self._act_elems: dict[str, int] = {}
+        self._act_units: dict[str, int] = {}
+        self._output_flags: dict[str, list[Tensor]] = {}
+        self._input_flags: list[tuple[int, Tensor]] = []
+        self._call_order = []
+
+    def _set_active(self) -> None:
+        self._active = bool(self._handles) and (self._forced or self._step % self.every == 0)
+
+    def _on_root_forward(self, module: nn.Module, args: tuple) -> None:
+        if _compiling() or not module.training:
+            return
+        self._batch += 1
+        if not self._active:
+            return
+        x = _first_tensor(args)
+        if x is not None and x.is_floating_point():
+            self._input_flags.append((self._batch, ~torch.isfinite(x).all()))
+
+    def _make_layer_hook(self, name: str):
+        rules = {n: r for n, _, r in self._layout.activations} if self.measure_activations else {}
+        rule = rules.get(name)
+
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            if _compiling() or not self._active or not module.training:
+                return
+            out = _first_tensor(output)
+            if out is None or not out.is_floating_point():
+                return
+            if self._forward_order is None and name not in self._call_order:
+                self._call_order.append(name)
+            if rule is None:
+                # a weight layer: only whether its output is finite, for the first bad layer
+                self._output_flags.setdefault(name, []).append(~torch.isfinite(out.detach().sum()))
+                return
+            inp = _first_tensor(inputs)
+            # an in-place activation has overwritten its input: rules that need it cannot run
+            if inp is not None and inp.data_ptr() == out.data_ptr():
+                inp = None
+            self._act_sums.setdefault(name, []).append(activation_sums(rule, module, inp, out))
+            self._act_elems[name] = self._act_elems.get(name, 0) + out.numel()
+            units = out.shape[1] if out.dim() >= 2 else 0
+            self._act_units[name] = self._act_units.get(name, 0) + units
+
+        return hook
+
+    def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        pending = self._pending
+        if pending is None or pending.snapshot is not None or not self.measure_updates:
+            return
+        with torch.no_grad():
+            pending.snapshot = torch._foreach_mul([p.detach() for p in self._layout.params], 1.0)
+
+    def _on_optimizer_post(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        pending.stepped = True
+        if pending.snapshot is not None:
+            with torch.no_grad():
+                current = [p.detach() for p in self._layout.params]
+                deltas = torch._foreach_sub(current, pending.snapshot)
+                pending.snapshot = None
+                norms = fused_norms(deltas)
+                del deltas
+                pending.pieces["update_l2"] = self._per_layer(norms, list(range(len(current))))[0]
+        # the record is complete once every optimizer has stepped
+        if len(self._optimizers) <= 1 or optimizer is self._optimizers[-1]:
+            self._materialize()
+
+    # ---- measuring ---------------------------------------------------------------------------
+
+    def _index_on(self, device: torch.device, positions: list[int]) -> Tensor:
+        full = self._param_index.get(device)
+        if full is None:
+            full = torch.tensor(self._layout.param_layer, dtype=torch.long, device=device)
+            self._param_index[device] = full
+        if len(positions) == len(self._layout.params):
+            return full
+        return full[torch.tensor(positions, dtype=torch.long, device=device)]
+
+    def _per_layer(self, norms: Tensor, positions: list[int], maxes: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        groups = len(self._layout.layer_names)
+        index = self._index_on(norms.device, positions)
+        l2 = group_l2(norms, index, groups)
+        mx = group_max(maxes, index, groups) if maxes is not None else None
+        return l2, mx
+
+    def _grads(self) -> tuple[list[int], list[Tensor]]:
+        positions, grads = [], []
+        for i, p in enumerate(self._layout.params):
+            if p.grad is not None:
+                positions.append(i)
+                grads.append(p.grad.detach())
+        return positions, grads
+
+    @torch.no_grad()
+    def step(
+        self,
+        loss: Tensor | float | None = None,
+        *,
+        batch: int | None = None,
+        lr: float | None = None,
+        grad_scale: Tensor | float | None = None,
+        skipped: bool | None = None,
+        force: bool = False,
+        metrics: dict[str, Tensor | float | None] | None = None,
+    ) -> None:
+        """Measure this optimizer step: call after backward (and unscale / all-reduce), before clipping.
+
+        ``grad_scale``: pass the GradScaler's scale if the gradients are still scaled, and the
+        norms are divided by it. ``skipped``: say so when you skip the optimizer step yourself
+        (with an ``optimizer`` attached the monitor sees it). ``force``: record this step even
+        if ``every`` would not.
+        """
+        if not self._handles:
+            raise ConfigError("the monitor is not attached: use it as a context manager or call attach() first.")
+        self._close_pending()
+        step = self._step
+        self._step += 1
+        recording = self._active or force
+        if not recording:
+            self._reset_forward_buffers()
+            self._set_active()
+            return
+        if self._forward_order is None and self._call_order:
+            self._forward_order = list(self._call_order)
+            self._meta = None
+            _ = self.meta  # fixed now: it outlives detach()
+        if lr is None and self._optimizers:
+            lr = float(self._optimizers[0].param_groups[0]["lr"])
+        pending = _Pending(step=step, batch=self._batch if batch is None else batch, lr=lr, skipped=skipped)
+
+        params = self._layout.params
+        positions, grads = self._grads()
+        device = params[0].device if params else torch.device("cpu")
+        weight_l2, _ = self._per_layer(fused_norms([p.detach() for p in params]), list(range(len(params))))
+        pending.pieces["weight_l2"] = weight_l2
+        if grads:
+            norms = fused_norms(grads)
+            maxes = fused_norms(grads, float("inf"))
+            if grad_scale is not None:
+                inv = 1.0 / torch.as_tensor(grad_scale, dtype=NORM_DTYPE, device=norms.device)
+                norms, maxes = norms * inv, maxes * inv
+            grad_l2, grad_max = self._per_layer(norms, positions, maxes)
+            has = torch.zeros(len(self._layout.layer_names), dtype=NORM_DTYPE, device=norms.device)
+            has.index_fill_(0, self._index_on(norms.device, positions), 1.0)
+            pending.pieces.update(grad_l2=grad_l2, grad_max=grad_max, has_grad=has,
+                                  global_norm=norms.square().sum().sqrt().reshape(1))
+        if loss is not None:
+            pending.pieces["loss"] = torch.as_tensor(loss).detach().to(device, NORM_DTYPE).reshape(1)
+        for key, value in (metrics or {}).items():
+            if isinstance(value, Tensor):
+                pending.metric_names.append(key)
+                pending.pieces[f"metric:{key}"] = value.detach().to(device, NORM_DTYPE).reshape(1)
+            else:
+                pending.metric_floats[key] = None if value is None else float(value)
+        self._take_forward_stats(pending, device)
+        self._pending = pending
+        self._set_active()
+
+    def _take_forward_stats(self, pending: _Pending, device: torch.device) -> None:
+        act_rows = []
+        for name, _, _ in self._layout.activations:
+            sums = self._act_sums.get(name)
+            if sums:
+                act_rows.append(torch.stack(sums).sum(0).to(device))
+                pending.act_counts.append((self._act_elems[name], self._act_units[name]))
+            else:
+                act_rows.append(torch.full((4,), math.nan, dtype=NORM_DTYPE, device=device))
+                pending.act_counts.append((0, 0))
+        if act_rows:
+            pending.pieces["act"] = torch.cat(act_rows)
+        flags = []
+        for name in self._forward_order or self._call_order:
+            if name in self._output_flags:
+                flags.append(torch.stack(self._output_flags[name]).any().to(device, NORM_DTYPE).reshape(1))
+                pending.forward_flags.append((name, len(flags) - 1))
+        if flags:
+            pending.pieces["out_flags"] = torch.cat(flags)
+        if self._input_flags:
+            pending.input_batches = [b for b, _ in self._input_flags]
+            pending.pieces["in_flags"] = torch.stack([f for _, f in self._input_flags]).to(device, NORM_DTYPE)
+        self._reset_forward_buffers()
+
+    @torch.no_grad()
+    def after_clip(self) -> None:
+        """Measure the gradients again after clipping: ``grad_norm_post_clip`` per layer."""
+        pending = self._pending
+        if pending is None:
+            return
+        positions, grads = self._grads()
+        if grads:
+            norms = fused_norms(grads)
+            pending.pieces["post_l2"], _ = self._per_layer(norms, positions)
+            pending.pieces["post_global"] = norms.square().sum().sqrt().reshape(1)
+
+    # ---- finishing a record ------------------------------------------------------------------
+
+    def _close_pending(self) -> None:
+        if self._pending is not None:
+            self._materialize()
+
+    def _materialize(self) -> None:
+        """Move the pending step to the host in one transfer and turn it into a StepRecord."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        keys = list(pending.pieces)
+        if keys:
+            device = pending.pieces[keys[0]].device
+            flat = torch.cat([pending.pieces[k].to(device).reshape(-1) for k in keys]).tolist()
+        else:
+            flat = []
+        values: dict[str, list[float]] = {}
+        offset = 0
+        for key in keys:
+            n = pending.pieces[key].numel()
+            values[key] = flat[offset:offset + n]
+            offset += n
+        record = self._build_record(pending, values)
+        self._records.append(record)
+        self._emit(record)
+
+    def _build_record(self, pending: _Pending, v: dict[str, list[float]]) -> StepRecord:
+        names = self._layout.layer_names
+        order = self._forward_order or []
+        rank = {n: i for i, n in enumerate(order)}
+        ordered = sorted(range(len(names)), key=lambda i: rank.get(names[i], len(order) + i))
+        layers: dict[str, LayerStats] = {}
+        for i in ordered:
+            has_grad = bool(v.get("has_grad", [0.0] * len(names))[i])
+            grad_l2 = v["grad_l2"][i] if has_grad else None
+            w = v["weight_l2"][i]
+            upd = v["update_l2"][i] if "update_l2" in v else None
+            layers[names[i]] = LayerStats(
+                grad_norm=grad_l2,
+                grad_norm_post_clip=v["post_l2"][i] if has_grad and "post_l2" in v else None,
+                grad_max=v["grad_max"][i] if has_grad else None,
+                weight_norm=w,
+                update_ratio=upd / w if upd is not None and w > 0 else None,
+                grad_nonfinite=int(grad_l2 is not None and not math.isfinite(grad_l2)),
+            )
+        activations: dict[str, ActivationStats] = {}
+        act = v.get("act", [])
+        for j, ((name, _, rule), (count, units)) in enumerate(zip(self._layout.activations, pending.act_counts)):
+            if count == 0:
+                continue
+            sums = act[4 * j: 4 * j + 4]
+            summary = activation_summary(sums, count, units, rule)
+            activations[name] = ActivationStats(**summary, nonfinite=int(not math.isfinite(sums[0])))
+        loss = v["loss"][0] if "loss" in v else None
+        stepped_known = bool(self._optimizers)
+        skipped = pending.skipped if pending.skipped is not None else (stepped_known and not pending.stepped)
+        metrics = dict(pending.metric_floats)
+        for key in pending.metric_names:
+            metrics[key] = v[f"metric:{key}"][0]
+        record = StepRecord(
+            step=pending.step,
+            loss=loss,
+            lr=pending.lr,
+            global_grad_norm=v["global_norm"][0] if "global_norm" in v else None,
+            global_grad_norm_post_clip=v["post_global"][0] if "post_global" in v else None,
+            skipped=bool(skipped),
+            batch=pending.batch,
+            layers=layers,
+            activations=activations,
+            metrics=metrics,
+        )
+        record.first_nonfinite = self._locate_nonfinite(pending, v, record, order)
+        if record.first_nonfinite is not None and self.first_nonfinite is None:
+            self.first_nonfinite = record.first_nonfinite
+        return record
+
+    def _locate_nonfinite(self, pending: _Pending, v: dict[str, list[float]], record: StepRecord,
+                          order: list[str]) -> NonFiniteEvent | None:
+        """The earliest place NaN/Inf shows: input, then forward order, then loss, then backward order."""
+        for flag, batch in zip(v.get("in_flags", []), pending.input_batches):
+            if flag:
+                return NonFiniteEvent("input", None, batch, pending.step)
+        bad_outputs = {name for name, idx in pending.forward_flags if v["out_flags"][idx]}
+        bad_outputs |= {n for n, a in record.activations.items() if a.nonfinite}
+        for name in order:
+            if name in bad_outputs:
+                kind = "activation" if name in record.activations else "forward"
+                return NonFiniteEvent(kind, name, pending.batch, pending.step)
+        if record.loss is not None and not math.isfinite(record.loss):
+            return NonFiniteEvent("loss", None, pending.batch, pending.step)
+        # backward runs from the output to the input: the first bad gradient is the last layer's
+        for name in reversed(list(record.layers)):
+            if record.layers[name].grad_nonfinite:
+                return NonFiniteEvent("gradient", name, pending.batch, pending.step)
+        return None
+
+    def _emit(self, record: StepRecord) -> None:
+        if self._jsonl_path is not None and self._writer is None:
+            self._writer = JsonlWriter(self._jsonl_path, self.meta, append=self._append)
+        if self._writer is not None:
+            self._writer.write(record)
+        for sink in self._sinks:
+            sink.write(record, self.meta)

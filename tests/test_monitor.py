@@ -1,0 +1,393 @@
+"""GradientMonitor against oracles: torch's own norms, clip_grad_norm_, hand-computed fractions."""
+from __future__ import annotations
+
+import gc
+import math
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradhealth
+from gradhealth.errors import ConfigError
+from gradhealth.monitor import GradientMonitor, read_jsonl
+
+
+def _own_grad_norm(module: nn.Module) -> float:
+    grads = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]).double()))
+
+
+def _batch(n=16, features=64, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, features, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def _train_step(model, opt, x, y, mon, clip=None):
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    mon.step(loss=loss)
+    total = None
+    if clip is not None:
+        total = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        mon.after_clip()
+    opt.step()
+    opt.zero_grad()
+    return loss, total
+
+
+def test_layer_norms_equal_vector_norm_and_total_equals_clip_grad_norm():
+    torch.manual_seed(0)
+    model = gradhealth.create_model("mlp:depth=6,width=32,activation=tanh,norm=layer")
+    x, y = _batch()
+    with GradientMonitor(model) as mon:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        mon.step(loss=loss)
+        expected = {name: _own_grad_norm(m) for name, m in model.named_modules()
+                    if any(True for _ in m.parameters(recurse=False))}
+        max_abs = {name: max(float(p.grad.abs().max()) for p in m.parameters(recurse=False))
+                   for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+        weights = {name: float(torch.linalg.vector_norm(torch.cat([p.detach().flatten() for p in m.parameters(recurse=False)]).double()))
+                   for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
+        total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9))
+        record = mon.records[-1]
+    assert set(record.layers) == set(expected)
+    for name, stats in record.layers.items():
+        assert stats.grad_norm == pytest.approx(expected[name], rel=1e-6)
+        assert stats.grad_max == pytest.approx(max_abs[name], rel=1e-6)
+        assert stats.weight_norm == pytest.approx(weights[name], rel=1e-6)
+    assert record.global_grad_norm == pytest.approx(total, rel=1e-6)
+    assert record.loss == pytest.approx(float(loss.detach()))
+
+
+def test_post_clip_norms_and_update_ratio_from_the_real_step():
+    torch.manual_seed(1)
+    model = gradhealth.create_model("mlp:depth=4,width=16")
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    x, y = _batch()
+    with GradientMonitor(model, optimizer=opt) as mon:
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        mon.step(loss=loss)
+        pre = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05))
+        post_layer = {"head": _own_grad_norm(model.head)}
+        mon.after_clip()
+        opt.step()
+        record = mon.records[-1]
+    assert record.global_grad_norm == pytest.approx(pre, rel=1e-6)
+    assert record.global_grad_norm_post_clip == pytest.approx(0.05, rel=1e-4)
+    assert record.layers["head"].grad_norm_post_clip == pytest.approx(post_layer["head"], rel=1e-6)
+    with torch.no_grad():
+        delta = torch.cat([(model.head.weight - before["head.weight"]).flatten(), (model.head.bias - before["head.bias"]).flatten()])
+        w0 = torch.cat([before["head.weight"].flatten(), before["head.bias"].flatten()])
+    expected_ratio = float(delta.norm() / w0.norm())
+    assert record.layers["head"].update_ratio == pytest.approx(expected_ratio, rel=1e-5)
+    assert record.lr == 0.5
+    assert record.skipped is False
+
+
+def test_saturation_and_dead_fractions_equal_hand_computed_values():
+    lin = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(3))
+    model = nn.Sequential(lin, nn.Sigmoid(), nn.Linear(3, 4, bias=False), nn.ReLU())
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 0, 0], [0, 1.0, 0]]))
+    # sigmoid saturates where s(1-s) < 0.0025: |x| > ~5.99
+    x = torch.tensor([[0.0, 7.0, -8.0], [1.0, 2.0, 10.0]], requires_grad=False)
+    with GradientMonitor(model) as mon:
+        model(x).sum().backward()
+        mon.step()
+        acts = mon.records[-1].activations
+    s = torch.sigmoid(x)
+    assert acts["1"].saturation == pytest.approx(3 / 6)
+    assert acts["1"].mean == pytest.approx(float(s.mean()))
+    assert acts["1"].std == pytest.approx(float(s.std(unbiased=False)), rel=1e-6)
+    assert acts["1"].dead_fraction is None
+    # relu units: [s0, -s0, 0, s1]: unit 1 (always negative) and unit 2 (always zero) are dead
+    assert acts["3"].dead_fraction == pytest.approx(2 / 4)
+    assert acts["3"].saturation == pytest.approx(4 / 8)
+
+
+def test_inplace_relu_is_measured_from_its_output():
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(inplace=True), nn.Linear(6, 2))
+    x = torch.randn(10, 4)
+    with GradientMonitor(model) as mon:
+        model(x).sum().backward()
+        mon.step()
+        act = mon.records[-1].activations["1"]
+    with torch.no_grad():
+        out = torch.relu(model[0](x))
+    assert act.mean == pytest.approx(float(out.mean()), rel=1e-6)
+    assert act.saturation == pytest.approx(float((out <= 0).float().mean()))
+    assert act.dead_fraction == pytest.approx(float((out <= 0).all(0).float().mean()))
+
+
+def test_gelu_and_silu_saturation_read_the_input():
+    x = torch.tensor([[-10.0, -6.0, 0.0, 3.0]])
+    for module, deriv_max in ((nn.GELU(), 1.1289), (nn.SiLU(), 1.0998)):
+        model = nn.Sequential(nn.Linear(4, 4, bias=False), module)
+        with torch.no_grad():
+            model[0].weight.copy_(torch.eye(4))
+        xr = x.clone().requires_grad_(True)
+        with GradientMonitor(model) as mon:
+            model(xr).sum().backward()
+            mon.step()
+            sat = mon.records[-1].activations["1"].saturation
+        # oracle: autograd derivative of the activation itself
+        xi = x.clone().requires_grad_(True)
+        module(xi).sum().backward()
+        expected = float((xi.grad.abs() < 0.01 * deriv_max).float().mean())
+        assert sat == pytest.approx(expected)
+
+
+def test_frozen_and_unused_parameters_have_no_gradient_norm():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.frozen = nn.Linear(8, 8)
+            self.used = nn.Linear(8, 3)
+            self.unused = nn.Linear(8, 3)
+            self.frozen.requires_grad_(False)
+
+        def forward(self, x):
+            return self.used(torch.relu(self.frozen(x)))
+
+    model = Net()
+    with GradientMonitor(model) as mon:
+        model(torch.randn(4, 8)).sum().backward()
+        mon.step()
+        total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9))
+        record = mon.records[-1]
+    assert record.layers["frozen"].grad_norm is None
+    assert record.layers["unused"].grad_norm is None
+    assert record.layers["frozen"].weight_norm > 0
+    assert record.global_grad_norm == pytest.approx(total, rel=1e-6)
+    # forward order: frozen, used; unused (never called) last
+    assert list(record.layers) == ["frozen", "used", "unused"]
+
+
+def test_tied_weights_are_counted_once():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(5, 5, bias=False)
+            self.out = nn.Linear(5, 5, bias=False)
+            self.out.weight = self.embed.weight
+
+        def forward(self, x):
+            return self.out(torch.tanh(self.embed(x)))
+
+    model = Tied()
+    with GradientMonitor(model) as mon:
+        model(torch.randn(3, 5)).pow(2).sum().backward()
+        mon.step()
+        record = mon.records[-1]
+    total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9))
+    assert list(record.layers) == ["embed"]
+    assert record.global_grad_norm == pytest.approx(total, rel=1e-6)
+    assert record.layers["embed"].grad_norm == pytest.approx(float(model.embed.weight.grad.norm()), rel=1e-6)
+
+
+def test_gradient_accumulation_measures_once_per_optimizer_step():
+    torch.manual_seed(0)
+    model = gradhealth.create_model("mlp:depth=3,width=8,in_features=4,num_classes=2")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [(torch.randn(4, 4), torch.randint(0, 2, (4,))) for _ in range(6)]
+    with GradientMonitor(model, optimizer=opt) as mon:
+        for i, (x, y) in enumerate(data):
+            (F.cross_entropy(model(x), y) / 3).backward()
+            if i % 3 == 2:
+                total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9))
+                mon.step()
+                opt.step()
+                opt.zero_grad()
+                assert mon.records[-1].global_grad_norm == pytest.approx(total, rel=1e-6)
+    assert [r.step for r in mon.records] == [0, 1]
+    assert [r.batch for r in mon.records] == [2, 5]
+
+
+def test_every_n_records_every_nth_step_and_jsonl_sink_matches(tmp_path):
+    torch.manual_seed(0)
+    model = gradhealth.create_model("mlp:depth=4,width=16")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = _batch()
+    path = tmp_path / "metrics.jsonl"
+    with GradientMonitor(model, optimizer=opt, every=3, jsonl=path, config={"lr": 0.05}) as mon:
+        for _ in range(7):
+            _train_step(model, opt, x, y, mon)
+    assert [r.step for r in mon.records] == [0, 3, 6]
+    log = read_jsonl(path)
+    assert [r.step for r in log.records] == [0, 3, 6]
+    assert log.records[-1].layers["head"].grad_norm == mon.records[-1].layers["head"].grad_norm
+    assert [layer.name for layer in log.meta.layers if layer.role == "weight"][0] == "stem.0"
+    assert log.meta.config == {"lr": 0.05}
+
+
+def test_bf16_autocast_norms_are_those_of_the_fp32_gradients():
+    torch.manual_seed(0)
+    model = gradhealth.create_model("mlp:depth=5,width=32,activation=gelu")
+    x, y = _batch()
+    with GradientMonitor(model) as mon:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        mon.step(loss=loss)
+        record = mon.records[-1]
+        assert record.layers["head"].grad_norm == pytest.approx(_own_grad_norm(model.head), rel=1e-6)
+    assert all(a.mean is not None and math.isfinite(a.mean) for a in record.activations.values())
+
+
+def test_fp16_grad_scaler_skipped_step_is_recorded_and_norms_are_unscaled():
+    torch.manual_seed(0)
+    model = gradhealth.create_model("mlp:depth=4,width=16")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    x, y = _batch()
+    with GradientMonitor(model, optimizer=opt) as mon:
+        for inject in (False, True, False):
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            if inject:
+                model.blocks[0].conv1.weight.grad[0, 0] = float("inf")
+            scaler.unscale_(opt)
+            expected = _own_grad_norm(model.head)
+            mon.step(loss=loss)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+            mon.end_step()
+            record = mon.records[-1]
+            assert record.skipped is inject
+            assert record.layers["head"].grad_norm == pytest.approx(expected, rel=1e-6)
+    bad = mon.records[1]
+    assert bad.first_nonfinite.kind == "gradient"
+    assert bad.first_nonfinite.layer == "blocks.0.conv1"
+    assert bad.layers["blocks.0.conv1"].grad_nonfinite == 1
+
+
+def test_scaled_gradients_can_be_unscaled_by_the_monitor():
+    model = nn.Linear(4, 2)
+    model(torch.randn(3, 4)).sum().mul(1024.0).backward()
+    with GradientMonitor(model) as mon:
+        mon.step(grad_scale=1024.0)
+        record = mon.records[-1]
+    assert record.global_grad_norm == pytest.approx(float(torch.cat([model.weight.grad.flatten(), model.bias.grad]).norm()) / 1024, rel=1e-6)
+
+
+def test_first_nonfinite_names_the_input_batch_and_the_first_bad_layer():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with GradientMonitor(model) as mon:
+        for batch in range(3):
+            x = torch.randn(2, 4)
+            if batch == 1:
+                x[0, 0] = float("nan")
+            model(x)
+        mon.step()
+        event = mon.records[-1].first_nonfinite
+    assert (event.kind, event.batch) == ("input", 1)
+
+    with torch.no_grad():
+        model[2].weight[0, 0] = float("inf")
+    with GradientMonitor(model) as mon:
+        model(torch.randn(2, 4)).sum().backward()
+        mon.step()
+        event = mon.records[-1].first_nonfinite
+    assert (event.kind, event.layer) == ("forward", "2")
+
+
+def test_loss_nan_is_the_first_nonfinite_when_the_forward_is_clean():
+    model = nn.Linear(3, 1)
+    with GradientMonitor(model) as mon:
+        out = model(torch.randn(2, 3))
+        loss = (out * float("nan")).sum()
+        mon.step(loss=loss)
+        assert mon.records[-1].first_nonfinite.kind == "loss"
+        assert math.isnan(mon.records[-1].loss)
+
+
+def test_capture_records_a_forward_that_every_would_skip():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Sigmoid())
+    with GradientMonitor(model, every=100) as mon:
+        model(torch.randn(2, 3)).sum().backward()
+        mon.step()
+        with mon.capture():
+            model(torch.randn(2, 3)).sum().backward()
+        mon.step()
+        assert [r.step for r in mon.records] == [0, 1]
+        assert "1" in mon.records[-1].activations
+
+
+def test_eval_forwards_do_not_pollute_the_training_statistics():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    x = torch.randn(5, 3)
+    with GradientMonitor(model) as mon:
+        model(x).sum().backward()
+        model.eval()
+        model(x * 100)
+        model.train()
+        mon.step()
+        mean = mon.records[-1].activations["1"].mean
+    assert mean == pytest.approx(float(torch.relu(model[0](x)).mean()), rel=1e-5)
+
+
+def test_hooks_are_removed_and_nothing_is_kept_alive():
+    model = gradhealth.create_model("mlp:depth=4,width=8")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = GradientMonitor(model, optimizer=opt)
+    with mon:
+        _train_step(model, opt, *_batch(), mon)
+    for module in model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+    model_ref = weakref.ref(model)
+    del model, opt
+    gc.collect()
+    assert model_ref() is None, "the monitor keeps the model alive"
+    assert len(mon.records) == 1
+
+
+def test_monitor_works_on_a_torch_compiled_model_without_graph_breaks():
+    torch._dynamo.reset()
+    model = gradhealth.create_model("mlp:depth=4,width=16,activation=tanh")
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    x, y = _batch()
+    with GradientMonitor(compiled) as mon:
+        loss = F.cross_entropy(compiled(x), y)  # fullgraph=True raises on any graph break
+        loss.backward()
+        mon.step(loss=loss)
+        record = mon.records[-1]
+    assert record.layers["head"].grad_norm == pytest.approx(_own_grad_norm(model.head), rel=1e-6)
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0
+    torch._dynamo.reset()
+
+
+def test_bad_arguments_raise_config_errors():
+    model = nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="every"):
+        GradientMonitor(model, every=0)
+    with pytest.raises(ConfigError, match="not attached"):
+        GradientMonitor(model).step()
+
+
+def test_state_dict_resumes_the_step_counter():
+    model = nn.Linear(2, 2)
+    with GradientMonitor(model, every=2) as mon:
+        for _ in range(3):
+            model(torch.randn(1, 2)).sum().backward()
+            mon.step()
+        state = mon.state_dict()
+    assert state == {"step": 3, "batch": 2}
+    resumed = GradientMonitor(model, every=2)
+    resumed.load_state_dict(state)
+    with resumed:
+        for _ in range(2):
+            model(torch.randn(1, 2)).sum().backward()
+            resumed.step()
+        assert [r.step for r in resumed.records] == [4]
