@@ -1,0 +1,498 @@
+"""Records -> findings: one pure function per finding kind, and ``diagnose_log`` that runs them all.
+
+Every rule reads a ``RunLog`` (plain records, no torch) and returns a ``Finding`` or None. Layer
+order and roles come from ``meta.layers`` (forward order, input to output). A log without them
+(an old or hand-made one) falls back to the order in which layer names first appear in the
+records, every layer taken as a weight layer unless its name reads like a normalization
+(``bn1``, ``ln_f``, ``norm``...).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from statistics import fmean, median
+from typing import Any
+
+import numpy as np
+
+from gradhealth.diagnose.catalogue import RELU_FAMILY, SATURATING_ACTIVATIONS, remedies_for
+from gradhealth.diagnose.findings import SEVERITIES, Diagnosis, Finding
+from gradhealth.monitor.records import RunLog, StepRecord
+
+__all__ = [
+    "diagnose_log", "run_context", "layer_roles", "weight_layers", "gradient_profile",
+    "find_vanishing_gradient", "find_exploding_gradient", "find_nonfinite", "find_saturation",
+    "find_dead_units", "find_lr_too_high", "find_lr_too_low", "find_degradation",
+]
+
+# Vanishing/exploding through depth is a property of the network as initialized, so the profile
+# uses the first records; the median of a few ignores one odd batch and the all-zero first step
+# of nets whose branches or head start at zero (Fixup, zero_init_last).
+EARLY_RECORDS = 5
+# fewer weight layers than this make no "geometric" trend through depth
+MIN_WEIGHT_LAYERS = 3
+# Healthy nets (residual + He init + BatchNorm) keep the first/last gradient ratio within 0.1..10
+# (0.37..0.67 measured on a 20-layer MLP on digits); a further decade of margin on each side.
+VANISHING_RATIO = 1e-2
+EXPLODING_RATIO = 1e2
+# four decades: the first layers learn 10,000x slower (faster) than the last: an error
+SEVERE_RATIO = 1e4
+# global norm growth: an order of magnitude from the first third of the run to the last, and
+# rising through the middle third, so that one spike does not count as a trend
+GRAD_GROWTH = 10.0
+MIN_TREND_RECORDS = 6
+# SGD noise moves the average loss by tens of percent; ending at 3x the starting loss is divergence
+LOSS_DIVERGENCE = 3.0
+# the tail of the run whose mean loss is "the final loss"
+FINAL_FRACTION = 0.1
+# a saturated unit passes < 1 % of its largest derivative; a third of a layer there is a third
+# of the layer not learning (xavier-initialized sigmoid/tanh MLPs on digits measure 0..1 %)
+SATURATION_HIGH = 0.3
+SATURATION_SEVERE = 0.8
+# ReLU family: units off for a whole batch; healthy He-initialized nets measure ~0
+DEAD_HIGH = 0.4
+DEAD_SEVERE = 0.9
+# below this batch size a live unit is off for the whole batch by chance (0.5 ** batch)
+MIN_DEAD_BATCH = 8
+# Karpathy's rule of thumb (CS231n, "Neural Networks Part 3"): a step should change the weights
+# by about 1e-3 of their norm. Healthy nets measure 1e-4..1e-2; two decades from 1e-3 either way
+# is far outside that band.
+LR_HIGH_RATIO = 1e-1
+LR_LOW_RATIO = 1e-5
+# a deeper plain net must end this much (relative) above a shallower one: more than seed noise
+DEGRADATION_MARGIN = 0.1
+# mixed precision skips steps whose scaled gradients overflowed while the loss scaler calibrates
+SKIPPED_OK_FRACTION = 0.05
+
+_NORM_NAME = re.compile(r"(?:^|[._])(?:bn|ln|gn)\d*(?:$|[._])|norm", re.IGNORECASE)
+_SPEC_OPTION = re.compile(r"(\w+)=([^,()]*(?:\([^()]*\))?)")
+_TRUE = {"true", "yes", "1", "on"}
+
+
+# ---- reading a log -------------------------------------------------------------------------------
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _num(value: float) -> float:
+    """Four significant digits: evidence for people, still a plain JSON number."""
+    return float(f"{value:.4g}")
+
+
+def layer_roles(log: RunLog) -> dict[str, str]:
+    """Every module name, in forward order, with its role (weight, norm, activation, other)."""
+    if log.meta.layers:
+        return {layer.name: layer.role for layer in log.meta.layers}
+    # fallback (no meta): the order names first appear in the records; names like bn1/norm are norms
+    names = dict.fromkeys(name for record in log.records for name in record.layers)
+    return {name: "norm" if _NORM_NAME.search(name) else "weight" for name in names}
+
+
+def weight_layers(log: RunLog) -> list[str]:
+    """Weight layers (Linear/Conv) that have measurements, input to output."""
+    measured = {name for record in log.records for name in record.layers}
+    return [name for name, role in layer_roles(log).items() if role == "weight" and name in measured]
+
+
+def _ordered(names: Sequence[str], log: RunLog) -> list[str]:
+    order = {name: i for i, name in enumerate(layer_roles(log))}
+    return sorted(names, key=lambda name: order.get(name, len(order)))
+
+
+def _as_bool(value: Any) -> bool | None:
+    return None if value is None else (value if isinstance(value, bool) else str(value).lower() in _TRUE)
+
+
+def run_context(log: RunLog, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the run was (activation, init, norm, residual, depth...): the model spec's options, then
+    ``meta.config``, then the activations in ``meta.layers``, then ``context``, which wins."""
+    config = dict(log.meta.config)
+    spec = str(log.meta.model or config.get("model") or "")
+    name, _, rest = spec.partition(":")
+    facts: dict[str, Any] = {key: value.strip() for key, value in _SPEC_OPTION.findall(rest)}
+    facts.update({k: v for k, v in config.items() if k != "model" and v is not None})
+    acts = [layer.activation for layer in log.meta.layers if layer.role == "activation" and layer.activation]
+    if acts:
+        facts["activations"] = sorted(set(acts))
+        facts["activation"] = Counter(acts).most_common(1)[0][0]
+    norm_types = " ".join(layer.type for layer in log.meta.layers if layer.role == "norm")
+    facts.setdefault("norm", next((n for n, t in (("batch", "BatchNorm"), ("layer", "LayerNorm"),
+                                                  ("group", "GroupNorm")) if t in norm_types), None))
+    facts.update(context or {})
+    if context and "activation" in context and "activations" not in context:
+        facts["activations"] = [context["activation"]]
+    residual = _as_bool(facts.get("residual"))
+    if residual is None and name.startswith(("resnet", "preact_resnet", "plain")):
+        residual = not name.startswith("plain")
+    facts["residual"] = residual
+    facts["zero_init_last"] = _as_bool(facts.get("zero_init_last"))
+    try:
+        facts["depth"] = int(facts["depth"])
+    except (KeyError, TypeError, ValueError):
+        facts["depth"] = len(weight_layers(log))
+    facts.setdefault("model", spec or None)
+    return facts
+
+
+def gradient_profile(log: RunLog) -> dict[str, Any] | None:
+    """Each weight layer's gradient norm (median over the first ``EARLY_RECORDS`` records) and the
+    geometric trend toward the input.
+
+    ``decay_factor`` is 10**slope of a least-squares fit of log10(norm) against the number of layers
+    from the output: what each layer toward the input multiplies the gradient by. None (frozen or
+    unused layers) and non-finite values are left out; zeros are left out of the fit and listed.
+    """
+    records = [r for r in log.records
+               if not r.skipped and any(_finite(s.grad_norm) for s in r.layers.values())][:EARLY_RECORDS]
+    steps, norms = [r.step for r in records], {}
+    for name in weight_layers(log):
+        values = [r.layers[name].grad_norm for r in records if name in r.layers and _finite(r.layers[name].grad_norm)]
+        if values:
+            norms[name] = float(median(values))
+    layers = list(norms)
+    if len(layers) < MIN_WEIGHT_LAYERS:
+        return None
+    positive = [(len(layers) - 1 - i, norms[n]) for i, n in enumerate(layers) if norms[n] > 0]
+    factor = None
+    if len(positive) >= 2:
+        x, y = zip(*positive)
+        factor = _num(10 ** float(np.polyfit(np.array(x, float), np.log10(y), 1)[0]))
+    first, last = norms[layers[0]], norms[layers[-1]]
+    return {
+        "basis": f"median over the first {len(steps)} records (steps {steps[0]}..{steps[-1]})",
+        "layers": layers,
+        "grad_norms": [_num(norms[n]) for n in layers],
+        "decay_factor": factor,
+        "first_last_ratio": _num(first / last) if last > 0 else None,
+        "first_layer": layers[0],
+        "last_layer": layers[-1],
+        "depth": len(layers),
+        "zero_layers": [n for n in layers if norms[n] == 0],
+        "step": steps[0],
+    }
+
+
+# ---- the rules -----------------------------------------------------------------------------------
+
+def _finding(kind: str, severity: str, title: str, explanation: str, ctx: dict[str, Any], **kw: Any) -> Finding:
+    return Finding(kind, severity, title, explanation, remedies=remedies_for(kind, ctx), **kw)
+
+
+def find_vanishing_gradient(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
+    """Early gradient norms falling geometrically toward the input, or exactly zero in early layers."""
+    ctx, p = run_context(log, context), gradient_profile(log)
+    if p is None:
+        return None
+    ratio, factor, zeros = p["first_last_ratio"], p["decay_factor"], p["zero_layers"]
+    trend = ratio is not None and ratio < VANISHING_RATIO and factor is not None and factor < 1
+    if not trend and not (zeros and p["grad_norms"][-1] > 0):
+        return None
+    last = p["grad_norms"][-1]
+    weak = [n for n, g in zip(p["layers"], p["grad_norms"]) if g < VANISHING_RATIO * last]
+    severe = bool(zeros) or (ratio is not None and ratio < 1 / SEVERE_RATIO)
+    parts = [f"Over {p['depth']} weight layers the gradient shrinks toward the input"]
+    if factor is not None and factor < 1:
+        parts[0] += f": each layer toward the input multiplies it by about {factor:.2g}"
+    if ratio is not None:
+        parts.append(f"the first layer ({p['first_layer']}) gets {ratio:.2g} of the last one's gradient")
+    text = "; ".join(parts) + (
+        ". Backpropagation multiplies the gradient by one factor per layer (the chain rule: the layer's "
+        "weights times its activation's derivative); when those factors are below 1 their product falls "
+        "geometrically with depth, so the early layers barely learn.")
+    acts = set(ctx.get("activations") or [ctx.get("activation")])
+    if "sigmoid" in acts:
+        text += (" The sigmoid's derivative is at most 0.25 (sigma'(x) <= 0.25), so every sigmoid layer divides "
+                 "the gradient by 4 or more.")
+    if "tanh" in acts:
+        text += " tanh' is at most 1 and falls toward 0 wherever the units saturate."
+    if ctx.get("init"):
+        text += f" The weights were initialized with init={ctx['init']}, which sets the scale of every factor."
+    if zeros:
+        text += f" {len(zeros)} weight layer(s) got an exactly zero gradient: no learning signal reaches them."
+    text += " Their tiny updates follow from this, not from the learning rate."
+    return _finding("vanishing_gradient", "error" if severe else "warning",
+                    f"Vanishing gradient: early layers get {ratio:.1e} of the last layer's gradient"
+                    if ratio else "Vanishing gradient: early layers get no gradient",
+                    text, ctx, layers=weak, step=p["step"], evidence={k: v for k, v in p.items() if k != "step"})
+
+
+def _rising_thirds(values: Sequence[float]) -> list[float] | None:
+    """Medians of the three thirds of ``values`` when each is above the one before and the rise >= GRAD_GROWTH."""
+    if len(values) < MIN_TREND_RECORDS:
+        return None
+    n = len(values)
+    thirds = [float(median(values[i * n // 3:(i + 1) * n // 3])) for i in range(3)]
+    rising = 0 < thirds[0] < thirds[1] < thirds[2] and thirds[2] >= GRAD_GROWTH * thirds[0]
+    return [_num(t) for t in thirds] if rising else None
+
+
+def _loss_divergence(records: Sequence[StepRecord]) -> dict[str, Any] | None:
+    """Final loss >= LOSS_DIVERGENCE x the first, or a loss that grew that much and then went non-finite."""
+    losses = [(r.step, r.loss) for r in records if r.loss is not None]
+    finite = [(s, v) for s, v in losses if math.isfinite(v)]
+    if not finite or finite[0][1] <= 0:
+        return None
+    start = finite[0][1]
+    above = next((s for s, v in finite if v >= LOSS_DIVERGENCE * start), None)
+    tail = [v for _, v in losses[-max(1, round(len(losses) * FINAL_FRACTION)):] if math.isfinite(v)]
+    if tail and fmean(tail) >= LOSS_DIVERGENCE * start:
+        return {"initial_loss": _num(start), "final_loss": _num(fmean(tail)), "step": above}
+    broken = next((s for s, v in losses if not math.isfinite(v)), None)
+    if broken is not None and above is not None and above < broken:
+        peak = max(v for _, v in finite)
+        return {"initial_loss": _num(start), "peak_loss": _num(peak), "nonfinite_step": broken, "step": above}
+    return None
+
+
+def find_exploding_gradient(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
+    """Growth toward the input, a global gradient norm rising over the run, or a diverging loss."""
+    ctx, p = run_context(log, context), gradient_profile(log)
+    signs, titles, evidence, layers, step = [], [], {}, [], None
+    if p and p["first_last_ratio"] and p["first_last_ratio"] > EXPLODING_RATIO and (p["decay_factor"] or 0) > 1:
+        signs.append(f"each layer toward the input multiplies the gradient by about {p['decay_factor']:.2g}, "
+                     f"so the first layer gets {p['first_last_ratio']:.2g}x the last one's")
+        titles.append(f"early layers get {p['first_last_ratio']:.1e}x the last layer's gradient")
+        evidence["profile"] = {k: v for k, v in p.items() if k != "step"}
+        last = p["grad_norms"][-1]
+        layers, step = [n for n, g in zip(p["layers"], p["grad_norms"]) if g > EXPLODING_RATIO * last], p["step"]
+    norms = [(r.step, r.global_grad_norm) for r in log.records if not r.skipped and _finite(r.global_grad_norm)]
+    thirds = _rising_thirds([g for _, g in norms])
+    if thirds:
+        signs.append(f"the global gradient norm rises over the run (medians of its thirds: {thirds})")
+        titles.append(f"global gradient norm up {thirds[2] / thirds[0]:.0f}x over the run")
+        evidence["global_grad_norm_thirds"] = thirds
+        step = step if step is not None else next(s for s, g in norms if g >= GRAD_GROWTH * thirds[0])
+    diverged = _loss_divergence(log.records)
+    if diverged:
+        signs.append("the loss diverges" + (" and then turns non-finite" if "nonfinite_step" in diverged else ""))
+        titles.append("the loss diverges")
+        evidence["loss"] = diverged
+        step = step if step is not None else diverged["step"]
+    if not signs:
+        return None
+    evidence["signs"] = signs
+    init = f" (here init={ctx['init']})" if ctx.get("init") else ""
+    text = ("The gradient explodes: " + "; ".join(signs) + ". Backpropagation multiplies the gradient by "
+            "one factor per layer (the chain rule); when those factors exceed 1, because the weights were "
+            f"initialized too large{init} or a learning rate too large lets them grow, the product grows "
+            "geometrically: updates become huge, the loss diverges and can overflow to Inf/NaN.")
+    return _finding("exploding_gradient", "error" if diverged else "warning",
+                    "Exploding gradient: " + titles[0], text, ctx,
+                    layers=layers, step=step, evidence=evidence)
+
+
+def _nonfinite_in(record: StepRecord, log: RunLog) -> dict[str, Any] | None:
+    """Where a record first shows NaN/Inf: forward (activation), then loss, then backward (gradient)."""
+    acts = [n for n, a in record.activations.items()
+            if a.nonfinite or not all(_finite(v) for v in (a.mean, a.std) if v is not None)]
+    if acts:
+        return {"kind": "activation", "layer": _ordered(acts, log)[0]}
+    if record.loss is not None and not math.isfinite(record.loss):
+        return {"kind": "loss", "layer": None}
+    grads = [n for n, s in record.layers.items()
+             if s.grad_nonfinite or (s.grad_norm is not None and not math.isfinite(s.grad_norm))]
+    if grads or (record.global_grad_norm is not None and not math.isfinite(record.global_grad_norm)):
+        grads = _ordered(grads, log)
+        # the backward pass meets the layer nearest the output first
+        return {"kind": "gradient", "layer": grads[-1] if grads else None, "layers": grads}
+    return None
+
+
+def find_nonfinite(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
+    """The first NaN/Inf: step, layer, kind (input/activation/loss/gradient) and batch."""
+    ctx = run_context(log, context)
+    bad = []
+    for r in log.records:
+        event = r.first_nonfinite
+        where = {"kind": event.kind, "layer": event.layer} if event else _nonfinite_in(r, log)
+        if where:
+            bad.append((r, where))
+    if not bad:
+        return None
+    record, where = bad[0]
+    event = record.first_nonfinite
+    step = event.step if event and event.step is not None else record.step
+    batch = event.batch if event and event.batch is not None else record.batch
+    skipped = sum(r.skipped for r in log.records)
+    evidence = {**where, "step": step, "batch": batch, "nonfinite_records": len(bad),
+                "skipped_steps": skipped, "records": len(log.records)}
+    at = f" in {where['layer']}" if where.get("layer") else ""
+    loss_ok = all(_finite(r.loss) for r in log.records if r.loss is not None)
+    if loss_ok and all(r.skipped for r, _ in bad) and skipped <= SKIPPED_OK_FRACTION * len(log.records):
+        return Finding("nonfinite", "info", f"{skipped} step(s) skipped for non-finite gradients",
+                       "The optimizer skipped the steps whose gradients overflowed and the loss stayed finite; "
+                       "a mixed-precision loss scaler does this while it calibrates its scale.",
+                       layers=where.get("layers", []), step=step, evidence=evidence)
+    causes = {
+        "input": "The input batch already held NaN/Inf: the data, not the model, is at fault; clean the data set.",
+        "activation": "The forward signal overflowed: activations grow past the float range when the weights are "
+                      "too large or have grown through oversized updates (exploding gradients).",
+        "loss": "A NaN/Inf loss usually follows exploding gradients or a learning rate too large (an update that "
+                "overflows the weights), or a log(0) / division by zero in the loss.",
+        "gradient": "Gradients overflow when they explode through the layers (per-layer factors above 1) or "
+                    "after an oversized update; from there NaN spreads to every weight.",
+    }
+    text = f"NaN/Inf first appeared in the {where['kind']}{at} at step {step}. " + causes.get(where["kind"], "")
+    remedies = [] if where["kind"] == "input" else remedies_for("nonfinite", ctx)
+    return Finding("nonfinite", "error", f"Non-finite {where['kind']}{at} at step {step}", text,
+                   layers=where.get("layers") or ([where["layer"]] if where.get("layer") else []),
+                   step=step, evidence=evidence, remedies=remedies)
+
+
+def _activation_medians(log: RunLog, metric: str, last_half: bool = False) -> dict[str, float]:
+    records = log.records[len(log.records) // 2:] if last_half else log.records
+    values: dict[str, list[float]] = {}
+    for record in records:
+        for name, stats in record.activations.items():
+            value = getattr(stats, metric)
+            if _finite(value):
+                values.setdefault(name, []).append(value)
+    return {name: float(median(v)) for name, v in values.items()}
+
+
+def find_saturation(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
+    """Activation layers (not the ReLU family) whose median saturation fraction is high."""
+    ctx = run_context(log, context)
+    names = {layer.name: layer.activation for layer in log.meta.layers if layer.role == "activation"}
+    # ReLU's flat side is its "off" side: that is measured as dead units, and half off is normal
+    relu_like = {n for r in log.records for n, a in r.activations.items() if a.dead_fraction is not None}
+    fractions = {n: f for n, f in _activation_medians(log, "saturation").items()
+                 if n not in relu_like and names.get(n) not in RELU_FAMILY}
+    hot = _ordered([n for n, f in fractions.items() if f >= SATURATION_HIGH], log)
+    if not hot:
+        return None
+    worst = sorted(hot, key=lambda n: -fractions[n])
+    kind = names.get(worst[0]) or ctx.get("activation") or "the activation"
+    text = (f"In {len(hot)} activation layer(s) at least {SATURATION_HIGH:.0%} of the units (up to "
+            f"{fractions[worst[0]]:.0%} in {worst[0]}) sit in the flat region of {kind}, where the derivative "
+            "is below 1 % of its maximum: they pass almost no gradient back, so the layers before them stop "
+            "learning. Units saturate when their inputs are too large: weights initialized too large, inputs "
+            "not normalized, or weights grown during training.")
+    if kind in SATURATING_ACTIVATIONS:
+        text += " Sigmoid and tanh squash large inputs flat (sigma' <= 0.25 at best, ~0 when saturated)."
+    return _finding("saturation", "error" if fractions[worst[0]] >= SATURATION_SEVERE else "warning",
+                    f"Saturated units: {fractions[worst[0]]:.0%} in {worst[0]}", text, {**ctx, "activation": kind},
+                    layers=hot, evidence={"worst": [[n, _num(fractions[n])] for n in worst[:5]],
+                                          "threshold": SATURATION_HIGH, "basis": "median over records"})
+
+
+def find_dead_units(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
+    """ReLU-family layers whose dead fraction stays high over the second half of the run."""
+    ctx = run_context(log, context)
+    if ctx.get("batch_size") is not None and int(ctx["batch_size"]) < MIN_DEAD_BATCH:
+        return None
+    fractions = _activation_medians(log, "dead_fraction", last_half=True)
+    dead = _ordered([n for n, f in fractions.items() if f >= DEAD_HIGH], log)
+    if not dead:
+        return None
+    worst = sorted(dead, key=lambda n: -fractions[n])
+    text = (f"In {len(dead)} layer(s) up to {fractions[worst[0]]:.0%} of the ReLU units output 0 for every "
+            "example (dying ReLU): a unit whose input is always negative has derivative 0, gets no gradient and "
+            "never recovers. Large updates (a learning rate too high) or a poor init push units there.")
+    return _finding("dead_units", "error" if fractions[worst[0]] >= DEAD_SEVERE else "warning",
+                    f"Dead ReLU units: {fractions[worst[0]]:.0%} in {worst[0]}", text, ctx, layers=dead,
+                    evidence={"worst": [[n, _num(fractions[n])] for n in worst[:5]], "threshold": DEAD_HIGH,
+                              "basis": "median over the second half of the records"})
+
+
+def _update_ratios(log: RunLog, names: Sequence[str]) -> list[float]:
+    return [r.layers[n].update_ratio for r in log.records if not r.skipped for n in names
+            if n in r.layers and _finite(r.layers[n].update_ratio)]
+
+
+def _lr_evidence(log: RunLog, ratio: float) -> dict[str, Any]:
+    lrs = [r.lr for r in log.records if _finite(r.lr)]
+    return {"median_update_ratio": _num(ratio), "reference": 1e-3, "high": LR_HIGH_RATIO, "low": LR_LOW_RATIO,
+            "lr": _num(median(lrs)) if lrs else None}
+
+
+def find_lr_too_high(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
+    """Median update-to-weight ratio over weight layers and records above LR_HIGH_RATIO."""
+    ratios = _update_ratios(log, weight_layers(log))
+    if not ratios or median(ratios) <= LR_HIGH_RATIO:
+        return None
+    ratio = float(median(ratios))
+    text = (f"A typical step changes the weights by {ratio:.2g} of their norm, against about 1e-3 for healthy "
+            "training (Karpathy's rule of thumb): the learning rate is too high, updates overshoot and can make "
+            "the weights, and with them the gradients, grow until the loss diverges.")
+    # an update larger than the weights themselves
+    severity = "error" if ratio >= 1 else "warning"
+    return _finding("lr_too_high", severity, f"Learning rate too high: updates {ratio:.1e} of the weights",
+                    text, run_context(log, context), evidence=_lr_evidence(log, ratio))
+
+
+def find_lr_too_low(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
+    """Median update ratio over all weight layers below LR_LOW_RATIO, unless vanishing explains it.
+
+    Vanishing layers have tiny update ratios whatever the learning rate; when the layer nearest the
+    output updates at a normal rate, the gradient (not the learning rate) is what is small.
+    """
+    names = weight_layers(log)
+    ratios = _update_ratios(log, names)
+    if not ratios or median(ratios) >= LR_LOW_RATIO:
+        return None
+    output = _update_ratios(log, names[-1:])
+    if output and median(output) >= LR_LOW_RATIO:
+        return None
+    ratio = float(median(ratios))
+    text = (f"A typical step changes the weights by only {ratio:.2g} of their norm, against about 1e-3 for "
+            "healthy training (Karpathy's rule of thumb), and even the layer nearest the output moves that "
+            "little: the learning rate is too small for the weights to move, not only the gradient that "
+            "vanishes on its way to the early layers.")
+    evidence = {**_lr_evidence(log, ratio), "output_layer_update_ratio": _num(median(output)) if output else None}
+    return _finding("lr_too_low", "warning", f"Learning rate too low: updates {ratio:.1e} of the weights",
+                    text, run_context(log, context), evidence=evidence)
+
+
+def _final_loss(log: RunLog) -> float | None:
+    losses = [r.loss for r in log.records if _finite(r.loss)]
+    return fmean(losses[-max(1, round(len(losses) * FINAL_FRACTION)):]) if losses else None
+
+
+def find_degradation(runs: Sequence[RunLog], context: dict[str, Any] | None = None) -> Finding | None:
+    """Among plain (non-residual) runs, a deeper one ending at a higher training loss than a shallower one."""
+    plain = []
+    for run in runs:
+        ctx, loss = run_context(run), _final_loss(run)
+        if ctx["residual"] is not True and loss is not None and ctx["depth"]:
+            plain.append((ctx["depth"], loss, ctx["model"]))
+    plain.sort(key=lambda run: run[0])
+    pairs = [{"shallow_depth": a[0], "deep_depth": b[0], "shallow_loss": _num(a[1]), "deep_loss": _num(b[1])}
+             for i, a in enumerate(plain) for b in plain[i + 1:]
+             if b[0] > a[0] and b[1] > a[1] * (1 + DEGRADATION_MARGIN)]
+    if not pairs:
+        return None
+    worst = max(pairs, key=lambda p: p["deep_loss"] / max(p["shallow_loss"], 1e-12))
+    text = (f"The plain {worst['deep_depth']}-layer net ends at a training loss of {worst['deep_loss']:.3g}, "
+            f"above the {worst['shallow_depth']}-layer net's {worst['shallow_loss']:.3g}: the degradation problem "
+            "(He et al. 2015). A deeper net could copy the shallower one and add identity layers, so this is not "
+            "overfitting but an optimization difficulty of deep plain nets, which residual connections solve.")
+    # the remedies are for the plain nets, whatever the diagnosed run itself uses
+    return _finding("degradation", "warning", f"Degradation: plain depth {worst['deep_depth']} trains worse than "
+                    f"depth {worst['shallow_depth']}", text, dict(context or {}),
+                    evidence={"depths": [r[0] for r in plain], "final_losses": [_num(r[1]) for r in plain],
+                              "models": [r[2] for r in plain], "pairs": pairs, "margin": DEGRADATION_MARGIN})
+
+
+def diagnose_log(log: RunLog, *, compare: Sequence[RunLog] = (),
+                 context: dict[str, Any] | None = None) -> Diagnosis:
+    """Run every rule on ``log`` (and degradation against ``compare``); findings most severe first.
+
+    ``context`` adds or corrects facts about the run (``activation``, ``init``, ``norm``, ``residual``,
+    ``depth``, ``batch_size``...) that rank the remedies and shape the explanations.
+    """
+    ctx = run_context(log, context)
+    rules = (find_nonfinite, find_exploding_gradient, find_vanishing_gradient, find_saturation,
+             find_dead_units, find_lr_too_high, find_lr_too_low)
+    findings = [f for f in (rule(log, ctx) for rule in rules) if f is not None]
+    if compare:
+        degraded = find_degradation([log, *compare], context)
+        findings += [degraded] if degraded else []
+    findings.sort(key=lambda f: -SEVERITIES.index(f.severity))
+    steps = [r.step for r in log.records]
+    # a log that counts from step 0 has covered max + 1 steps
+    total = (max(steps) + (0 in steps)) if steps else 0
+    return Diagnosis(findings, model=ctx["model"], data=log.meta.data, steps=total)
