@@ -17,6 +17,8 @@ from gradhealth.errors import GradHealthError
 # sub-command modules, each with add_parser(subparsers) and run(args) -> int
 COMMANDS = [
     "gradhealth.cli.list_models",
+    "gradhealth.cli.theory",
+    "gradhealth.cli.report",
 ]
 
 
