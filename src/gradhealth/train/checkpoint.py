@@ -1,0 +1,241 @@
+"""Checkpoints that survive a crash mid-save and never run code when loaded.
+
+* ``save_checkpoint`` writes a temp file ``.NAME.XXXX.tmp`` next to NAME, fsyncs it and renames it
+  over NAME, so NAME is always either the old or the new checkpoint. A process killed mid-save
+  leaves its temp file behind; the next save to NAME removes it (one writer per NAME).
+* ``load_checkpoint`` uses ``torch.load(weights_only=True)`` only: tensors and plain data.
+* ``build_checkpoint`` / ``restore_checkpoint`` hold everything a bit-exact resume needs, RNG included.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradhealth.errors import CheckpointError
+
+__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_checkpoint", "restore_checkpoint",
+           "capture_rng_state", "restore_rng_state", "unwrap_model"]
+
+FORMAT = {"name": "gradhealth", "version": 1}
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically; on any failure the previous file is left as it was."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
+        tmp = tempfile.NamedTemporaryFile(dir=folder, prefix=_temp_prefix(path), suffix=".tmp", delete=False)
+    except OSError as err:
+        raise CheckpointError(f"cannot write a checkpoint in {str(folder)!r} ({err}); "
+                              "choose a writable --out.") from None
+    try:
+        with tmp:
+            torch.save(state, tmp)
+            tmp.flush()
+            os.fsync(tmp.fileno())  # the bytes are on disk before the name points at them
+        os.chmod(tmp.name, 0o666 & ~_umask())  # temp files are private (0600); checkpoints are not
+        os.replace(tmp.name, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp.name)
+        if isinstance(err, OSError):
+            raise CheckpointError(f"writing checkpoint {str(path)!r} failed ({err}); "
+                                  "the previous one is unchanged.") from None
+        raise
+    _fsync_dir(folder)  # makes the rename itself durable
+    return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    prefix = _temp_prefix(path)
+    for entry in path.parent.iterdir():
+        if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and entry.is_file():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (os.umask would briefly change it for all threads)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def _fsync_dir(folder: Path) -> None:
+    # not possible on every platform (Windows) or file system; the data itself is already synced
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checkpoint at ``path``, loaded with ``weights_only=True``; any problem is a CheckpointError."""
+    path = Path(path)
+    where = repr(str(path))
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {where} does not exist; "
+                              "check the path (runs write OUT/checkpoints/last.pt).")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {where} is a folder; pass the .pt file inside it.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {where} is empty (0 bytes); use an earlier checkpoint.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip, pickle, EOF and storage errors all mean the bytes are not a checkpoint
+        # torch names the refused global as "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y"
+        refused = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
+        if refused:
+            raise CheckpointError(f"checkpoint {where} holds a {refused.group(1)} object, which a weights-only load "
+                                  "refuses because loading it could run code; "
+                                  "save only tensors and plain data.") from None
+        raise CheckpointError(f"checkpoint {where} is corrupt or truncated ({_short_reason(err)}); "
+                              "use an earlier checkpoint.") from None
+    marker = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if not isinstance(marker, dict) or marker.get("name") != FORMAT["name"] or "model" not in ckpt:
+        raise CheckpointError(f"{where} is not a gradhealth checkpoint (no gradhealth format marker and model state); "
+                              "pass a file written by gradhealth train.")
+    version = marker.get("version")
+    if not isinstance(version, int) or version > FORMAT["version"]:
+        raise CheckpointError(f"checkpoint {where} has format version {version!r}, newer than the {FORMAT['version']} "
+                              "this gradhealth reads; upgrade gradhealth to load it.")
+    return ckpt
+
+
+def _short_reason(err: Exception) -> str:
+    """The gist of a torch.load failure, without its paragraphs of advice about weights_only."""
+    text = str(err)
+    match = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+    first = (match.group(1) if match else text).strip().split("\n")[0].split(". ")[0]
+    return f"{type(err).__name__}: {first}"[:120]
+
+
+# ---- random number generators ------------------------------------------------------------------
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy (global), torch CPU and every CUDA device's RNG state, as a weights-only-loadable dict."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, torch.tensor(internal, dtype=torch.int64), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo ``capture_rng_state``; CUDA states are restored for the devices present here."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal.tolist()), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.cpu().numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    # a checkpoint loaded with map_location="cuda" moves these to the GPU; the setters want CPU bytes
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        for device, device_state in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(device_state.cpu(), device)
+
+
+# ---- full training state ------------------------------------------------------------------------
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside DDP/DataParallel and torch.compile wrappers, so state keys carry no prefixes."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _state(obj: Any) -> Any:
+    return obj.state_dict() if obj is not None else None
+
+
+def build_checkpoint(*, model: nn.Module, optimizer: Any = None, scheduler: Any = None, scaler: Any = None,
+                     clipper: Any = None, monitor_state: dict[str, Any] | None = None, step: int,
+                     epoch: int | None = None, config: dict[str, Any] | None = None,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a resume needs, as a dict that ``save_checkpoint`` writes and ``load_checkpoint`` reads."""
+    return {
+        "format": dict(FORMAT), "model": unwrap_model(model).state_dict(), "optimizer": _state(optimizer),
+        "scheduler": _state(scheduler), "scaler": _state(scaler), "clipper": _state(clipper),
+        "monitor": monitor_state, "step": int(step), "epoch": epoch, "config": config, "extra": extra,
+        "rng": capture_rng_state(),
+    }
+
+
+def _model_mismatch(model: nn.Module, saved: dict[str, Any]) -> str | None:
+    """The first missing key, unexpected key or shape difference between ``saved`` and ``model``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    if missing:
+        return f"this model's {missing[0]!r} is missing from it"
+    if unexpected:
+        return f"it has {unexpected[0]!r}, which this model lacks"
+    for key, value in own.items():
+        other = saved[key]
+        if isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor) and value.shape != other.shape:
+            return f"{key!r} has shape {tuple(other.shape)} there but {tuple(value.shape)} here"
+    return None
+
+
+def restore_checkpoint(ckpt: dict[str, Any], *, model: nn.Module, optimizer: Any = None, scheduler: Any = None,
+                       scaler: Any = None, clipper: Any = None) -> dict[str, Any]:
+    """Load every given object's state and the RNG state from ``ckpt``; returns step, epoch, config,
+    monitor and extra.
+
+    A given optimizer or scheduler must have saved state; a scaler or clipper without one (the run
+    was saved without AMP or clipping) keeps its fresh state.
+    """
+    target = unwrap_model(model)
+    saved = ckpt.get("model")
+    problem = _model_mismatch(target, saved) if isinstance(saved, dict) else "it holds no model state"
+    if problem is None:
+        try:
+            target.load_state_dict(saved, strict=True)
+        except RuntimeError as err:
+            problem = str(err).strip().splitlines()[-1].strip()
+    if problem:
+        raise CheckpointError(f"the checkpoint was made for a different model ({problem}); "
+                              "resume with the model it was saved from.")
+    for key, obj, required in (("optimizer", optimizer, True), ("scheduler", scheduler, True),
+                               ("scaler", scaler, False), ("clipper", clipper, False)):
+        if obj is None or (ckpt.get(key) is None and not required):
+            continue
+        if ckpt.get(key) is None:
+            raise CheckpointError(f"the checkpoint holds no {key} state; "
+                                  "resume without one or from a full training checkpoint.")
+        try:
+            obj.load_state_dict(ckpt[key])
+        except (ValueError, KeyError, RuntimeError, TypeError) as err:
+            raise CheckpointError(f"the checkpoint's {key} state does not fit this {key} ({err}); "
+                                  "resume with the settings the run was started with.") from None
+    if ckpt.get("rng") is not None:
+        restore_rng_state(ckpt["rng"])
+    return {key: ckpt.get(key) for key in ("step", "epoch", "config", "monitor", "extra")}
