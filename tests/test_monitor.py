@@ -217,7 +217,7 @@ def test_every_n_records_every_nth_step_and_jsonl_sink_matches(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     x, y = _batch()
     path = tmp_path / "metrics.jsonl"
-    with GradientMonitor(model, optimizer=opt, every=3, jsonl=path, config={"lr": 0.05}) as mon:
+    with GradientMonitor(model, optimizer=opt, every=3, detail_every=3, jsonl=path, config={"lr": 0.05}) as mon:
         for _ in range(7):
             _train_step(model, opt, x, y, mon)
     assert [r.step for r in mon.records] == [0, 3, 6]
@@ -333,7 +333,9 @@ def test_eval_forwards_do_not_pollute_the_training_statistics():
         model.train()
         mon.step()
         mean = mon.records[-1].activations["1"].mean
-    assert mean == pytest.approx(float(torch.relu(model[0](x)).mean()), rel=1e-5)
+    with torch.no_grad():
+        expected = float(torch.relu(model[0](x)).mean())
+    assert mean == pytest.approx(expected, rel=1e-5)
 
 
 def test_hooks_are_removed_and_nothing_is_kept_alive():
@@ -391,3 +393,23 @@ def test_state_dict_resumes_the_step_counter():
             model(torch.randn(1, 2)).sum().backward()
             resumed.step()
         assert [r.step for r in resumed.records] == [4]
+
+
+def test_detail_every_adds_weights_updates_and_activations_on_its_steps_only():
+    torch.manual_seed(0)
+    model = gradhealth.create_model("mlp:depth=4,width=16,activation=tanh")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = _batch()
+    with GradientMonitor(model, optimizer=opt, every=2, detail_every=4) as mon:
+        for _ in range(9):
+            _train_step(model, opt, x, y, mon)
+    records = {r.step: r for r in mon.records}
+    assert sorted(records) == [0, 2, 4, 6, 8]
+    for step, record in records.items():
+        detailed = step % 4 == 0
+        assert record.layers["head"].grad_norm is not None
+        assert (record.layers["head"].weight_norm is not None) is detailed
+        assert (record.layers["head"].update_ratio is not None) is detailed
+        assert bool(record.activations) is detailed
+    with pytest.raises(ConfigError, match="detail_every"):
+        GradientMonitor(model, detail_every=0)

@@ -12,10 +12,11 @@ Use it in any training loop::
             opt.step(); opt.zero_grad()
     mon.records[-1].layers["blocks.3.conv1"].grad_norm
 
-What one recorded step costs: a few fused ``torch._foreach_norm`` kernels over the gradients and
-weights, four reductions per activation output, and ONE device-to-host transfer, done when the
-step's record is complete (after the optimizer step, or at the next ``step()``). Steps that are
-not recorded (``every=N``) cost a counter increment.
+What it costs: a recorded step (``every``) is one fused ``torch._foreach_norm`` over the
+gradients and ONE device-to-host transfer, done when the step's record is complete (after the
+optimizer step, or at the next ``step()``). A detailed step (``detail_every``) adds the weight
+norms, the largest gradient element, the real update (a copy of the weights before the optimizer
+step), and four reductions per activation output. Other steps cost a counter increment.
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ class _Pending:
     batch: int | None
     lr: float | None
     skipped: bool | None
+    detailed: bool = False
     pieces: dict[str, Tensor] = field(default_factory=dict)
     act_counts: list[tuple[int, int]] = field(default_factory=list)
     forward_flags: list[tuple[str, int]] = field(default_factory=list)
@@ -88,8 +90,12 @@ class _Pending:
 class GradientMonitor:
     """Measure gradient norms, weight norms, update ratios and activation health per layer.
 
-    ``every``: record every N-th optimizer step. ``activations``: hook activation modules
-    (sigmoid, tanh, ReLU family, GELU, SiLU, ELU) for mean/std, saturation and dead units.
+    ``every``: record every N-th optimizer step (gradient norms per layer, loss, lr).
+    ``detail_every``: on steps that are a multiple of it, also weight norms, update ratios,
+    max |grad|, activation health and where a NaN first appears in the forward pass
+    (``detail_every=1``: everything on every recorded step).
+    ``activations``: hook activation modules (sigmoid, tanh, ReLU family, GELU, SiLU, ELU) for
+    mean/std, saturation and dead units.
     ``optimizer``: lets the monitor read the lr, measure the real update of each step, and see
     steps that GradScaler skipped. ``jsonl``: a path the full run is appended to; ``sinks``:
     other objects with ``write(record, meta)`` and ``close()`` (e.g. ``TensorBoardSink``).
@@ -101,6 +107,7 @@ class GradientMonitor:
         model: nn.Module,
         *,
         every: int = 1,
+        detail_every: int = 10,
         activations: bool = True,
         optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
         history: int = 10_000,
@@ -113,9 +120,12 @@ class GradientMonitor:
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"every must be a positive integer number of steps, not {every!r}.")
+        if isinstance(detail_every, bool) or not isinstance(detail_every, int) or detail_every < 1:
+            raise ConfigError(f"detail_every must be a positive integer number of steps, not {detail_every!r}.")
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ConfigError(f"history must be a positive integer, not {history!r}.")
         self.every = every
+        self.detail_every = detail_every
         self.measure_activations = activations
         self.measure_updates = update_ratio
         if optimizer is None:
@@ -246,13 +256,20 @@ class GradientMonitor:
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
-        """Record the forward passes inside this block even on a step ``every`` would skip."""
+        """Measure the forward passes inside this block even on a step ``every`` would skip.
+
+        What earlier forward passes of this step left is dropped, and a forward inside the block
+        does not count as a new batch: it is for re-running a batch to see where it went wrong.
+        """
         self._forced = True
         self._set_active()
+        self._reset_forward_buffers()
+        batch = self._batch
         try:
             yield
         finally:
             self._forced = False
+            self._batch = batch
 
     # ---- hooks -------------------------------------------------------------------------------
 
@@ -264,8 +281,15 @@ class GradientMonitor:
         self._input_flags: list[tuple[int, Tensor]] = []
         self._call_order = []
 
+    def _recorded(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def _detailed(self, step: int) -> bool:
+        return self._recorded(step) and step % self.detail_every == 0
+
     def _set_active(self) -> None:
-        self._active = bool(self._handles) and (self._forced or self._step % self.every == 0)
+        # forward hooks measure only the forward passes of a detailed step
+        self._active = bool(self._handles) and (self._forced or self._detailed(self._step))
 
     def _on_root_forward(self, module: nn.Module, args: tuple) -> None:
         if _compiling() or not module.training:
@@ -306,7 +330,7 @@ class GradientMonitor:
 
     def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         pending = self._pending
-        if pending is None or pending.snapshot is not None or not self.measure_updates:
+        if pending is None or pending.snapshot is not None or not pending.detailed or not self.measure_updates:
             return
         with torch.no_grad():
             pending.snapshot = torch._foreach_mul([p.detach() for p in self._layout.params], 1.0)
@@ -378,8 +402,8 @@ class GradientMonitor:
         self._close_pending()
         step = self._step
         self._step += 1
-        recording = self._active or force
-        if not recording:
+        detailed = force or self._active
+        if not (detailed or self._recorded(step)):
             self._reset_forward_buffers()
             self._set_active()
             return
@@ -389,24 +413,28 @@ class GradientMonitor:
             _ = self.meta  # fixed now: it outlives detach()
         if lr is None and self._optimizers:
             lr = float(self._optimizers[0].param_groups[0]["lr"])
-        pending = _Pending(step=step, batch=self._batch if batch is None else batch, lr=lr, skipped=skipped)
+        pending = _Pending(step=step, batch=self._batch if batch is None else batch, lr=lr, skipped=skipped,
+                           detailed=detailed)
 
         params = self._layout.params
         positions, grads = self._grads()
         device = params[0].device if params else torch.device("cpu")
-        weight_l2, _ = self._per_layer(fused_norms([p.detach() for p in params]), list(range(len(params))))
-        pending.pieces["weight_l2"] = weight_l2
+        if detailed:
+            weight_l2, _ = self._per_layer(fused_norms([p.detach() for p in params]), list(range(len(params))))
+            pending.pieces["weight_l2"] = weight_l2
         if grads:
             norms = fused_norms(grads)
-            maxes = fused_norms(grads, float("inf"))
+            maxes = fused_norms(grads, float("inf")) if detailed else None
             if grad_scale is not None:
                 inv = 1.0 / torch.as_tensor(grad_scale, dtype=NORM_DTYPE, device=norms.device)
-                norms, maxes = norms * inv, maxes * inv
+                norms = norms * inv
+                maxes = maxes * inv if maxes is not None else None
             grad_l2, grad_max = self._per_layer(norms, positions, maxes)
             has = torch.zeros(len(self._layout.layer_names), dtype=NORM_DTYPE, device=norms.device)
             has.index_fill_(0, self._index_on(norms.device, positions), 1.0)
-            pending.pieces.update(grad_l2=grad_l2, grad_max=grad_max, has_grad=has,
-                                  global_norm=norms.square().sum().sqrt().reshape(1))
+            pending.pieces.update(grad_l2=grad_l2, has_grad=has, global_norm=norms.square().sum().sqrt().reshape(1))
+            if grad_max is not None:
+                pending.pieces["grad_max"] = grad_max
         if loss is not None:
             pending.pieces["loss"] = torch.as_tensor(loss).detach().to(device, NORM_DTYPE).reshape(1)
         for key, value in (metrics or {}).items():
@@ -492,14 +520,14 @@ class GradientMonitor:
         for i in ordered:
             has_grad = bool(v.get("has_grad", [0.0] * len(names))[i])
             grad_l2 = v["grad_l2"][i] if has_grad else None
-            w = v["weight_l2"][i]
+            w = v["weight_l2"][i] if "weight_l2" in v else None
             upd = v["update_l2"][i] if "update_l2" in v else None
             layers[names[i]] = LayerStats(
                 grad_norm=grad_l2,
                 grad_norm_post_clip=v["post_l2"][i] if has_grad and "post_l2" in v else None,
-                grad_max=v["grad_max"][i] if has_grad else None,
+                grad_max=v["grad_max"][i] if has_grad and "grad_max" in v else None,
                 weight_norm=w,
-                update_ratio=upd / w if upd is not None and w > 0 else None,
+                update_ratio=upd / w if upd is not None and w else None,
                 grad_nonfinite=int(grad_l2 is not None and not math.isfinite(grad_l2)),
             )
         activations: dict[str, ActivationStats] = {}
