@@ -13,6 +13,7 @@ __all__ = [
     "CheckpointError",
     "RecordError",
     "NonFiniteError",
+    "Interrupted",
     "unknown_name",
 ]
 
@@ -43,6 +44,12 @@ class RecordError(GradHealthError):
 
 class NonFiniteError(GradHealthError):
     """Training produced NaN or Inf and the policy was to stop with an error."""
+
+
+class Interrupted(GradHealthError):
+    """The run was stopped by Ctrl-C or SIGTERM after saving a checkpoint (exit 130, as shells expect)."""
+
+    exit_code = 130
 
 
 def unknown_name(kind: str, name: object, choices: Iterable[str]) -> ConfigError:

@@ -19,6 +19,9 @@ COMMANDS = [
     "gradhealth.cli.list_models",
     "gradhealth.cli.theory",
     "gradhealth.cli.report",
+    "gradhealth.cli.train",
+    "gradhealth.cli.diagnose",
+    "gradhealth.cli.fix",
 ]
 
 

@@ -1,0 +1,100 @@
+"""``gradhealth train MODEL --data D ...``: train with the monitor on, write metrics, checkpoints, summary."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from gradhealth.errors import GradHealthError
+
+CLIP_MODES = ("none", "norm", "value", "agc", "autoclip")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a model with the monitor on",
+        description="Train MODEL (a registered name, a spec like 'mlp:depth=30,activation=sigmoid', or "
+                    "path/to/file.py:factory) and record per-layer gradient health. "
+                    "Under torchrun, runs data-parallel (gloo on CPU, nccl on GPU).")
+    p.add_argument("model", help="registered name, spec string, or file.py:factory")
+    p.add_argument("--data", default="digits", help="digits, digits-image, mnist1d, mnist1d-seq, "
+                   "synthetic:in=64,classes=10,n=4096, cifar10:DIR (default: digits)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (default 100)")
+    length.add_argument("--epochs", type=float, help="passes over the training data")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--optimizer", default="sgd", help="sgd, adam, adamw")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9; adam/adamw use betas)")
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--l2-mode", default="decoupled", choices=("decoupled", "penalty"),
+                   help="weight decay in the optimizer (decoupled) or as a loss penalty")
+    p.add_argument("--l1", type=float, default=0.0, help="L1 penalty weight")
+    p.add_argument("--schedule", default="constant",
+                   help="constant, step, multistep, exponential, cosine, warmup_cosine, onecycle")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--clip", default="none", help=", ".join(CLIP_MODES))
+    p.add_argument("--clip-value", type=float, help="threshold (norm/value), lambda (agc), percentile (autoclip)")
+    p.add_argument("--amp", default="none", help="none, bf16, fp16")
+    p.add_argument("--init", help="re-initialize: he, xavier, normal(0.02), constant(5), orthogonal, lsuv, fixup ...")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--monitor-every", type=int, default=1, help="record every K optimizer steps")
+    p.add_argument("--detail-every", type=int, default=10,
+                   help="every K steps also weight norms, update ratios and activation health (default 10)")
+    p.add_argument("--no-activations", action="store_true", help="do not hook activation modules")
+    p.add_argument("--on-nonfinite", default="stop", help="raise, skip or stop (save and report) on NaN/Inf")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate on the validation split every K steps")
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--out", default="run", help="output folder (default: ./run)")
+    p.add_argument("--resume", help="checkpoint to resume from (e.g. run/checkpoints/last.pt)")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
+    p.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from gradhealth.train.config import TrainConfig
+
+    return TrainConfig(
+        model=args.model, data=args.data, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+        accumulate=args.accumulate, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+        nesterov=args.nesterov, weight_decay=args.weight_decay, l2_mode=args.l2_mode, l1=args.l1,
+        schedule=args.schedule, warmup_steps=args.warmup_steps, clip=args.clip, clip_value=args.clip_value,
+        amp=args.amp, init=args.init, seed=args.seed, monitor_every=args.monitor_every, detail_every=args.detail_every,
+        activations=not args.no_activations, on_nonfinite=args.on_nonfinite, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, device=args.device, num_workers=args.num_workers,
+        out=args.out, resume=args.resume, tensorboard=args.tensorboard,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from gradhealth.train.loop import fit
+
+    config = config_from_args(args)
+    result = fit(config)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes and speaks
+        return 0
+    out = Path(config.out)
+    if result.stopped == "nonfinite":
+        _write_stop_report(out)
+        raise GradHealthError(f"{result.summary['stop_reason']}; checkpoint and report written to {out}/.")
+    summary = {k: result.summary[k] for k in ("model", "data", "steps", "final_loss", "skipped_steps")}
+    summary.update({k: v for k, v in result.summary.items() if k.startswith("final_val")})
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"wrote {out}/metrics.jsonl, {out}/checkpoints/last.pt, {out}/summary.json", file=sys.stderr)
+    return 0
+
+
+def _write_stop_report(out: Path) -> None:
+    """report.html and findings.json beside the checkpoint of a run that stopped on NaN/Inf."""
+    from gradhealth.cli.diagnose import write_outputs
+    from gradhealth.diagnose.rules import diagnose_log
+    from gradhealth.monitor.records import read_jsonl
+
+    log = read_jsonl(out / "metrics.jsonl")
+    write_outputs(out, log, diagnose_log(log))

@@ -1,0 +1,104 @@
+"""Everything one training run needs to know, validated once, JSON-able for checkpoints and logs."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from gradhealth.errors import ConfigError, unknown_name
+
+__all__ = ["TrainConfig", "AMP_MODES", "NONFINITE_POLICIES"]
+
+AMP_MODES = ("none", "bf16", "fp16")
+NONFINITE_POLICIES = ("raise", "skip", "stop")
+
+
+@dataclass
+class TrainConfig:
+    """A run: model and data by name, the remedies of the material, and bookkeeping.
+
+    ``steps`` counts optimizer steps; ``epochs`` is converted to steps from the data size.
+    ``accumulate`` micro-batches go into each optimizer step.
+    """
+
+    model: str = "mlp"
+    data: str = "digits"
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 64
+    accumulate: int = 1
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    # None: 0.9 for sgd (He et al.'s recipe), nothing for adam/adamw (they have betas)
+    momentum: float | None = None
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    l2_mode: str = "decoupled"
+    l1: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int | None = None
+    clip: str = "none"
+    clip_value: float | None = None
+    amp: str = "none"
+    init: str | None = None
+    seed: int = 0
+    monitor_every: int = 1
+    detail_every: int = 10
+    activations: bool = True
+    on_nonfinite: str = "stop"
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    out: str | None = None
+    resume: str | None = None
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.steps is None and self.epochs is None:
+            self.steps = 100
+        if self.steps is not None:
+            _positive_int("steps", self.steps)
+        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
+            raise ConfigError(f"epochs must be positive, not {self.epochs!r}.")
+        for name in ("batch_size", "accumulate", "monitor_every", "detail_every"):
+            _positive_int(name, getattr(self, name))
+        for name in ("eval_every", "checkpoint_every", "num_workers", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, not {value!r}.")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"the learning rate must be a positive number, not {self.lr!r}.")
+        for name in ("weight_decay", "l1", "momentum"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a non-negative number, not {value!r}.")
+        if self.amp not in AMP_MODES:
+            raise unknown_name("AMP mode", self.amp, AMP_MODES)
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise unknown_name("non-finite policy", self.on_nonfinite, NONFINITE_POLICIES)
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}.")
+
+    def optimizer_momentum(self) -> float:
+        if self.momentum is not None:
+            return self.momentum
+        return 0.9 if self.optimizer == "sgd" else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, not {value!r}.")

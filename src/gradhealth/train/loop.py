@@ -1,0 +1,409 @@
+"""``fit()``: training with the material's remedies, in the order that keeps each of them honest.
+
+One optimizer step::
+
+    forward (autocast) -> loss (+ L1/L2 penalties) -> backward       x accumulate micro-batches
+    -> scaler.unscale_        gradients at their true scale before anyone looks at them
+    -> non-finite check       agreed by all ranks, so they all take the same branch
+    -> monitor.step           pre-clip norms: what the model really produced
+    -> clip -> monitor.after_clip
+    -> optimizer step         (GradScaler may skip it when it finds inf/NaN)
+    -> scheduler step         only if the optimizer stepped, so the schedule stays in step
+    -> zero_grad -> monitor.end_step
+
+Files (rank 0 only) in ``out``: ``metrics.jsonl`` (the monitor's records), ``checkpoints/last.pt``
+(and ``best.pt`` by validation loss), ``summary.json``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from gradhealth.errors import Interrupted, NonFiniteError
+from gradhealth.monitor.monitor import GradientMonitor
+from gradhealth.monitor.records import NonFiniteEvent, RunMeta, StepRecord, read_jsonl, write_jsonl
+from gradhealth.monitor.sinks import TensorBoardSink
+from gradhealth.monitor.stats import fused_norms
+from gradhealth.remedies.clip import create_clipper
+from gradhealth.remedies.optim import create_optimizer
+from gradhealth.remedies.regularize import l1_penalty, l2_penalty
+from gradhealth.remedies.schedules import create_scheduler
+from gradhealth.train.checkpoint import build_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
+from gradhealth.train.config import TrainConfig
+from gradhealth.train.data import DataBundle, EpochShuffleSampler, load_data
+from gradhealth.train.distributed import DistInfo, agree_any, init_distributed, shutdown_distributed
+from gradhealth.train.progress import Progress
+from gradhealth.train.setup import autocast_dtype, build_model, pick_device
+
+__all__ = ["fit", "TrainResult"]
+
+# With --on-nonfinite skip, this many skipped steps in a row means the run cannot recover.
+MAX_CONSECUTIVE_SKIPS = 25
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    records: list[StepRecord]
+    meta: RunMeta
+    summary: dict[str, Any]
+    out_dir: Path | None
+
+    @property
+    def stopped(self) -> str | None:
+        """None when the run finished; ``nonfinite`` when it stopped on NaN/Inf."""
+        return self.summary.get("stopped")
+
+
+def fit(config: TrainConfig | None = None, *, model: nn.Module | str | None = None,
+        data: DataBundle | str | None = None, progress: bool | None = None, **overrides: Any) -> TrainResult:
+    """Train ``config.model`` (or the given ``model``) on ``config.data`` (or the given bundle).
+
+    Keyword overrides change fields of the config: ``fit(model="resnet20", data="digits-image",
+    steps=50, clip="norm")``. ``model`` may also be an nn.Module and ``data`` a DataBundle.
+    """
+    if isinstance(model, str):
+        overrides["model"], model = model, None
+    if isinstance(data, str):
+        overrides["data"], data = data, None
+    config = dataclasses.replace(config, **overrides) if config is not None else TrainConfig(**overrides)
+    config.validate()
+    return _Run(config, model, data, progress).train()
+
+
+class _Run:
+    def __init__(self, config: TrainConfig, model: nn.Module | None, data: DataBundle | None, progress: bool | None):
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dist: DistInfo = init_distributed(self.device)
+        self.data = data if data is not None else load_data(config.data, seed=config.seed)
+        self._make_loaders()
+        per_epoch = max(1, len(self.train_loader) // config.accumulate)
+        self.total_steps = config.steps if config.steps is not None else math.ceil(config.epochs * per_epoch)
+        if model is None:
+            x0, _ = self.data.train[: config.batch_size]
+            model = build_model(config, self.data.model_kwargs(), x0)
+        self.model = model.to(self.device)
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = create_optimizer(config.optimizer, self.model, config.lr, momentum=config.optimizer_momentum(),
+                                          nesterov=config.nesterov, weight_decay=config.weight_decay,
+                                          l2_mode=config.l2_mode)
+        self.scheduler = create_scheduler(config.schedule, self.optimizer, self.total_steps,
+                                          warmup_steps=config.warmup_steps)
+        self.clipper = create_clipper(config.clip, config.clip_value, model=self.model)
+        self.autocast = autocast_dtype(config.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
+        self.out = Path(config.out) if config.out else None
+        self.writes = self.out is not None and self.dist.is_main
+        self.step, self.epoch, self.position, self.batch_index = 0, 0, 0, -1
+        self.best_val = math.inf
+        self.consecutive_skips = 0
+        self.first_nonfinite: NonFiniteEvent | None = None
+        self.last_val: dict[str, float] = {}
+        self.stopped: str | None = None
+        self.stop_reason = ""
+        if config.resume:
+            self._resume(config.resume)
+        self.monitor = self._make_monitor()
+        self.progress = Progress(self.total_steps, self.step, enabled=self.dist.is_main if progress is None else progress)
+        self._interrupted = False
+
+    # ---- set-up ------------------------------------------------------------------------------
+
+    def _make_loaders(self) -> None:
+        c = self.config
+        if self.dist.enabled:
+            self.sampler: Any = DistributedSampler(self.data.train, self.dist.world_size, self.dist.rank,
+                                                   shuffle=True, seed=c.seed, drop_last=True)
+        else:
+            self.sampler = EpochShuffleSampler(len(self.data.train), c.seed)
+        # its own generator: creating an iterator must not draw from the global RNG (bit-exact resume)
+        generator = torch.Generator().manual_seed(c.seed)
+        self.train_loader = DataLoader(self.data.train, batch_size=c.batch_size, sampler=self.sampler,
+                                       drop_last=len(self.data.train) > c.batch_size, num_workers=c.num_workers,
+                                       generator=generator)
+        self.val_loader = DataLoader(self.data.val, batch_size=512, shuffle=False)
+
+    def _make_monitor(self) -> GradientMonitor:
+        sinks = []
+        if self.writes and self.config.tensorboard:
+            sinks.append(TensorBoardSink(self.out / "tensorboard"))
+        jsonl = self.out / "metrics.jsonl" if self.writes else None
+        meta_config = {**self.config.to_json(), "depth": getattr(self.model, "depth", None),
+                       "residual": getattr(self.model, "residual", None)}
+        monitor = GradientMonitor(self.net, every=self.config.monitor_every, detail_every=self.config.detail_every,
+                                  activations=self.config.activations, optimizer=self.optimizer,
+                                  jsonl=jsonl, sinks=sinks, config=meta_config, name=self.config.model,
+                                  append=bool(self.config.resume))
+        if self._monitor_state is not None:
+            monitor.load_state_dict(self._monitor_state)
+        return monitor
+
+    _monitor_state: dict[str, Any] | None = None
+
+    def _resume(self, path: str) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                  scaler=self.scaler, clipper=self.clipper)
+        extra = info.get("extra") or {}
+        self.step = int(info["step"])
+        self.epoch, self.position = int(extra.get("epoch", 0)), int(extra.get("position", 0))
+        self.batch_index = int(extra.get("batch_index", -1))
+        self.best_val = float(extra.get("best_val", math.inf))
+        self._monitor_state = info.get("monitor")
+        if self.writes and (self.out / "metrics.jsonl").exists():
+            # a run killed after its last checkpoint logged steps that will now be trained again
+            log = read_jsonl(self.out / "metrics.jsonl")
+            write_jsonl(self.out / "metrics.jsonl", [r for r in log.records if r.step < self.step], log.meta)
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches forever, epoch after epoch, starting where a resumed run left off."""
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            for index, (x, y) in enumerate(self.train_loader):
+                if index < self.position:
+                    continue
+                self.position = index + 1
+                self.batch_index += 1
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            logits = self.net(x)
+            loss = F.cross_entropy(logits.float(), y)
+        total = loss
+        if self.config.l1 > 0:
+            total = total + l1_penalty(self.model, self.config.l1)
+        if self.config.l2_mode == "penalty" and self.config.weight_decay > 0:
+            total = total + l2_penalty(self.model, self.config.weight_decay)
+        correct = (logits.detach().argmax(1) == y).sum()
+        return total, loss.detach(), correct
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        was_training = self.net.training
+        self.net.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        for x, y in self.val_loader:
+            x, y = x.to(self.device), y.to(self.device)
+            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                logits = self.net(x)
+            loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+        self.net.train(was_training)
+        return {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1)}
+
+    def train(self) -> TrainResult:
+        started = time.perf_counter()
+        self.net.train()
+        batches = self._batches()
+        with self._signals(), self.monitor:
+            try:
+                while self.step < self.total_steps and self.stopped is None:
+                    if agree_any(self._interrupted, self.dist, self.device):
+                        self.stopped = "interrupted"
+                        break
+                    self._one_step(batches)
+                if self.writes:
+                    self._save("last.pt")
+            finally:
+                self.progress.close()
+        result = self._result(time.perf_counter() - started)
+        shutdown_distributed(self.dist)
+        if self.stopped == "nonfinite" and self.config.on_nonfinite == "raise":
+            raise NonFiniteError(self.stop_reason + ".")
+        if self.stopped == "interrupted":
+            raise Interrupted(f"interrupted at step {self.step}; checkpoint written"
+                              + (f" to {self.out / 'checkpoints' / 'last.pt'}." if self.writes else "."))
+        return result
+
+    def _one_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
+        c = self.config
+        metrics: dict[str, Any] = {}
+        if c.eval_every and self.step % c.eval_every == 0:
+            self.last_val = self.evaluate()
+            metrics.update(self.last_val)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for micro in range(c.accumulate):
+            x, y = next(batches)
+            # DDP: all-reduce the gradients once, on the last micro-batch
+            sync = contextlib.nullcontext() if not self.dist.enabled or micro == c.accumulate - 1 else self.net.no_sync()
+            with sync:
+                total, loss, right = self._loss(x, y)
+                scaled = total / c.accumulate
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            loss_sum += loss
+            correct += right
+            seen += len(y)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        loss_mean = loss_sum / c.accumulate
+        finite = torch.isfinite(loss_mean)
+        if self.scaler is None:
+            # under fp16 an inf gradient is GradScaler's business: it skips the step and lowers the scale
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads:
+                finite = finite & torch.isfinite(fused_norms(grads).sum())
+        bad = agree_any(~finite, self.dist, self.device)
+        if bad:
+            # run the last batch forward again with the hooks on, so the record names the first
+            # layer whose output went NaN/Inf (the hooks only watch detailed steps otherwise)
+            with self.monitor.capture(), torch.no_grad():
+                self._loss(x, y)
+        metrics["train_acc"] = correct.double() / max(seen, 1)
+        self.monitor.step(loss=loss_mean, force=bad, metrics=metrics, batch=self.batch_index)
+        self.clipper(self.model.parameters())
+        self.monitor.after_clip()
+        if bad:
+            self._non_finite()
+            return
+        self.consecutive_skips = 0
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            stepped = self.scaler.get_scale() >= scale
+        else:
+            self.optimizer.step()
+            stepped = True
+        if stepped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        record = self.monitor.end_step(skipped=not stepped)
+        self.step += 1
+        self._after_step(record)
+
+    def _after_step(self, record: StepRecord | None) -> None:
+        if record is not None:
+            self.progress.update(self.step, record.loss, record.global_grad_norm, record.lr)
+        if self.writes and self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+            self._save("last.pt")
+        val = self.last_val.get("val_loss")
+        if self.writes and val is not None and val < self.best_val:
+            self.best_val = val
+            self._save("best.pt")
+
+    def _non_finite(self) -> None:
+        record = self.monitor.end_step(skipped=True)
+        event = record.first_nonfinite if record is not None else None
+        if event is None:
+            event = NonFiniteEvent("gradient", None, self.batch_index, self.step)
+        if self.first_nonfinite is None:
+            self.first_nonfinite = event
+        where = _describe(event)
+        self.optimizer.zero_grad(set_to_none=True)
+        policy = self.config.on_nonfinite
+        if policy == "skip" and self.consecutive_skips < MAX_CONSECUTIVE_SKIPS:
+            self.consecutive_skips += 1
+            self.step += 1
+            self.progress.update(self.step, None, None, None, note=f"skipped: {where}")
+            return
+        self.stopped = "nonfinite"
+        self.stop_reason = f"training produced NaN/Inf at step {self.step}: {where}"
+        if self.writes:
+            self._save("last.pt")
+
+    # ---- files -------------------------------------------------------------------------------
+
+    def _save(self, name: str) -> None:
+        extra = {"epoch": self.epoch, "position": self.position, "batch_index": self.batch_index,
+                 "best_val": self.best_val}
+        state = build_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                 scaler=self.scaler, clipper=self.clipper, monitor_state=self.monitor.state_dict(),
+                                 step=self.step, epoch=self.epoch, config=self.config.to_json(), extra=extra)
+        save_checkpoint(self.out / "checkpoints" / name, state)
+
+    def _result(self, seconds: float) -> TrainResult:
+        records = list(self.monitor.records)
+        losses = [r.loss for r in records if r.loss is not None and not r.skipped]
+        tail = losses[-max(1, len(losses) // 10):] if losses else []
+        summary = {
+            "model": self.config.model,
+            "data": self.data.name,
+            "num_classes": self.data.num_classes,
+            "normalisation": self.data.normalisation,
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "final_loss": sum(tail) / len(tail) if tail else None,
+            **{f"final_{k}": v for k, v in self.last_val.items()},
+            "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+            "skipped_steps": sum(r.skipped for r in records),
+            "first_nonfinite": dataclasses.asdict(self.first_nonfinite) if self.first_nonfinite else None,
+            "stopped": self.stopped,
+            "stop_reason": self.stop_reason or None,
+            "seconds": round(seconds, 3),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "config": self.config.to_json(),
+        }
+        if self.writes:
+            _write_json(self.out / "summary.json", summary)
+        return TrainResult(self.model, records, self.monitor.meta, summary, self.out)
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """Ctrl-C / SIGTERM finish the current step, save, and end the run with exit status 130."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._interrupted:  # a second Ctrl-C: the user means it
+                raise KeyboardInterrupt
+            self._interrupted = True
+
+        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _describe(event: NonFiniteEvent) -> str:
+    where = {"input": "in the input batch", "loss": "in the loss", "activation": "in the output of",
+             "forward": "in the output of", "gradient": "in the gradient of"}.get(event.kind, event.kind)
+    layer = f" layer {event.layer}" if event.layer else ""
+    return f"first {where}{layer} (batch {event.batch})"
+
+
+def _strict(value: Any) -> Any:
+    """NaN/Inf become null so the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(_strict(obj), indent=2, allow_nan=False, default=str))
+    os.replace(tmp, path)
+

@@ -1,0 +1,48 @@
+"""The Lightning callback records the same per-layer norms as the monitor, pre- and post-clip."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+lightning = pytest.importorskip("lightning")  # a dev dependency: installed by `make test`
+
+import gradhealth  # noqa: E402
+from gradhealth.integrations.lightning import GradHealthCallback  # noqa: E402
+from gradhealth.monitor.records import read_jsonl  # noqa: E402
+
+
+class TinyModule(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = gradhealth.create_model("mlp:depth=4,width=16,in_features=8,num_classes=3")
+        self.seen: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad.flatten() for p in self.parameters() if p.grad is not None]
+        self.seen.append(float(torch.cat(grads).double().norm()))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_callback_records_pre_and_post_clip_norms_in_a_trainer(tmp_path):
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 3, (64,)))
+    module = TinyModule()
+    callback = GradHealthCallback(detail_every=1, jsonl=tmp_path / "metrics.jsonl")
+    trainer = lightning.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=0.05,
+                                accumulate_grad_batches=2, default_root_dir=tmp_path, callbacks=[callback])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    records = callback.records
+    assert [r.step for r in records] == [0, 1, 2, 3]
+    assert [r.global_grad_norm for r in records] == pytest.approx(module.seen, rel=1e-6)
+    assert all(r.global_grad_norm_post_clip <= 0.05 + 1e-6 for r in records)
+    assert all(r.layers["net.head"].update_ratio > 0 for r in records)
+    assert all(r.loss is not None for r in records)
+    assert [r.step for r in read_jsonl(tmp_path / "metrics.jsonl").records] == [0, 1, 2, 3]
