@@ -24,17 +24,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from gradhealth.diagnose.rules import diagnose_log
     from gradhealth.monitor.records import read_jsonl
-    from gradhealth.report.html import render_html, run_sections, write_report
+    from gradhealth.report.html import run_page, write_report
 
     log = read_jsonl(args.log)
     diagnosis = diagnose_log(log)
     out = args.out if args.out is not None else args.log.parent / "report.html"
     title = args.title or f"gradhealth report: {args.log.name}"
-    facts = [log.meta.model, log.meta.data, f"{len(log.records)} logged steps"]
-    page = render_html(title, run_sections(log, diagnosis), diagnosis=diagnosis,
-                       subtitle=" · ".join(f for f in facts if f))
     try:
-        path = write_report(out, page)
+        path = write_report(out, run_page(log, diagnosis, title))
     except OSError as exc:
         raise ConfigError(f"cannot write the report to {str(out)!r} ({exc.strerror or exc}); "
                           "pass a writable path with --out.") from None

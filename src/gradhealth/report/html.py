@@ -23,7 +23,7 @@ from gradhealth.report.style import CSS
 from gradhealth.report.svg import Figure
 
 __all__ = ["Section", "Table", "render_html", "run_sections", "findings_section", "activation_table",
-           "run_details_table", "write_report"]
+           "run_details_table", "write_report", "run_page"]
 
 _e = html.escape
 
@@ -174,6 +174,13 @@ def _finding_rows(row_id: str, index: int, finding: Finding) -> str:
 
 
 # ---- the standard single-run report -------------------------------------------------------------
+
+def run_page(log: RunLog, diagnosis: Diagnosis | None, title: str, extra: Sequence[Section] = ()) -> str:
+    """The whole page for one run: verdict, the standard sections, then any ``extra`` sections."""
+    facts = [log.meta.model, log.meta.data, f"{len(log.records)} logged steps"]
+    return render_html(title, [*run_sections(log, diagnosis), *extra], diagnosis=diagnosis,
+                       subtitle=" · ".join(f for f in facts if f))
+
 
 def run_sections(log: RunLog, diagnosis: Diagnosis | None, *, label: str | None = None) -> list[Section]:
     """Gradients vs depth (first and last step), heatmap, loss, update ratio, activations, findings, details.

@@ -1,0 +1,105 @@
+"""``gradhealth diagnose [MODEL]``: what is wrong with a model's gradients, where, why, and what fixes it.
+
+With no MODEL it examines the embedded default (a deep plain sigmoid MLP on the digits data).
+``--from-log run.jsonl`` diagnoses a finished run without importing torch. Exit status 3 when a
+``--fail-on`` kind is found, for CI gates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gradhealth.diagnose.findings import FINDING_KINDS
+from gradhealth.errors import ConfigError
+
+EXIT_FOUND = 3
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("diagnose", help="diagnose vanishing/exploding gradients (default: a deep sigmoid MLP)",
+                       description="Run MODEL for a few monitored steps (or read --from-log) and report what is "
+                                   "wrong with its gradients, in which layers, why, and the ranked remedies.")
+    p.add_argument("model", nargs="?", help="registered name, spec string or file.py:factory "
+                                            "(default: a 20-layer plain sigmoid MLP)")
+    p.add_argument("--from-log", type=Path, help="diagnose a run's metrics.jsonl instead of running a model")
+    p.add_argument("--data", default=None, help="data set (default: digits)")
+    p.add_argument("--steps", type=int, default=None, help="monitored optimizer steps (default 60)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--optimizer", default="sgd")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--init", help="re-initialize the model first (he, xavier, normal(0.02), ...)")
+    p.add_argument("--clip", default="none")
+    p.add_argument("--clip-value", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
+    p.add_argument("--out", type=Path, help="folder for findings.json and report.html (and the run's files)")
+    p.add_argument("--fail-on", default="", help="comma-separated finding kinds that make the exit status 3")
+    p.set_defaults(run=run)
+
+
+def _fail_kinds(text: str) -> set[str]:
+    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    unknown = sorted(kinds - set(FINDING_KINDS))
+    if unknown:
+        raise ConfigError(f"unknown finding kind {unknown[0]!r} in --fail-on; choose from: {', '.join(FINDING_KINDS)}.")
+    return kinds
+
+
+def run(args: argparse.Namespace) -> int:
+    fail_on = _fail_kinds(args.fail_on)
+    if args.from_log is not None:
+        if args.model:
+            raise ConfigError("give either a MODEL to run or --from-log, not both.")
+        from gradhealth.diagnose.rules import diagnose_log
+        from gradhealth.monitor.records import read_jsonl
+
+        log = read_jsonl(args.from_log)
+        diagnosis = diagnose_log(log)
+    else:
+        from gradhealth.checkup import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_STEPS, checkup
+
+        result = checkup(args.model or DEFAULT_MODEL, args.data or DEFAULT_DATA, args.steps or DEFAULT_STEPS,
+                         out=str(args.out) if args.out else None, lr=args.lr, optimizer=args.optimizer,
+                         batch_size=args.batch_size, init=args.init, clip=args.clip, clip_value=args.clip_value,
+                         seed=args.seed)
+        log, diagnosis = result.log, result.diagnosis
+    if args.out is not None:
+        write_outputs(args.out, log, diagnosis)
+    if args.json:
+        print(json.dumps(diagnosis.to_json(), indent=2, default=str))
+    else:
+        from gradhealth.report.console import print_diagnosis
+
+        print_diagnosis(diagnosis, log)
+        _print_theory(diagnosis.extra.get("theory"))
+        if args.out is not None:
+            print(f"wrote {args.out / 'report.html'} and {args.out / 'findings.json'}")
+    found = {f.kind for f in diagnosis.findings if f.severity in ("warning", "error")} & fail_on
+    return EXIT_FOUND if found else 0
+
+
+def write_outputs(out: Path, log, diagnosis) -> None:
+    """findings.json and report.html in ``out``, both written atomically."""
+    from gradhealth.report.extras import theory_section
+    from gradhealth.report.html import run_page, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    extra = [s for s in [theory_section(diagnosis.extra.get("theory") or {})] if s is not None]
+    write_report(out / "report.html", run_page(log, diagnosis, f"gradhealth diagnosis: {diagnosis.model or 'run'}", extra))
+    tmp = out / ".findings.json.tmp"
+    tmp.write_text(json.dumps(diagnosis.to_json(), indent=2, default=str))
+    tmp.replace(out / "findings.json")
+
+
+def _print_theory(theory) -> None:
+    if not theory or not theory.get("applies"):
+        return
+    p = theory["prediction"]
+    line = (f"Theory at init: {p['regime']}, chi_1 = {p['chi_1']:.3g}, predicted per-layer factor "
+            f"{p['per_layer_factor']:.3g}")
+    comparison = theory.get("comparison")
+    if comparison:
+        line += (f"; measured {comparison['measured_factor']:.3g} "
+                 f"({'agrees' if comparison['agree'] else 'differs'})")
+    print(line)
