@@ -413,3 +413,17 @@ def test_detail_every_adds_weights_updates_and_activations_on_its_steps_only():
         assert bool(record.activations) is detailed
     with pytest.raises(ConfigError, match="detail_every"):
         GradientMonitor(model, detail_every=0)
+
+
+def test_post_clip_norms_are_read_at_the_optimizer_step_when_after_clip_is_not_called():
+    torch.manual_seed(0)
+    model = gradhealth.create_model("mlp:depth=4,width=16")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradientMonitor(model, optimizer=opt) as mon:
+        F.cross_entropy(model(_batch()[0]), _batch()[1]).backward()
+        mon.step()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)  # e.g. a framework clips on its own
+        opt.step()
+        record = mon.records[-1]
+    assert record.global_grad_norm_post_clip == pytest.approx(0.01, rel=1e-4)
+    assert record.global_grad_norm > 0.01

@@ -174,7 +174,6 @@ class GradientMonitor:
                 if name not in self._layout.layer_names:  # PReLU owns parameters: hooked above
                     self._handles.append(module.register_forward_hook(self._make_layer_hook(name)))
         for opt in self._optimizers:
-            self._handles.append(opt.register_step_pre_hook(self._on_optimizer_pre))
             self._handles.append(opt.register_step_post_hook(self._on_optimizer_post))
         self._set_active()
         return self
@@ -328,26 +327,23 @@ class GradientMonitor:
 
         return hook
 
-    def _on_optimizer_pre(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        pending = self._pending
-        if pending is None or pending.snapshot is not None or not pending.detailed or not self.measure_updates:
-            return
-        with torch.no_grad():
-            pending.snapshot = torch._foreach_mul([p.detach() for p in self._layout.params], 1.0)
-
     def _on_optimizer_post(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         pending = self._pending
         if pending is None:
             return
         pending.stepped = True
-        if pending.snapshot is not None:
-            with torch.no_grad():
+        with torch.no_grad():
+            if pending.snapshot is not None:
                 current = [p.detach() for p in self._layout.params]
                 deltas = torch._foreach_sub(current, pending.snapshot)
                 pending.snapshot = None
                 norms = fused_norms(deltas)
                 del deltas
                 pending.pieces["update_l2"] = self._per_layer(norms, list(range(len(current))))[0]
+            if pending.detailed and "post_l2" not in pending.pieces:
+                # the optimizer has just used the gradients: whatever clipping happened (in any
+                # framework, e.g. Lightning's gradient_clip_val) is in them now
+                self.after_clip()
         # the record is complete once every optimizer has stepped
         if len(self._optimizers) <= 1 or optimizer is self._optimizers[-1]:
             self._materialize()
@@ -422,6 +418,9 @@ class GradientMonitor:
         if detailed:
             weight_l2, _ = self._per_layer(fused_norms([p.detach() for p in params]), list(range(len(params))))
             pending.pieces["weight_l2"] = weight_l2
+            if self._optimizers and self.measure_updates:
+                # the weights before the optimizer step, for the real update it makes
+                pending.snapshot = torch._foreach_mul([p.detach() for p in params], 1.0)
         if grads:
             norms = fused_norms(grads)
             maxes = fused_norms(grads, float("inf")) if detailed else None
