@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-MODULES = ["gradhealth", "gradhealth.layers", "gradhealth.models", "gradhealth.monitor", "gradhealth.errors"]
+MODULES = ["gradhealth", "gradhealth.layers", "gradhealth.models", "gradhealth.monitor", "gradhealth.errors",
+           "gradhealth.remedies", "gradhealth.report", "gradhealth.diagnose.findings", "gradhealth.diagnose.rules",
+           "gradhealth.diagnose.theory", "gradhealth.train.loop", "gradhealth.checkup"]
 
 
 @pytest.mark.parametrize("module_name", MODULES)
@@ -21,7 +23,8 @@ def test_every_name_in_all_exists(module_name):
 def test_top_level_exports_the_core_api():
     import gradhealth
 
-    for name in ("create_model", "list_models", "register_model", "GradHealthError", "ConfigError"):
+    for name in ("create_model", "list_models", "register_model", "GradHealthError", "ConfigError",
+                 "GradientMonitor", "fit", "checkup", "diagnose_log", "read_jsonl"):
         assert name in gradhealth.__all__
 
 

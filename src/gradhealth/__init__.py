@@ -20,6 +20,19 @@ _LAZY = {
     "create_act": "gradhealth.layers",
     "create_norm": "gradhealth.layers",
     "apply_init": "gradhealth.layers",
+    "GradientMonitor": "gradhealth.monitor",
+    "StepRecord": "gradhealth.monitor",
+    "RunLog": "gradhealth.monitor",
+    "read_jsonl": "gradhealth.monitor",
+    "fit": "gradhealth.train.loop",
+    "TrainConfig": "gradhealth.train.config",
+    "load_data": "gradhealth.train.data",
+    "checkup": "gradhealth.checkup",
+    "diagnose_log": "gradhealth.diagnose.rules",
+    "create_clipper": "gradhealth.remedies",
+    "create_scheduler": "gradhealth.remedies",
+    "create_optimizer": "gradhealth.remedies",
+    "run_trials": "gradhealth.remedies.trials",
 }
 
 __all__ = [
