@@ -135,6 +135,9 @@ class GradientMonitor:
         else:
             self._optimizers = list(optimizer)
         self._model_ref = weakref.ref(unwrap(model))
+        # a compiled model keeps its forward hooks for good: adding and removing them would make
+        # torch.compile recompile; inside the compiled graph they do nothing anyway
+        self._compiled = hasattr(model, "_orig_mod")
         self._records: deque[StepRecord] = deque(maxlen=history)
         self._config = dict(config or {})
         self._name = name
@@ -145,6 +148,7 @@ class GradientMonitor:
         self._meta: RunMeta | None = None
         self._layout = ModelLayout()
         self._handles: list[Any] = []
+        self._layer_handles: list[Any] = []
         self._step = 0
         self._batch = -1
         self._active = False
@@ -167,12 +171,6 @@ class GradientMonitor:
         self._layout = layout_of(model)
         self._param_index: dict[torch.device, Tensor] = {}
         self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
-        for name, module in zip(self._layout.layer_names, self._layout.layer_modules):
-            self._handles.append(module.register_forward_hook(self._make_layer_hook(name)))
-        if self.measure_activations:
-            for name, module, rule in self._layout.activations:
-                if name not in self._layout.layer_names:  # PReLU owns parameters: hooked above
-                    self._handles.append(module.register_forward_hook(self._make_layer_hook(name)))
         for opt in self._optimizers:
             self._handles.append(opt.register_step_post_hook(self._on_optimizer_post))
         self._set_active()
@@ -183,9 +181,10 @@ class GradientMonitor:
         self._close_pending()
         if self._handles:
             _ = self.meta
-        for handle in self._handles:
+        for handle in self._handles + self._layer_handles:
             handle.remove()
         self._handles.clear()
+        self._layer_handles.clear()
         self._layout = ModelLayout()
         self._param_index = {}
         self._reset_forward_buffers()
@@ -287,8 +286,24 @@ class GradientMonitor:
         return self._recorded(step) and step % self.detail_every == 0
 
     def _set_active(self) -> None:
-        # forward hooks measure only the forward passes of a detailed step
+        # forward hooks measure only the forward passes of a detailed step; between those they are
+        # not registered at all, because any forward hook moves every call of its module onto
+        # PyTorch's slower hook-handling path
         self._active = bool(self._handles) and (self._forced or self._detailed(self._step))
+        wanted = self._active or (self._compiled and bool(self._handles))
+        if wanted and not self._layer_handles:
+            self._register_layer_hooks()
+        elif not wanted and self._layer_handles:
+            for handle in self._layer_handles:
+                handle.remove()
+            self._layer_handles.clear()
+
+    def _register_layer_hooks(self) -> None:
+        modules = list(zip(self._layout.layer_names, self._layout.layer_modules))
+        if self.measure_activations:
+            # PReLU owns parameters, so it is among the layers already
+            modules += [(n, m) for n, m, _ in self._layout.activations if n not in self._layout.layer_names]
+        self._layer_handles = [m.register_forward_hook(self._make_layer_hook(n)) for n, m in modules]
 
     def _on_root_forward(self, module: nn.Module, args: tuple) -> None:
         if _compiling() or not module.training:
