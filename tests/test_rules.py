@@ -310,47 +310,84 @@ def test_diagnosis_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
-# ---- real models (records measured in torch until the live monitor is wired in) ------------------
+# ---- real models, measured by the live monitor inside fit() ------------------------------------
 
-@pytest.fixture(scope="module")
-def digits():
-    pytest.importorskip("sklearn")
-    from _grad_records import digits as load
+def _real(spec: str, *, seed: int = 0, steps: int = 8, data: str = "digits", **train) -> RunLog:
+    from gradhealth.train.loop import fit
 
-    return load(256)
-
-
-def _real(spec: str, digits, seed: int = 0, steps: int = 5, lr: float = 0.1) -> RunLog:
-    import torch
-
-    import gradhealth
-    from _grad_records import records_from_model
-
-    torch.manual_seed(seed)
-    model = gradhealth.create_model(spec)
-    init = spec.split("init=")[1].split(",")[0]
-    return records_from_model(model, *digits, steps=steps, lr=lr, spec=spec, config={"init": init})
+    result = fit(model=spec, data=data, steps=steps, seed=seed, progress=False, detail_every=1, **train)
+    return RunLog(result.meta, result.records)
 
 
-def test_deep_sigmoid_mlp_on_digits_vanishes(digits, tmp_path):
-    log = roundtrip(_real("mlp:depth=20,width=64,activation=sigmoid,init=xavier", digits), tmp_path)
+def test_deep_sigmoid_mlp_on_digits_vanishes(tmp_path):
+    log = roundtrip(_real("mlp:depth=20,width=64,activation=sigmoid,init=xavier"), tmp_path)
     finding = by_kind(log, "vanishing_gradient")
     assert finding is not None and finding.evidence["first_last_ratio"] < 1e-6
     assert 0.1 < finding.evidence["decay_factor"] < 0.5  # sigma' <= 0.25 times a xavier-scaled weight
     assert {"residual", "relu"} <= {r.key for r in finding.remedies[:3]}
 
 
-def test_mlp_initialized_too_large_explodes(digits, tmp_path):
-    log = roundtrip(_real("mlp:depth=10,width=32,activation=relu,init=normal(1)", digits, lr=0.01), tmp_path)
+def test_mlp_initialized_too_large_explodes(tmp_path):
+    log = roundtrip(_real("mlp:depth=10,width=32,activation=relu,init=normal(1)", lr=0.01, on_nonfinite="skip"),
+                    tmp_path)
     finding = by_kind(log, "exploding_gradient")
     assert finding is not None and finding.severity == "error"
-    assert "init=normal(1)" in finding.explanation
+    assert "normal(1)" in finding.explanation
+
+
+def test_weights_of_five_overflow_and_the_first_bad_layer_is_named(tmp_path):
+    log = roundtrip(_real("mlp:depth=8,width=64,init=constant(5)", lr=1.0, steps=10), tmp_path)
+    finding = by_kind(log, "nonfinite")
+    assert finding is not None and finding.layers and finding.step is not None
+
+
+def test_sigmoid_units_pushed_into_their_flat_region_saturate(tmp_path):
+    log = roundtrip(_real("mlp:depth=6,width=64,activation=sigmoid,init=normal(1)"), tmp_path)
+    finding = by_kind(log, "saturation")
+    assert finding is not None and finding.evidence["worst"][0][1] > 0.3
+
+
+def test_relu_units_behind_a_large_negative_bias_are_dead(tmp_path):
+    import torch
+
+    import gradhealth
+    from gradhealth.train.config import TrainConfig
+    from gradhealth.train.loop import fit
+
+    torch.manual_seed(0)
+    model = gradhealth.create_model("mlp:depth=6,width=64,activation=relu,init=he")
+    with torch.no_grad():
+        for block in model.blocks:
+            block.conv1.bias.fill_(-30.0)
+    result = fit(TrainConfig(model="custom", data="digits", steps=10, detail_every=1), model=model, progress=False)
+    finding = by_kind(roundtrip(RunLog(result.meta, result.records), tmp_path), "dead_units")
+    assert finding is not None and any("act1" in layer for layer in finding.layers)
+
+
+def test_a_learning_rate_far_too_high_or_too_low_is_named(tmp_path):
+    high = _real("mlp:depth=4,width=64,norm=batch,init=he", optimizer="adam", lr=1.0, steps=10)
+    assert by_kind(roundtrip(high, tmp_path), "lr_too_high") is not None
+    low = _real("mlp:depth=4,width=64,norm=batch,init=he", lr=1e-7, steps=10)
+    assert by_kind(roundtrip(low, tmp_path), "lr_too_low") is not None
+
+
+def test_deeper_plain_nets_train_worse_but_residual_twins_do_not():
+    from gradhealth.diagnose.rules import diagnose_log
+
+    runs = {depth: _real(f"mlp:depth={depth},width=32,activation=tanh,init=xavier", steps=60, lr=0.05)
+            for depth in (4, 40)}
+    diagnosis = diagnose_log(runs[40], compare=[runs[4]])
+    assert "degradation" in diagnosis.kinds()
+    twins = {depth: _real(f"mlp:depth={depth},width=32,activation=tanh,init=xavier,residual=true", steps=60, lr=0.05)
+             for depth in (4, 40)}
+    assert "degradation" not in diagnose_log(twins[40], compare=[twins[4]]).kinds()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_residual_batchnorm_he_mlp_is_healthy(digits, tmp_path, seed):
-    log = roundtrip(_real("mlp:depth=20,width=64,activation=relu,norm=batch,residual=true,init=he",
-                          digits, seed=seed), tmp_path)
-    assert not kinds(log) & {"vanishing_gradient", "exploding_gradient", "nonfinite"}
+def test_residual_batchnorm_he_mlp_is_healthy(tmp_path, seed):
+    log = roundtrip(_real("mlp:depth=20,width=64,activation=relu,norm=batch,residual=true,init=he", seed=seed),
+                    tmp_path)
+    assert not kinds(log) & {"vanishing_gradient", "exploding_gradient", "nonfinite", "saturation", "dead_units",
+                             "lr_too_high", "lr_too_low"}
     profile = rules.gradient_profile(log)
     assert 0.1 < profile["first_last_ratio"] < 10
