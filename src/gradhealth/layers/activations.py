@@ -4,8 +4,8 @@ The monitor needs, for any activation module it meets, two masks:
 
 * ``saturated``: elements in the flat region, where the derivative is below
   ``SATURATION_FRACTION`` of its maximum (sigmoid: sigma'(x) < 0.01 * 0.25);
-* ``off``: elements on the zero (or leak) side of a ReLU-family unit; a unit that is
-  off for every example of a batch is *dead* for that batch.
+* ``dead``: for the ReLU family, given each unit's largest output over a batch, whether the
+  unit was on the zero (or leak) side for every example: *dead* for that batch.
 
 Rules read the output where they can, because an ``inplace=True`` activation has already
 overwritten its input when a forward hook runs.
@@ -44,7 +44,7 @@ class ActivationRule:
     name: str
     module: Callable[..., nn.Module]
     saturated: Mask | None = None
-    off: Mask | None = None
+    dead: Callable[[Tensor], Tensor] | None = None
     # nonlinearity name understood by torch.nn.init.calculate_gain
     gain: str = "linear"
     # True where the rule must read the input, so an in-place variant cannot be measured
@@ -82,13 +82,13 @@ def _silu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
     return (s * (1 + x * (1 - s))).abs() < SATURATION_FRACTION * 1.0998
 
 
-def _relu_off(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
-    return out <= 0
+def _relu_dead(unit_max: Tensor) -> Tensor:
+    return unit_max <= 0
 
 
-def _leaky_off(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+def _leaky_dead(unit_max: Tensor) -> Tensor:
     # a leaky unit keeps the sign of its input, so the output tells which side it is on
-    return out < 0
+    return unit_max < 0
 
 
 def _relu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
@@ -116,11 +116,11 @@ ACTIVATIONS: dict[str, ActivationRule] = {
     for r in [
         ActivationRule("sigmoid", nn.Sigmoid, saturated=_sigmoid_flat, gain="sigmoid"),
         ActivationRule("tanh", nn.Tanh, saturated=_tanh_flat, gain="tanh"),
-        ActivationRule("relu", nn.ReLU, saturated=_relu_flat, off=_relu_off, gain="relu"),
+        ActivationRule("relu", nn.ReLU, saturated=_relu_flat, dead=_relu_dead, gain="relu"),
         ActivationRule(
-            "leaky_relu", nn.LeakyReLU, saturated=_leaky_flat, off=_leaky_off, gain="leaky_relu"
+            "leaky_relu", nn.LeakyReLU, saturated=_leaky_flat, dead=_leaky_dead, gain="leaky_relu"
         ),
-        ActivationRule("prelu", _prelu, saturated=_leaky_flat, off=_leaky_off, gain="leaky_relu"),
+        ActivationRule("prelu", _prelu, saturated=_leaky_flat, dead=_leaky_dead, gain="leaky_relu"),
         ActivationRule("gelu", nn.GELU, saturated=_gelu_flat, gain="relu", uses_input=True),
         ActivationRule("silu", nn.SiLU, saturated=_silu_flat, gain="relu", uses_input=True),
         ActivationRule("elu", nn.ELU, saturated=_elu_flat, gain="relu"),

@@ -48,6 +48,7 @@ from gradhealth.monitor.stats import (
     fused_norms,
     group_l2,
     group_max,
+    max_abs,
 )
 from gradhealth.monitor.structure import ModelLayout, layout_of, unwrap
 
@@ -349,12 +350,13 @@ class GradientMonitor:
         pending.stepped = True
         with torch.no_grad():
             if pending.snapshot is not None:
-                current = [p.detach() for p in self._layout.params]
-                deltas = torch._foreach_sub(current, pending.snapshot)
+                deltas = pending.snapshot
                 pending.snapshot = None
+                # in place: before - after has the norm of the update, without a second copy
+                torch._foreach_sub_(deltas, [p.detach() for p in self._layout.params])
                 norms = fused_norms(deltas)
                 del deltas
-                pending.pieces["update_l2"] = self._per_layer(norms, list(range(len(current))))[0]
+                pending.pieces["update_l2"] = self._per_layer(norms, list(range(len(norms))))[0]
             if pending.detailed and "post_l2" not in pending.pieces:
                 # the optimizer has just used the gradients: whatever clipping happened (in any
                 # framework, e.g. Lightning's gradient_clip_val) is in them now
@@ -438,7 +440,7 @@ class GradientMonitor:
                 pending.snapshot = torch._foreach_mul([p.detach() for p in params], 1.0)
         if grads:
             norms = fused_norms(grads)
-            maxes = fused_norms(grads, float("inf")) if detailed else None
+            maxes = max_abs(grads) if detailed else None
             if grad_scale is not None:
                 inv = 1.0 / torch.as_tensor(grad_scale, dtype=NORM_DTYPE, device=norms.device)
                 norms = norms * inv

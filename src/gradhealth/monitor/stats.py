@@ -15,6 +15,7 @@ from gradhealth.layers.activations import ActivationRule
 __all__ = [
     "ACT_FIELDS",
     "fused_norms",
+    "max_abs",
     "group_l2",
     "group_max",
     "activation_sums",
@@ -26,13 +27,28 @@ __all__ = [
 NORM_DTYPE = torch.float64
 
 
-def fused_norms(tensors: list[Tensor], ord: float = 2.0) -> Tensor:
-    """The ``ord``-norm of every tensor, as one float64 vector, in a few fused kernels."""
+def fused_norms(tensors: list[Tensor]) -> Tensor:
+    """The L2 norm of every tensor, as one float64 vector, in a few fused kernels.
+
+    Accumulated in float64: float32 squares overflow above ~1e19 and underflow below ~1e-19,
+    and both happen to the gradients this package exists to measure.
+    """
     if not tensors:
         return torch.zeros(0, dtype=NORM_DTYPE)
     device = tensors[0].device
-    norms = torch._foreach_norm(tensors, ord, dtype=NORM_DTYPE)
+    norms = torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE)
     return torch.stack([n.to(device, non_blocking=True) for n in norms])
+
+
+def max_abs(tensors: list[Tensor]) -> Tensor:
+    """The largest |element| of every tensor (exact in its own dtype), as a float64 vector."""
+    if not tensors:
+        return torch.zeros(0, dtype=NORM_DTYPE)
+    device = tensors[0].device
+    # aminmax reads each tensor once and allocates nothing the size of it
+    values = [torch.stack(torch.aminmax(t)).abs().amax().to(device, NORM_DTYPE) if t.numel()
+              else torch.zeros((), dtype=NORM_DTYPE, device=device) for t in tensors]
+    return torch.stack(values)
 
 
 def group_l2(norms: Tensor, index: Tensor, groups: int) -> Tensor:
@@ -55,20 +71,23 @@ def activation_sums(rule: ActivationRule, module: nn.Module, inp: Tensor | None,
     """The four additive statistics of one activation output, as a float64 vector on its device.
 
     A unit is a feature (Linear) or a channel (Conv); it is dead when it is off for every
-    example and position of the batch.
+    example and position of the batch, which its largest output tells in one reduction.
+    Sums run in float32 (upcast from bf16/fp16 inside the kernel): activations are O(1), and a
+    mean or a fraction does not need more.
     """
     x = out.detach()
-    total = x.sum(dtype=NORM_DTYPE)
-    sumsq = torch.linalg.vector_norm(x, dtype=NORM_DTYPE).square()
-    zero = torch.zeros((), dtype=NORM_DTYPE, device=x.device)
-    saturated = zero
+    stats = [x.sum(dtype=torch.float32), torch.linalg.vector_norm(x, dtype=torch.float32).square()]
+    zero = torch.zeros((), dtype=torch.float32, device=x.device)
     if rule.saturated is not None and (inp is not None or not rule.uses_input):
-        saturated = rule.saturated(module, None if inp is None else inp.detach(), x).sum(dtype=NORM_DTYPE)
-    dead = zero
-    if rule.off is not None and x.dim() >= 2:
-        off = rule.off(module, None, x).all(dim=0)
-        dead = off.reshape(off.shape[0], -1).all(dim=1).sum(dtype=NORM_DTYPE)
-    return torch.stack([total, sumsq, saturated, dead])
+        stats.append(torch.count_nonzero(rule.saturated(module, None if inp is None else inp.detach(), x)))
+    else:
+        stats.append(zero)
+    if rule.dead is not None and x.dim() >= 2:
+        unit_max = x.amax(dim=[0, *range(2, x.dim())])
+        stats.append(torch.count_nonzero(rule.dead(unit_max)))
+    else:
+        stats.append(zero)
+    return torch.stack([v.to(NORM_DTYPE) for v in stats])
 
 
 def activation_summary(sums: list[float], count: int, units: int, rule: ActivationRule) -> dict[str, float | None]:
@@ -82,5 +101,5 @@ def activation_summary(sums: list[float], count: int, units: int, rule: Activati
         "mean": mean,
         "std": math.sqrt(var) if math.isfinite(var) else var,
         "saturation": saturated / count if rule.saturated is not None else None,
-        "dead_fraction": dead / units if rule.off is not None and units else None,
+        "dead_fraction": dead / units if rule.dead is not None and units else None,
     }
