@@ -1,0 +1,263 @@
+"""What every benchmark here shares: the machine, paired interleaved timing, results on disk.
+
+The method: every candidate is timed against a baseline in the same process, in the same
+repetition, one after the other, with the order reversed on every other repetition so that
+neither side always runs on a warmer (or busier) machine. A repetition times several steps after
+a warm-up step; the figure reported for a candidate is the median over repetitions of the
+paired ratio candidate / baseline, which cancels most of the drift of a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import inspect
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Candidate:
+    """One way of running a training step; ``step`` runs exactly one optimizer step.
+
+    ``steps``: timed steps per repetition for this candidate when it needs its own count (a
+    monitor recording every 10th step is timed over a multiple of 10 steps).
+    """
+
+    name: str
+    step: Callable[[], None]
+    label: str = ""
+    steps: int | None = None
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="few repetitions and steps: checks that it runs")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: all cores this process may use)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default depends on --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per repetition")
+    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
+    return parser
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda was asked for but this torch build sees no CUDA device.")
+    return torch.device(requested)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    """Fix torch's intra-op thread count (stated with every result) and return it."""
+    threads = threads or usable_cores()
+    torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict:
+    """What the numbers were measured on, including how busy the machine was when we started."""
+    info = {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
+    try:
+        info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        info["load_average_at_start"] = None
+    return info
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> float:
+    """Seconds per step, over ``steps`` consecutive steps."""
+    gc.collect()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def interleaved(
+    candidates: Sequence[Candidate],
+    *,
+    reps: int,
+    steps: int,
+    device: torch.device,
+    warmup: int = 2,
+    rep_warmup: int = 1,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Seconds per step of every candidate, one value per repetition, measured interleaved.
+
+    ``warmup`` steps per candidate run once before the first repetition (allocator, lazy
+    initialisation, first-step work of a monitor); ``rep_warmup`` steps run untimed before each
+    timed block, so that a candidate does not pay for the caches its predecessor left behind.
+    """
+    for cand in candidates:
+        for _ in range(warmup):
+            cand.step()
+    synchronize(device)
+    times: dict[str, list[float]] = {c.name: [] for c in candidates}
+    for rep in range(reps):
+        order = list(candidates) if rep % 2 == 0 else list(reversed(candidates))
+        for cand in order:
+            for _ in range(rep_warmup):
+                cand.step()
+            times[cand.name].append(time_steps(cand.step, cand.steps or steps, device))
+        if progress:
+            line = "  ".join(f"{n}={v[-1] * 1e3:.1f}ms" for n, v in times.items())
+            print(f"  rep {rep + 1}/{reps}: {line}", file=sys.stderr, flush=True)
+    return times
+
+
+def summarize(times: dict[str, list[float]], baseline: str) -> dict[str, dict]:
+    """Per candidate: median step time and the median of the paired ratios to ``baseline``."""
+    base = times[baseline]
+    out = {}
+    for name, values in times.items():
+        ratios = [v / b for v, b in zip(values, base)]
+        out[name] = {
+            "median_ms": statistics.median(values) * 1e3,
+            "min_ms": min(values) * 1e3,
+            "max_ms": max(values) * 1e3,
+            "per_rep_ms": [v * 1e3 for v in values],
+            "ratio": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "overhead_pct": (statistics.median(ratios) - 1.0) * 100.0,
+        }
+    return out
+
+
+def monitor_kwargs(wanted: dict) -> dict:
+    """``wanted`` less the arguments this version of GradientMonitor does not take."""
+    from gradhealth.monitor import GradientMonitor
+
+    accepted = inspect.signature(GradientMonitor).parameters
+    return {k: v for k, v in wanted.items() if k in accepted}
+
+
+def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:
+    """Least-squares line y = slope * x + intercept, with R^2."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    slope = sxy / sxx if sxx else 0.0
+    intercept = my - slope * mx
+    ss_res = sum((y - (slope * x + intercept)) ** 2 for x, y in zip(xs, ys))
+    ss_tot = sum((y - my) ** 2 for y in ys)
+    return {"slope": slope, "intercept": intercept, "r2": 1.0 - ss_res / ss_tot if ss_tot else 1.0}
+
+
+def _relative(path: str) -> str:
+    """``path`` relative to the working directory where it lies below it (symlinks kept: venvs are links)."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.relative_to(Path.cwd()))
+    except ValueError:
+        return str(absolute)
+
+
+def command_line() -> str:
+    """The command that produced a result, as it can be pasted into a shell from the repository root."""
+    words = [_relative(sys.executable), _relative(sys.argv[0]), *sys.argv[1:]]
+    env = os.environ.get("PYTHONPATH")
+    if env:
+        words.insert(0, "PYTHONPATH=" + os.pathsep.join(_relative(p) for p in env.split(os.pathsep) if p))
+    return " ".join(shlex.quote(w) if not w.startswith("PYTHONPATH=") else w for w in words)
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def write_result(name: str, payload: dict, path: Path | None = None) -> Path:
+    """Write ``payload`` as JSON to ``benchmarks/results/<name>.json`` (or ``path``), atomically."""
+    path = Path(path) if path is not None else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
+def read_result(name: str) -> dict | None:
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def describe_machine(machine: dict) -> str:
+    """One line for BENCHMARKS.md."""
+    parts = [f"{machine['cpu']}, {machine['usable_cores']} usable of {machine['logical_cores']} logical cores",
+             f"torch {machine['torch']} with {machine['torch_threads']} threads",
+             f"Python {machine['python']}"]
+    if machine.get("gpu"):
+        parts.insert(1, f"GPU {machine['gpu']}")
+    load = machine.get("load_average_at_start")
+    if load:
+        parts.append(f"load average at start {load[0]:.2f}")
+    return "; ".join(parts)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    # a "|" inside a cell would end it
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""Run every benchmark, each in its own process, and rewrite BENCHMARKS.md from their results.
+
+    python benchmarks/run_all.py                      # what `make bench` runs
+    python benchmarks/run_all.py --quick              # checks that everything runs (figures meaningless)
+    python benchmarks/run_all.py --render-only        # rewrite BENCHMARKS.md from benchmarks/results/*.json
+    COCKPIT_PYTHON=/tmp/cockpit-venv/bin/python python benchmarks/run_all.py   # Cockpit rows too
+
+Cockpit (cockpit-for-pytorch) is not a dependency of gradhealth: its rows are measured only with
+an interpreter that has it, given by ``--cockpit-python`` or ``COCKPIT_PYTHON``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import harness  # noqa: E402
+
+BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+COCKPIT_SETUP = (
+    "python3 -m venv --system-site-packages /tmp/cockpit-venv && "
+    "/tmp/cockpit-venv/bin/pip install -c constraints.txt torch==2.13.0 cockpit-for-pytorch backpack-for-pytorch"
+)
+
+
+def run(cmd: list[str], env: dict | None = None) -> int:
+    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.call(cmd, cwd=REPO, env=env)
+
+
+def passthrough(args: argparse.Namespace) -> list[str]:
+    out = []
+    if args.quick:
+        out.append("--quick")
+    if args.device:
+        out += ["--device", args.device]
+    if args.threads:
+        out += ["--threads", str(args.threads)]
+    return out
+
+
+def run_benchmarks(args: argparse.Namespace) -> dict[str, int]:
+    """Run the scripts; a result file is removed first so a failed run cannot leave an old figure behind."""
+    codes = {}
+    common = passthrough(args)
+    jobs = {
+        "throughput": [sys.executable, "benchmarks/throughput.py", *common],
+        "overhead": [sys.executable, "benchmarks/overhead.py", *common],
+        "overhead_profile": [sys.executable, "benchmarks/overhead.py", "--only", "profile", *common],
+        "scaling": [sys.executable, "benchmarks/scaling.py", *common],
+    }
+    cockpit_python = args.cockpit_python or os.environ.get("COCKPIT_PYTHON")
+    if cockpit_python:
+        jobs["overhead_cockpit"] = [cockpit_python, "benchmarks/overhead.py", "--only", "cockpit", *common]
+    for name, cmd in jobs.items():
+        if args.only and name not in args.only:
+            continue
+        (harness.RESULTS_DIR / f"{name}.json").unlink(missing_ok=True)
+        env = None
+        if name == "overhead_cockpit":
+            # the other interpreter has no editable install of gradhealth: import it from the source tree
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"),
+                                                                               os.environ.get("PYTHONPATH")]))}
+        codes[name] = run(cmd, env)
+    return codes
+
+
+def intro(note: str | None, produced_by: str | None) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Reproduce everything with `make bench` (which runs `python benchmarks/run_all.py`); each script "
+        "also runs on its own, `--quick` checks that it runs, `--device cpu|cuda` picks the device (CUDA when "
+        "available), `--threads N` fixes torch's thread count. Raw results are written to "
+        "`benchmarks/results/*.json` (not committed); this file is rewritten from them.",
+        "",
+        "Method: every figure is a ratio against a baseline measured side by side in the same process. Each "
+        "repetition times several steps of every configuration one after the other (after a warm-up), with the "
+        "order reversed on every other repetition; the figure is the median over repetitions of the paired ratio "
+        "candidate / baseline. Thread count, CPU, cores, torch version and GPU are stated with every table.",
+    ]
+    if produced_by:
+        lines += ["", f"This file was last written by `{produced_by}` on {harness.now()}; each section names "
+                      "the command and date of its own figures."]
+    if note:
+        lines += ["", f"**Note on these figures:** {note}"]
+    return "\n".join(lines)
+
+
+def section(name: str, codes: dict[str, int]) -> str:
+    import overhead
+    import scaling
+    import throughput
+
+    result = harness.read_result(name)
+    titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling"}
+    if result is None:
+        code = codes.get(name)
+        why = f"the last run failed (exit code {code})" if code else "not run yet"
+        return f"## {titles[name]}\n\nNo result: {why}. Run `python benchmarks/{name}.py`."
+    if name == "throughput":
+        text = throughput.markdown_section(result)
+    elif name == "overhead":
+        cockpit = harness.read_result("overhead_cockpit")
+        profile = harness.read_result("overhead_profile")
+        text = overhead.markdown_section(result, cockpit, profile)
+        if profile is None:
+            code = codes.get("overhead_profile")
+            why = f"its run failed (exit code {code})" if code else "not run yet"
+            text += f"\n\nWhere the monitor's time goes: {why}; `python benchmarks/overhead.py --only profile`."
+        if cockpit is None:
+            code = codes.get("overhead_cockpit")
+            why = f"its run failed (exit code {code})" if code else "no interpreter with cockpit-for-pytorch was given"
+            text += (f"\n\nCockpit: not measured in this run ({why}). To measure it: `{COCKPIT_SETUP}`, then "
+                     "`COCKPIT_PYTHON=/tmp/cockpit-venv/bin/python make bench`.")
+    else:
+        text = scaling.markdown_section(result)
+    if result.get("quick"):
+        text = text.replace("\n", "\n\n> Made with `--quick`: a check that the script runs, not a measurement.\n", 1)
+    return text
+
+
+def render(note: str | None, codes: dict[str, int]) -> str:
+    produced_by = harness.command_line()
+    if note:
+        produced_by = produced_by.replace(shlex.quote(note), "'(the note below)'")
+    parts = [intro(note, produced_by)] + [section(name, codes) for name in ("throughput", "overhead", "scaling")]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", choices=("throughput", "overhead", "overhead_profile", "scaling", "overhead_cockpit"),
+                        action="append",
+                        help="run only these (the others' last results are kept in BENCHMARKS.md)")
+    parser.add_argument("--cockpit-python", default=None, help="an interpreter that has cockpit-for-pytorch")
+    parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md")
+    parser.add_argument("--note", default=None, help="a sentence about these figures, shown at the top")
+    args = parser.parse_args(argv)
+    codes = {} if args.render_only else run_benchmarks(args)
+    write_atomically(BENCHMARKS_MD, render(args.note, codes))
+    print(f"wrote {BENCHMARKS_MD}", file=sys.stderr)
+    failed = {name: code for name, code in codes.items() if code}
+    for name, code in failed.items():
+        print(f"error: {name} exited with {code}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""How the monitor's cost grows: against the number of layers, and against the number of parameters.
+
+Cost = median over repetitions of the paired difference (monitored step - unmonitored step), in
+ms, for ReLU MLPs (batch 128, 64 input features): depth 10, 20, 40, 80 at width 256, and width
+64, 128, 256, 512 at depth 20. The monitor is ``GradientMonitor(model, optimizer=opt,
+detail_every=1)``: every part (gradient, weight and update norms, activation statistics) on
+every step, used as its docstring says. A least-squares line is fitted to
+cost against layers and against parameters (slope, intercept, R^2), and a line to
+log(cost) against log(size), whose slope is the growth exponent: 1 is linear, 2 quadratic.
+
+    python benchmarks/scaling.py
+    python benchmarks/scaling.py --quick
+"""
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+
+import gradhealth  # noqa: E402
+
+NAME = "scaling"
+BATCH, IN_FEATURES = 128, 64
+
+
+def sweep_settings(quick: bool) -> dict:
+    if quick:
+        return {"depths": [10, 20, 40], "depth_width": 128, "widths": [64, 128, 256], "width_depth": 10,
+                "reps": 3, "steps": 3, "warmup": 1, "batch": 32}
+    return {"depths": [10, 20, 40, 80], "depth_width": 256, "widths": [64, 128, 256, 512], "width_depth": 20,
+            "reps": 7, "steps": 20, "warmup": 3, "batch": BATCH}
+
+
+def measure_point(depth: int, width: int, s: dict, device: torch.device) -> dict:
+    from gradhealth.monitor import GradientMonitor
+    from gradhealth.monitor.structure import layout_of
+
+    torch.manual_seed(0)
+    template = gradhealth.create_model(f"mlp:depth={depth},width={width}").to(device)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(s["batch"], IN_FEATURES, generator=gen).to(device)
+    y = torch.randint(0, 10, (s["batch"],), generator=gen).to(device)
+
+    plain = copy.deepcopy(template)
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=0.01)
+
+    def plain_step() -> None:
+        F.cross_entropy(plain(x), y).backward()
+        plain_opt.step()
+        plain_opt.zero_grad(set_to_none=True)
+
+    model = copy.deepcopy(template)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    # every part on every step, so that each step costs the same and the fit sees all of it
+    mon = GradientMonitor(model, optimizer=opt, history=16, **harness.monitor_kwargs({"detail_every": 1}))
+
+    def monitored_step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        mon.step(loss=loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    with mon:
+        times = harness.interleaved(
+            [harness.Candidate("baseline", plain_step), harness.Candidate("monitored", monitored_step)],
+            reps=s["reps"], steps=s["steps"], device=device, warmup=s["warmup"], progress=False)
+    layout = layout_of(template)
+    layers, hooked_activations = len(layout.layer_names), len(layout.activations)
+    costs = [(m - b) * 1e3 for m, b in zip(times["monitored"], times["baseline"])]
+    row = {
+        "depth": depth,
+        "width": width,
+        "layers": layers,
+        "activation_modules": hooked_activations,
+        "params": sum(p.numel() for p in template.parameters()),
+        "baseline_ms": statistics.median(times["baseline"]) * 1e3,
+        "monitored_ms": statistics.median(times["monitored"]) * 1e3,
+        "cost_ms": statistics.median(costs),
+        "cost_ms_per_rep": costs,
+    }
+    print(f"  depth {depth:3d} width {width:4d}: {row['params']:>10,} params, baseline {row['baseline_ms']:.1f} ms, "
+          f"cost {row['cost_ms']:.2f} ms", file=sys.stderr, flush=True)
+    return row
+
+
+def fits(rows: list[dict], key: str) -> dict:
+    xs = [float(r[key]) for r in rows]
+    ys = [r["cost_ms"] for r in rows]
+    out = {"x": key, "linear": harness.linear_fit(xs, ys)}
+    if all(v > 0 for v in ys):
+        out["loglog"] = harness.linear_fit([math.log(v) for v in xs], [math.log(v) for v in ys])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = harness.base_parser(__doc__.split("\n")[0])
+    args = parser.parse_args(argv)
+    device = harness.resolve_device(args.device)
+    threads = harness.set_threads(args.threads)
+    s = sweep_settings(args.quick)
+    if args.reps:
+        s["reps"] = args.reps
+    if args.steps:
+        s["steps"] = args.steps
+    result = {
+        "benchmark": NAME,
+        "command": harness.command_line(),
+        "date": harness.now(),
+        "quick": args.quick,
+        "machine": harness.machine_info(device),
+        "threads": threads,
+        "settings": s,
+    }
+    print(f"depth sweep at width {s['depth_width']}", file=sys.stderr)
+    depth_rows = [measure_point(d, s["depth_width"], s, device) for d in s["depths"]]
+    print(f"width sweep at depth {s['width_depth']}", file=sys.stderr)
+    width_rows = [measure_point(s["width_depth"], w, s, device) for w in s["widths"]]
+    result["depth_sweep"] = {"rows": depth_rows, "fit": fits(depth_rows, "layers")}
+    result["width_sweep"] = {"rows": width_rows, "fit": fits(width_rows, "params")}
+    for sweep in ("depth_sweep", "width_sweep"):
+        f = result[sweep]["fit"]
+        print(f"{sweep}: cost = {f['linear']['slope']:.4g} ms per {f['x'][:-1]} + {f['linear']['intercept']:.3g} ms, "
+              f"R^2 {f['linear']['r2']:.3f}; exponent {f.get('loglog', {}).get('slope', float('nan')):.2f}",
+              file=sys.stderr)
+    harness.write_result(NAME, result, args.out)
+    return 0
+
+
+def _verdict(fit: dict) -> str:
+    exponent = fit.get("loglog", {}).get("slope")
+    if exponent is None:
+        return "not decided (a cost at or below zero: noise larger than the cost)"
+    if exponent <= 1.15:
+        return f"linear or better (growth exponent {exponent:.2f})"
+    return f"**faster than linear** (growth exponent {exponent:.2f})"
+
+
+def markdown_section(result: dict) -> str:
+    s = result["settings"]
+    lines = [
+        "## Scaling: the monitor's cost against layers and parameters",
+        "",
+        f"Cost = median over {s['reps']} repetitions ({s['steps']} steps each) of the paired difference, monitored "
+        f"step minus unmonitored step, GradientMonitor with every part on every step (`detail_every=1`); ReLU MLPs, batch "
+        f"{s['batch']}, {IN_FEATURES} input features. Goal: the cost grows linearly, not worse.",
+    ]
+    for sweep, title in (("depth_sweep", f"Depth sweep at width {s['depth_width']}"),
+                         ("width_sweep", f"Width sweep at depth {s['width_depth']}")):
+        data = result[sweep]
+        rows = [[r["depth"], r["width"], r["layers"], f"{r['params']:,}", f"{r['baseline_ms']:.1f}",
+                 f"{r['cost_ms']:.2f}", f"{r['cost_ms'] / r['baseline_ms'] * 100:+.0f} %"] for r in data["rows"]]
+        fit = data["fit"]
+        lin = fit["linear"]
+        unit = "layer" if fit["x"] == "layers" else "million parameters"
+        slope = lin["slope"] if fit["x"] == "layers" else lin["slope"] * 1e6
+        lines += ["", f"### {title}", "",
+                  harness.markdown_table(["depth", "width", "layers with parameters", "parameters", "baseline ms",
+                                          "monitor cost ms", "cost / baseline"], rows),
+                  "",
+                  f"Fit: cost = {slope:.4g} ms per {unit} + {lin['intercept']:.3g} ms, R^2 = {lin['r2']:.3f}. "
+                  f"Verdict: {_verdict(fit)}."]
+    lines += ["", f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
+              f"Machine: {harness.describe_machine(result['machine'])}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
