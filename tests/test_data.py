@@ -41,7 +41,7 @@ def test_shapes_dtypes_and_model_kwargs(spec, total, shape, classes, kwargs):
     assert bundle.normalisation.endswith(".") and bundle.normalisation.count(".") <= 2
 
 
-def test_defaults_match_the_brief():
+def test_default_specs_fill_in_their_options():
     assert load_data("synthetic").name == "synthetic:in=64,classes=10,n=4096"
     assert len(load_data("synthetic").train) + len(load_data("synthetic").val) == 4096
     bundle = load_data("synthetic-image")
