@@ -22,6 +22,7 @@ COMMANDS = [
     "gradhealth.cli.train",
     "gradhealth.cli.diagnose",
     "gradhealth.cli.fix",
+    "gradhealth.cli.study",
 ]
 
 
