@@ -56,6 +56,7 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, int]:
         "overhead": [sys.executable, "benchmarks/overhead.py", *common],
         "overhead_profile": [sys.executable, "benchmarks/overhead.py", "--only", "profile", *common],
         "scaling": [sys.executable, "benchmarks/scaling.py", *common],
+        "study_time": [sys.executable, "benchmarks/study_time.py"],
     }
     cockpit_python = args.cockpit_python or os.environ.get("COCKPIT_PYTHON")
     if cockpit_python:
@@ -98,10 +99,11 @@ def intro(note: str | None, produced_by: str | None) -> str:
 def section(name: str, codes: dict[str, int]) -> str:
     import overhead
     import scaling
+    import study_time
     import throughput
 
     result = harness.read_result(name)
-    titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling"}
+    titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling", "study_time": "Studies"}
     if result is None:
         code = codes.get(name)
         why = f"the last run failed (exit code {code})" if code else "not run yet"
@@ -121,6 +123,8 @@ def section(name: str, codes: dict[str, int]) -> str:
             why = f"its run failed (exit code {code})" if code else "no interpreter with cockpit-for-pytorch was given"
             text += (f"\n\nCockpit: not measured in this run ({why}). To measure it: `{COCKPIT_SETUP}`, then "
                      "`COCKPIT_PYTHON=/tmp/cockpit-venv/bin/python make bench`.")
+    elif name == "study_time":
+        text = study_time.markdown_section(result)
     else:
         text = scaling.markdown_section(result)
     if result.get("quick"):
@@ -132,7 +136,8 @@ def render(note: str | None, codes: dict[str, int]) -> str:
     produced_by = harness.command_line()
     if note:
         produced_by = produced_by.replace(shlex.quote(note), "'(the note below)'")
-    parts = [intro(note, produced_by)] + [section(name, codes) for name in ("throughput", "overhead", "scaling")]
+    names = ("throughput", "overhead", "scaling", "study_time")
+    parts = [intro(note, produced_by)] + [section(name, codes) for name in names]
     return "\n\n".join(parts) + "\n"
 
 
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--only", choices=("throughput", "overhead", "overhead_profile", "scaling", "overhead_cockpit"),
+    parser.add_argument("--only", choices=("throughput", "overhead", "overhead_profile", "scaling", "overhead_cockpit",
+                                                   "study_time"),
                         action="append",
                         help="run only these (the others' last results are kept in BENCHMARKS.md)")
     parser.add_argument("--cockpit-python", default=None, help="an interpreter that has cockpit-for-pytorch")
