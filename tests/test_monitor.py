@@ -427,3 +427,47 @@ def test_post_clip_norms_are_read_at_the_optimizer_step_when_after_clip_is_not_c
         record = mon.records[-1]
     assert record.global_grad_norm_post_clip == pytest.approx(0.01, rel=1e-4)
     assert record.global_grad_norm > 0.01
+
+
+def test_norms_stay_exact_where_float32_would_overflow_or_underflow():
+    from gradhealth.monitor.stats import fused_norms
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.full((1000,), 1e20), torch.full((1000,), 1e-25), torch.randn(50_000, generator=g),
+               torch.zeros(7), torch.tensor([1.0, float("nan")])]
+    norms = fused_norms(tensors)
+    exact = [torch.linalg.vector_norm(t.double()) for t in tensors]
+    assert norms.dtype == torch.float64
+    assert norms[0] == pytest.approx(float(exact[0]), rel=1e-12)  # float32 squares overflow here
+    assert norms[1] == pytest.approx(float(exact[1]), rel=1e-12)  # and underflow here
+    assert norms[2] == pytest.approx(float(exact[2]), rel=1e-6)
+    assert norms[3] == 0.0 and math.isnan(norms[4])
+
+
+def test_finite_but_huge_outputs_are_not_called_nonfinite():
+    # fp16 sums of a conv output overflow long before any element does; exploding float32
+    # activations (weights of 5, depth 60) overflow a float32 sum while every value is finite
+    torch.manual_seed(0)
+    model = gradhealth.create_model("resnet20")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 10, (32,), generator=g)
+    with GradientMonitor(model, detail_every=1) as mon:
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        mon.step(loss=loss)
+        assert mon.records[-1].first_nonfinite is None
+
+    # each layer multiplies by 5 (16 inputs of weight 5/16): the last of 54 outputs 5^54 = 5.6e37
+    # per element, finite, while the float32 sum of its 64 elements is past 3.4e38
+    deep = nn.Sequential(*[m for _ in range(54) for m in (nn.Linear(16, 16), nn.ReLU())])
+    with torch.no_grad():
+        for p in deep.parameters():
+            p.fill_(5.0 / 16 if p.dim() > 1 else 0.0)
+    with GradientMonitor(deep, detail_every=1) as mon:
+        out = deep(torch.ones(4, 16))
+        assert torch.isfinite(out).all() and out.float().sum().isinf()
+        mon.step()
+        record = mon.records[-1]
+    assert record.first_nonfinite is None
+    assert not any(a.nonfinite for a in record.activations.values())

@@ -42,6 +42,7 @@ from gradhealth.monitor.records import (
     StepRecord,
 )
 from gradhealth.monitor.stats import (
+    ACT_FIELDS,
     NORM_DTYPE,
     activation_sums,
     activation_summary,
@@ -49,6 +50,7 @@ from gradhealth.monitor.stats import (
     group_l2,
     group_max,
     max_abs,
+    nonfinite_probe,
 )
 from gradhealth.monitor.structure import ModelLayout, layout_of, unwrap
 
@@ -79,13 +81,30 @@ class _Pending:
     skipped: bool | None
     detailed: bool = False
     pieces: dict[str, Tensor] = field(default_factory=dict)
-    act_counts: list[tuple[int, int]] = field(default_factory=list)
-    forward_flags: list[tuple[str, int]] = field(default_factory=list)
+    # per measured activation: name, rule, elements and units it saw
+    act_measured: list[tuple[str, Any, int, int]] = field(default_factory=list)
+    # the layer each non-finite probe of "out_flags" belongs to
+    forward_flags: list[str] = field(default_factory=list)
     input_batches: list[int] = field(default_factory=list)
     metric_names: list[str] = field(default_factory=list)
     metric_floats: dict[str, float | None] = field(default_factory=dict)
     snapshot: list[Tensor] | None = None
     stepped: bool = False
+
+
+@dataclass
+class _InFlight:
+    """A finished step whose numbers are on their way to the host (``ready`` is None on the CPU)."""
+
+    pending: _Pending
+    host: Tensor
+    ready: Any = None  # a torch.cuda.Event recorded after the copy
+
+
+# On a GPU the numbers of a step are copied to the host without waiting (pinned memory, an
+# event), so the CPU keeps queueing the next steps' kernels; a step's record is built once its
+# copy has landed, at the latest when this many steps are waiting or when anything reads records.
+MAX_IN_FLIGHT = 3
 
 
 class GradientMonitor:
@@ -155,10 +174,11 @@ class GradientMonitor:
         self._active = False
         self._forced = False
         self._pending: _Pending | None = None
+        self._in_flight: deque[_InFlight] = deque()
         self._forward_order: list[str] | None = None
         self._call_order: list[str] = []
         self._reset_forward_buffers()
-        self.first_nonfinite: NonFiniteEvent | None = None
+        self._first_nonfinite: NonFiniteEvent | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -179,7 +199,7 @@ class GradientMonitor:
 
     def detach(self) -> None:
         """Remove every hook, finish the last record, close the sinks, drop all tensors."""
-        self._close_pending()
+        self._materialize(wait=True)
         if self._handles:
             _ = self.meta
         for handle in self._handles + self._layer_handles:
@@ -218,7 +238,14 @@ class GradientMonitor:
         """
         if not self._optimizers:
             self._materialize()
+        self._receive(wait=True)
         return self._records
+
+    @property
+    def first_nonfinite(self) -> NonFiniteEvent | None:
+        """The first NaN/Inf of the run: where (input, layer output, loss or gradient), batch, step."""
+        self._receive(wait=True)
+        return self._first_nonfinite
 
     def end_step(self, skipped: bool | None = None) -> StepRecord | None:
         """Complete the current record now; ``skipped`` overrides what the optimizer hooks saw."""
@@ -330,7 +357,7 @@ class GradientMonitor:
                 self._call_order.append(name)
             if rule is None:
                 # a weight layer: only whether its output is finite, for the first bad layer
-                self._output_flags.setdefault(name, []).append(~torch.isfinite(out.detach().sum()))
+                self._output_flags.setdefault(name, []).append(nonfinite_probe(out))
                 return
             inp = _first_tensor(inputs)
             # an in-place activation has overwritten its input: rules that need it cannot run
@@ -363,7 +390,7 @@ class GradientMonitor:
                 self.after_clip()
         # the record is complete once every optimizer has stepped
         if len(self._optimizers) <= 1 or optimizer is self._optimizers[-1]:
-            self._materialize()
+            self._materialize(wait=False)
 
     # ---- measuring ---------------------------------------------------------------------------
 
@@ -464,24 +491,21 @@ class GradientMonitor:
         self._set_active()
 
     def _take_forward_stats(self, pending: _Pending, device: torch.device) -> None:
-        act_rows = []
-        for name, _, _ in self._layout.activations:
+        rows = []
+        for name, _, rule in self._layout.activations:
             sums = self._act_sums.get(name)
             if sums:
-                act_rows.append(torch.stack(sums).sum(0).to(device))
-                pending.act_counts.append((self._act_elems[name], self._act_units[name]))
-            else:
-                act_rows.append(torch.full((4,), math.nan, dtype=NORM_DTYPE, device=device))
-                pending.act_counts.append((0, 0))
-        if act_rows:
-            pending.pieces["act"] = torch.cat(act_rows)
-        flags = []
+                rows.append((sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)).to(device))
+                pending.act_measured.append((name, rule, self._act_elems[name], self._act_units[name]))
+        if rows:
+            pending.pieces["act"] = torch.cat(rows)
+        probes = []
         for name in self._forward_order or self._call_order:
-            if name in self._output_flags:
-                flags.append(torch.stack(self._output_flags[name]).any().to(device, NORM_DTYPE).reshape(1))
-                pending.forward_flags.append((name, len(flags) - 1))
-        if flags:
-            pending.pieces["out_flags"] = torch.cat(flags)
+            for probe in self._output_flags.get(name, ()):
+                probes.append(probe.to(device))
+                pending.forward_flags.append(name)
+        if probes:
+            pending.pieces["out_flags"] = torch.stack(probes)
         if self._input_flags:
             pending.input_batches = [b for b, _ in self._input_flags]
             pending.pieces["in_flags"] = torch.stack([f for _, f in self._input_flags]).to(device, NORM_DTYPE)
@@ -503,29 +527,51 @@ class GradientMonitor:
 
     def _close_pending(self) -> None:
         if self._pending is not None:
-            self._materialize()
+            self._materialize(wait=False)
 
-    def _materialize(self) -> None:
-        """Move the pending step to the host in one transfer and turn it into a StepRecord."""
+    def _materialize(self, wait: bool = True) -> None:
+        """Send the pending step to the host in one transfer; with ``wait``, finish every record."""
         pending = self._pending
-        if pending is None:
+        if pending is not None:
+            self._pending = None
+            self._send(pending)
+        self._receive(wait=wait)
+
+    def _send(self, pending: _Pending) -> None:
+        pending.snapshot = None  # a step the optimizer skipped still holds its weights' copy
+        pieces = list(pending.pieces.values())
+        if not pieces:
+            self._in_flight.append(_InFlight(pending, torch.zeros(0, dtype=NORM_DTYPE)))
             return
-        self._pending = None
-        keys = list(pending.pieces)
-        if keys:
-            device = pending.pieces[keys[0]].device
-            flat = torch.cat([pending.pieces[k].to(device).reshape(-1) for k in keys]).tolist()
-        else:
-            flat = []
-        values: dict[str, list[float]] = {}
-        offset = 0
-        for key in keys:
-            n = pending.pieces[key].numel()
-            values[key] = flat[offset:offset + n]
-            offset += n
-        record = self._build_record(pending, values)
-        self._records.append(record)
-        self._emit(record)
+        device = pieces[0].device
+        flat = torch.cat([piece.to(device).reshape(-1) for piece in pieces]).to(NORM_DTYPE)
+        if flat.device.type != "cuda":
+            self._in_flight.append(_InFlight(pending, flat.cpu()))
+            return
+        host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(torch.cuda.current_stream(flat.device))
+        self._in_flight.append(_InFlight(pending, host, ready))
+
+    def _receive(self, wait: bool) -> None:
+        """Turn the steps whose numbers have landed into records, oldest first."""
+        while self._in_flight:
+            head = self._in_flight[0]
+            if head.ready is not None:
+                if not (wait or len(self._in_flight) > MAX_IN_FLIGHT or head.ready.query()):
+                    return
+                head.ready.synchronize()
+            self._in_flight.popleft()
+            flat = head.host.tolist()
+            values: dict[str, list[float]] = {}
+            offset = 0
+            for key, piece in head.pending.pieces.items():
+                values[key] = flat[offset:offset + piece.numel()]
+                offset += piece.numel()
+            record = self._build_record(head.pending, values)
+            self._records.append(record)
+            self._emit(record)
 
     def _build_record(self, pending: _Pending, v: dict[str, list[float]]) -> StepRecord:
         names = self._layout.layer_names
@@ -548,12 +594,12 @@ class GradientMonitor:
             )
         activations: dict[str, ActivationStats] = {}
         act = v.get("act", [])
-        for j, ((name, _, rule), (count, units)) in enumerate(zip(self._layout.activations, pending.act_counts)):
-            if count == 0:
-                continue
-            sums = act[4 * j: 4 * j + 4]
+        width = len(ACT_FIELDS)
+        for j, (name, rule, count, units) in enumerate(pending.act_measured):
+            sums = act[width * j: width * (j + 1)]
             summary = activation_summary(sums, count, units, rule)
-            activations[name] = ActivationStats(**summary, nonfinite=int(not math.isfinite(sums[0])))
+            probe = sums[ACT_FIELDS.index("nonfinite")]
+            activations[name] = ActivationStats(**summary, nonfinite=int(math.isnan(probe)))
         loss = v["loss"][0] if "loss" in v else None
         stepped_known = bool(self._optimizers)
         skipped = pending.skipped if pending.skipped is not None else (stepped_known and not pending.stepped)
@@ -573,8 +619,8 @@ class GradientMonitor:
             metrics=metrics,
         )
         record.first_nonfinite = self._locate_nonfinite(pending, v, record, order)
-        if record.first_nonfinite is not None and self.first_nonfinite is None:
-            self.first_nonfinite = record.first_nonfinite
+        if record.first_nonfinite is not None and self._first_nonfinite is None:
+            self._first_nonfinite = record.first_nonfinite
         return record
 
     def _locate_nonfinite(self, pending: _Pending, v: dict[str, list[float]], record: StepRecord,
@@ -583,7 +629,7 @@ class GradientMonitor:
         for flag, batch in zip(v.get("in_flags", []), pending.input_batches):
             if flag:
                 return NonFiniteEvent("input", None, batch, pending.step)
-        bad_outputs = {name for name, idx in pending.forward_flags if v["out_flags"][idx]}
+        bad_outputs = {name for name, probe in zip(pending.forward_flags, v.get("out_flags", [])) if math.isnan(probe)}
         bad_outputs |= {n for n, a in record.activations.items() if a.nonfinite}
         for name in order:
             if name in bad_outputs:

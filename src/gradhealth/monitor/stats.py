@@ -18,26 +18,46 @@ __all__ = [
     "max_abs",
     "group_l2",
     "group_max",
+    "nonfinite_probe",
     "activation_sums",
     "activation_summary",
 ]
 
-# Norms are accumulated in float64: the squares of exploding gradients (1e20 and beyond) overflow
+# Norms are reported in float64: the squares of exploding gradients (1e20 and beyond) overflow
 # float32 while the gradients themselves are still finite.
 NORM_DTYPE = torch.float64
+
+# On the CPU a float32 norm is trusted when it is finite (nothing overflowed) and its square is at
+# least a million times what underflow can have taken from it: each square below float32's
+# smallest normal number (1.18e-38) loses at most that much, so a tensor of n elements loses at
+# most n * 1.18e-38 of its sum of squares. Anything else is measured again in float64.
+FLOAT32_SMALLEST_NORMAL = 1.18e-38
+UNDERFLOW_MARGIN = 1e6
 
 
 def fused_norms(tensors: list[Tensor]) -> Tensor:
     """The L2 norm of every tensor, as one float64 vector, in a few fused kernels.
 
-    Accumulated in float64: float32 squares overflow above ~1e19 and underflow below ~1e-19,
-    and both happen to the gradients this package exists to measure.
+    On a GPU the fused kernels accumulate in float64 directly. On the CPU that upcast costs two to
+    three times a float32 pass, so the norms are taken in float32 (relative error ~1e-6) and only
+    the tensors whose norm float32 cannot hold (overflowed, or so small that underflowed squares
+    could matter: vanishing and exploding gradients) are measured again in float64.
     """
     if not tensors:
         return torch.zeros(0, dtype=NORM_DTYPE)
     device = tensors[0].device
-    norms = torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE)
-    return torch.stack([n.to(device, non_blocking=True) for n in norms])
+    if device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors):
+        norms = torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE)
+        return torch.stack([n.to(device, non_blocking=True) for n in norms])
+    norms = torch.stack(torch._foreach_norm(tensors, 2.0)).to(NORM_DTYPE)
+    numel = torch.tensor([t.numel() for t in tensors], dtype=NORM_DTYPE)
+    trusted = torch.isfinite(norms) & (norms.square() >= numel * (FLOAT32_SMALLEST_NORMAL * UNDERFLOW_MARGIN))
+    # on the CPU this reads memory the norms are already in: no device transfer
+    redo = (~trusted).nonzero().flatten().tolist()
+    if redo:
+        exact = torch._foreach_norm([tensors[i] for i in redo], 2.0, dtype=NORM_DTYPE)
+        norms[redo] = torch.stack(exact)
+    return norms
 
 
 def max_abs(tensors: list[Tensor]) -> Tensor:
@@ -45,7 +65,10 @@ def max_abs(tensors: list[Tensor]) -> Tensor:
     if not tensors:
         return torch.zeros(0, dtype=NORM_DTYPE)
     device = tensors[0].device
-    # aminmax reads each tensor once and allocates nothing the size of it
+    if device.type != "cpu":
+        # one fused launch for all of them (the max needs no wider accumulator: it stays exact)
+        return torch.stack(torch._foreach_norm(tensors, math.inf, dtype=NORM_DTYPE))
+    # on the CPU aminmax reads each tensor once and allocates nothing the size of it
     values = [torch.stack(torch.aminmax(t)).abs().amax().to(device, NORM_DTYPE) if t.numel()
               else torch.zeros((), dtype=NORM_DTYPE, device=device) for t in tensors]
     return torch.stack(values)
@@ -63,17 +86,30 @@ def group_max(values: Tensor, index: Tensor, groups: int) -> Tensor:
     return out.scatter_reduce_(0, index, values, reduce="amax", include_self=True)
 
 
-# Per call of an activation module: sum, sum of squares, saturated count, dead units
-ACT_FIELDS = ("sum", "sumsq", "saturated", "dead")
+def nonfinite_probe(x: Tensor) -> Tensor:
+    """A scalar that is 0 when ``x`` is all finite and NaN when it holds a NaN or an Inf.
+
+    Read from the smallest and largest element, which never overflow: a sum would call a
+    finite but exploding tensor (fp16 activations past 65504 in total, or float32 ones past 1e38)
+    non-finite. Multiplying by 0 keeps NaN and turns Inf into NaN; probes can be summed (over the
+    calls of a module) and cast without losing what they say, in two small kernels more.
+    """
+    return torch.stack(torch.aminmax(x.detach())).mul_(0).sum()
+
+
+# Per call of an activation module: sum, sum of squares, saturated count, dead units, and a
+# non-finite probe (0, or NaN when the output held NaN/Inf)
+ACT_FIELDS = ("sum", "sumsq", "saturated", "dead", "nonfinite")
 
 
 def activation_sums(rule: ActivationRule, module: nn.Module, inp: Tensor | None, out: Tensor) -> Tensor:
-    """The four additive statistics of one activation output, as a float64 vector on its device.
+    """The additive statistics of one activation output (ACT_FIELDS), as a float32 vector on its device.
 
     A unit is a feature (Linear) or a channel (Conv); it is dead when it is off for every
     example and position of the batch, which its largest output tells in one reduction.
     Sums run in float32 (upcast from bf16/fp16 inside the kernel): activations are O(1), and a
-    mean or a fraction does not need more.
+    mean or a fraction does not need more; whether the output is finite is read exactly. Few
+    kernels on purpose: on a GPU each one is a launch, and a net has dozens of activations.
     """
     x = out.detach()
     stats = [x.sum(dtype=torch.float32), torch.linalg.vector_norm(x, dtype=torch.float32).square()]
@@ -87,12 +123,14 @@ def activation_sums(rule: ActivationRule, module: nn.Module, inp: Tensor | None,
         stats.append(torch.count_nonzero(rule.dead(unit_max)))
     else:
         stats.append(zero)
-    return torch.stack([v.to(NORM_DTYPE) for v in stats])
+    stats.append(nonfinite_probe(x))
+    # stack promotes the counts (int64) and a bf16/fp16 probe to float32
+    return torch.stack(stats)
 
 
 def activation_summary(sums: list[float], count: int, units: int, rule: ActivationRule) -> dict[str, float | None]:
     """Mean, std, saturation and dead fraction from the pooled sums of one step (host side)."""
-    total, sumsq, saturated, dead = sums
+    total, sumsq, saturated, dead = sums[:4]
     if count == 0:
         return {"mean": None, "std": None, "saturation": None, "dead_fraction": None}
     mean = total / count
