@@ -25,6 +25,9 @@ sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+# Results measured on a GPU machine by benchmarks/gpu.sh. Kept in the repository (unlike
+# benchmarks/results/): `make bench` on a machine without a GPU cannot measure them again.
+GPU_RESULTS = HERE / "gpu"
 COCKPIT_SETUP = (
     "python3 -m venv --system-site-packages /tmp/cockpit-venv && "
     "/tmp/cockpit-venv/bin/pip install -c constraints.txt torch==2.13.0 cockpit-for-pytorch backpack-for-pytorch"
@@ -132,12 +135,36 @@ def section(name: str, codes: dict[str, int]) -> str:
     return text
 
 
+def gpu_sections() -> list[str]:
+    """Throughput and overhead on a GPU, from benchmarks/gpu/*.json (written by benchmarks/gpu.sh)."""
+    import json
+
+    import overhead
+    import throughput
+
+    parts = []
+    for name, render_section in (("throughput", throughput.markdown_section), ("overhead", overhead.markdown_section)):
+        path = GPU_RESULTS / f"{name}.json"
+        if path.is_file():
+            heading, rest = render_section(json.loads(path.read_text())).split("\n", 1)
+            parts.append(f"{heading} (GPU)\n{rest}")
+    if not parts:
+        return ["## On a GPU\n\nNot measured yet: run `bash benchmarks/gpu.sh OUT` on a machine with a CUDA GPU, "
+                "copy `OUT/throughput.json` and `OUT/overhead.json` into `benchmarks/gpu/`, then "
+                "`python benchmarks/run_all.py --render-only`."]
+    return ["## On a GPU\n\nMeasured on a GPU machine by `bash benchmarks/gpu.sh OUT` (which also runs "
+            "`tests/test_cuda.py` there); the results are kept in `benchmarks/gpu/` because `make bench` on a "
+            "machine without a GPU cannot measure them again. On a GPU a small step is bound by the host "
+            "launching kernels, so what the monitor adds is its Python and its kernel launches, not arithmetic; "
+            "`python benchmarks/profile_step.py --device cuda` lists them by operator."] + parts
+
+
 def render(note: str | None, codes: dict[str, int]) -> str:
     produced_by = harness.command_line()
     if note:
         produced_by = produced_by.replace(shlex.quote(note), "'(the note below)'")
     names = ("throughput", "overhead", "scaling", "study_time")
-    parts = [intro(note, produced_by)] + [section(name, codes) for name in names]
+    parts = [intro(note, produced_by)] + [section(name, codes) for name in names] + gpu_sections()
     return "\n\n".join(parts) + "\n"
 
 

@@ -175,6 +175,8 @@ class GradientMonitor:
         self._forced = False
         self._pending: _Pending | None = None
         self._in_flight: deque[_InFlight] = deque()
+        self._ordered: list[int] = []
+        self._ordered_key: tuple[int, int] | None = None
         self._forward_order: list[str] | None = None
         self._call_order: list[str] = []
         self._reset_forward_buffers()
@@ -191,6 +193,7 @@ class GradientMonitor:
             raise ConfigError("the model this monitor was made for no longer exists.")
         self._layout = layout_of(model)
         self._param_index: dict[torch.device, Tensor] = {}
+        self._all_positions = list(range(len(self._layout.params)))
         self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
         for opt in self._optimizers:
             self._handles.append(opt.register_step_post_hook(self._on_optimizer_post))
@@ -411,12 +414,12 @@ class GradientMonitor:
         return l2, mx
 
     def _grads(self) -> tuple[list[int], list[Tensor]]:
-        positions, grads = [], []
-        for i, p in enumerate(self._layout.params):
-            if p.grad is not None:
-                positions.append(i)
-                grads.append(p.grad.detach())
-        return positions, grads
+        # read under no_grad, so no detach: the norms record no graph
+        grads = [p.grad for p in self._layout.params]
+        if not any(g is None for g in grads):
+            return self._all_positions, grads
+        positions = [i for i, g in enumerate(grads) if g is not None]
+        return positions, [grads[i] for i in positions]
 
     @torch.no_grad()
     def step(
@@ -573,21 +576,33 @@ class GradientMonitor:
             self._records.append(record)
             self._emit(record)
 
+    def _layers_in_forward_order(self) -> list[int]:
+        """Layer indices, those the forward pass called first in its order, the others after."""
+        key = (id(self._forward_order), len(self._layout.layer_names))
+        if self._ordered_key != key:
+            names = self._layout.layer_names
+            order = self._forward_order or []
+            rank = {n: i for i, n in enumerate(order)}
+            self._ordered = sorted(range(len(names)), key=lambda i: rank.get(names[i], len(order) + i))
+            self._ordered_key = key
+        return self._ordered
+
     def _build_record(self, pending: _Pending, v: dict[str, list[float]]) -> StepRecord:
         names = self._layout.layer_names
         order = self._forward_order or []
-        rank = {n: i for i, n in enumerate(order)}
-        ordered = sorted(range(len(names)), key=lambda i: rank.get(names[i], len(order) + i))
+        has = v.get("has_grad") or [0.0] * len(names)
+        grad, post, gmax = v.get("grad_l2"), v.get("post_l2"), v.get("grad_max")
+        weight, update = v.get("weight_l2"), v.get("update_l2")
         layers: dict[str, LayerStats] = {}
-        for i in ordered:
-            has_grad = bool(v.get("has_grad", [0.0] * len(names))[i])
-            grad_l2 = v["grad_l2"][i] if has_grad else None
-            w = v["weight_l2"][i] if "weight_l2" in v else None
-            upd = v["update_l2"][i] if "update_l2" in v else None
+        for i in self._layers_in_forward_order():
+            has_grad = has[i] != 0.0
+            grad_l2 = grad[i] if has_grad and grad is not None else None
+            w = weight[i] if weight is not None else None
+            upd = update[i] if update is not None else None
             layers[names[i]] = LayerStats(
                 grad_norm=grad_l2,
-                grad_norm_post_clip=v["post_l2"][i] if has_grad and "post_l2" in v else None,
-                grad_max=v["grad_max"][i] if has_grad and "grad_max" in v else None,
+                grad_norm_post_clip=post[i] if has_grad and post is not None else None,
+                grad_max=gmax[i] if has_grad and gmax is not None else None,
                 weight_norm=w,
                 update_ratio=upd / w if upd is not None and w else None,
                 grad_nonfinite=int(grad_l2 is not None and not math.isfinite(grad_l2)),

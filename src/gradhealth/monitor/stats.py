@@ -35,6 +35,13 @@ FLOAT32_SMALLEST_NORMAL = 1.18e-38
 UNDERFLOW_MARGIN = 1e6
 
 
+def _stack_on(values: list[Tensor] | tuple[Tensor, ...], device: torch.device) -> Tensor:
+    """Stack per-tensor results; a model spread over several devices has them on each."""
+    if all(v.device == device for v in values):
+        return torch.stack(values)
+    return torch.stack([v.to(device, non_blocking=True) for v in values])
+
+
 def fused_norms(tensors: list[Tensor]) -> Tensor:
     """The L2 norm of every tensor, as one float64 vector, in a few fused kernels.
 
@@ -48,7 +55,7 @@ def fused_norms(tensors: list[Tensor]) -> Tensor:
     device = tensors[0].device
     if device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors):
         norms = torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE)
-        return torch.stack([n.to(device, non_blocking=True) for n in norms])
+        return _stack_on(norms, device)
     norms = torch.stack(torch._foreach_norm(tensors, 2.0)).to(NORM_DTYPE)
     numel = torch.tensor([t.numel() for t in tensors], dtype=NORM_DTYPE)
     trusted = torch.isfinite(norms) & (norms.square() >= numel * (FLOAT32_SMALLEST_NORMAL * UNDERFLOW_MARGIN))
@@ -67,7 +74,7 @@ def max_abs(tensors: list[Tensor]) -> Tensor:
     device = tensors[0].device
     if device.type != "cpu":
         # one fused launch for all of them (the max needs no wider accumulator: it stays exact)
-        return torch.stack(torch._foreach_norm(tensors, math.inf, dtype=NORM_DTYPE))
+        return _stack_on(torch._foreach_norm(tensors, math.inf, dtype=NORM_DTYPE), device)
     # on the CPU aminmax reads each tensor once and allocates nothing the size of it
     values = [torch.stack(torch.aminmax(t)).abs().amax().to(device, NORM_DTYPE) if t.numel()
               else torch.zeros((), dtype=NORM_DTYPE, device=device) for t in tensors]
