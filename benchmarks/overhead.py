@@ -367,7 +367,7 @@ def monitor_breakdown(s: dict, device: torch.device, steps: int, blocks: int = 2
     make_layer_hook = mon._make_layer_hook
 
     def timed_layer_hook(name: str):
-        part = "forward hooks on activations (4 reductions each)" if name in activation_names else \
+        part = "forward hooks on activations (5 reductions each)" if name in activation_names else \
             "forward hooks on weight layers (output finite flag)"
         return clock.wrap(part, make_layer_hook(name))
 
@@ -381,16 +381,16 @@ def monitor_breakdown(s: dict, device: torch.device, steps: int, blocks: int = 2
         fused = patched["fused_norms"]
         timed_by_kind = {}
 
-        def timed_fused_norms(tensors, ord=2.0):
+        def timed_fused_norms(tensors):
             # which tensors: the weights themselves, the gradients, or something computed (update deltas)
             ptr = tensors[0].data_ptr() if tensors else None
             kind = "weights" if ptr == first.data_ptr() else \
                 "gradients" if first.grad is not None and ptr == first.grad.data_ptr() else "update deltas"
-            label = f"fused_norms of the {kind}, {'max |x|' if ord == float('inf') else 'L2'} (float64)"
+            label = f"fused_norms of the {kind}, L2"
             if label not in timed_by_kind:
                 # module-level: the twins' monitors call it too, outside any timed part of this one
                 timed_by_kind[label] = clock.wrap(label, fused, nested_only=True)
-            return timed_by_kind[label](tensors, ord)
+            return timed_by_kind[label](tensors)
 
         monitor_module.fused_norms = timed_fused_norms
     try:
@@ -473,14 +473,13 @@ def reduction_costs(s: dict, device: torch.device, repeats: int) -> dict:
     """The monitor's own reductions on this model's real tensors, against cheaper float32 forms.
 
     Per step: the activation statistics of every ReLU output (``stats.activation_sums``) and the
-    fused gradient / weight / update norms (``stats.fused_norms`` in float64, L2 and max), each
-    timed on a representative tensor of every shape and multiplied by how often that shape occurs.
-    The float32 forms overflow for squares above 3.4e38 (values above ~1e19), which is why the
-    monitor reduces in float64; they are shown to size what a float32 fast path with a float64
-    fallback would save.
+    fused gradient / weight norms (``stats.fused_norms``: float32 on the CPU with a float64
+    re-measure where float32 cannot hold a norm, float64 on a GPU) and max |grad|
+    (``stats.max_abs``), each activation timed on a representative tensor of every shape and
+    multiplied by how often that shape occurs; beside them the plain float32 and float64 norms.
     """
     from gradhealth.layers.activations import rule_for_module
-    from gradhealth.monitor.stats import activation_sums, fused_norms
+    from gradhealth.monitor.stats import NORM_DTYPE, activation_sums, fused_norms, max_abs
 
     torch.manual_seed(0)
     model = gradhealth.create_model(s["spec"]).to(device)
@@ -508,11 +507,11 @@ def reduction_costs(s: dict, device: torch.device, repeats: int) -> dict:
     grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
     weights = [p.detach() for p in model.parameters()]
     norms = {
-        "grad L2, float64 (fused_norms)": _ms(lambda: fused_norms(grads), device, repeats),
+        "grad L2 (fused_norms)": _ms(lambda: fused_norms(grads), device, repeats),
         "grad L2, float32 (_foreach_norm)": _ms(lambda: torch._foreach_norm(grads, 2), device, repeats),
-        "grad max, float64 (fused_norms inf)": _ms(lambda: fused_norms(grads, float("inf")), device, repeats),
-        "grad max, per-tensor aminmax": _ms(lambda: [torch.aminmax(g) for g in grads], device, repeats),
-        "weight L2, float64 (fused_norms)": _ms(lambda: fused_norms(weights), device, repeats),
+        "grad L2, float64 (_foreach_norm)": _ms(lambda: torch._foreach_norm(grads, 2, dtype=NORM_DTYPE), device, repeats),
+        "grad max (max_abs)": _ms(lambda: max_abs(grads), device, repeats),
+        "weight L2 (fused_norms)": _ms(lambda: fused_norms(weights), device, repeats),
         "parameter snapshot (_foreach_mul by 1.0)": _ms(lambda: torch._foreach_mul(weights, 1.0), device, repeats),
     }
     return {"activation_shapes": shapes, "activations_ms_now": act_now, "activations_ms_f32": act_f32,
@@ -690,15 +689,19 @@ def profile_section(result: dict) -> str:
             rows.append(["all ReLU statistics of one step", f"{red['activations_ms_now']:.2f}",
                          f"{red['activations_ms_f32']:.2f}"])
             norms = red["norms_ms"]
-            pairs = [("grad L2, float64 (fused_norms)", "grad L2, float32 (_foreach_norm)"),
-                     ("grad max, float64 (fused_norms inf)", "grad max, per-tensor aminmax"),
-                     ("weight L2, float64 (fused_norms)", None),
+            pairs = [("grad L2 (fused_norms)", ("grad L2, float32 (_foreach_norm)", "grad L2, float64 (_foreach_norm)")),
+                     ("grad max (max_abs)", None),
+                     ("weight L2 (fused_norms)", None),
                      ("parameter snapshot (_foreach_mul by 1.0)", None)]
-            for now, alt in pairs:
-                rows.append([now, f"{norms[now]:.2f}", f"{norms[alt]:.2f} ({alt})" if alt else ""])
-            lines += ["", "The same reductions on this model's tensors, one at a time, against float32 forms "
-                      "(ms per step; the float32 forms need a float64 fallback where a square overflows):", "",
-                      harness.markdown_table(["reduction", "monitor now (float64)", "float32 form"], rows)]
+            for now, alts in pairs:
+                if alts and all(a in norms for a in alts):
+                    rows.append([now, f"{norms[now]:.2f}", f"{norms[alts[0]]:.2f} / {norms[alts[1]]:.2f}"])
+                elif now in norms:
+                    rows.append([now, f"{norms[now]:.2f}", ""])
+            lines += ["", "The same reductions on this model's tensors, one at a time (ms per step); activation "
+                      "rows compare with bare float32 sums, the gradient norm with plain float32 and float64 "
+                      "norms (float32 alone overflows above ~1e19 and underflows below ~1e-19):", "",
+                      harness.markdown_table(["reduction", "monitor", "bare float32 form / float64"], rows)]
     lines += ["", f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
               f"Machine: {harness.describe_machine(result['machine'])}"]
     return "\n".join(lines)

@@ -167,7 +167,7 @@ def markdown_section(result: dict) -> str:
                   harness.markdown_table(["depth", "width", "layers with parameters", "parameters", "baseline ms",
                                           "monitor cost ms", "cost / baseline"], rows),
                   "",
-                  f"Fit: cost = {slope:.4g} ms per {unit} + {lin['intercept']:.3g} ms, R^2 = {lin['r2']:.3f}. "
+                  f"Fit: cost = {slope:.4g} ms per {unit} {'-' if lin['intercept'] < 0 else '+'} {abs(lin['intercept']):.3g} ms, R^2 = {lin['r2']:.3f}. "
                   f"Verdict: {_verdict(fit)}."]
     lines += ["", f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
               f"Machine: {harness.describe_machine(result['machine'])}"]

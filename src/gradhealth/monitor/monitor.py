@@ -120,6 +120,9 @@ class GradientMonitor:
     steps that GradScaler skipped. ``jsonl``: a path the full run is appended to; ``sinks``:
     other objects with ``write(record, meta)`` and ``close()`` (e.g. ``TensorBoardSink``).
     ``history``: how many records stay in memory (``records`` is a bounded deque).
+
+    On a GPU a step's numbers travel to the host without stopping the training loop; reading
+    ``records``, ``first_nonfinite`` or ``end_step()`` waits for those still on their way.
     """
 
     def __init__(
