@@ -116,6 +116,17 @@ def test_loss_curves_series_legend_and_marks():
     assert [len(p) for p in train] == [17, 12]  # the NaN at step 17 splits 30 steps
 
 
+def test_loss_caption_names_the_validation_curve_only_where_there_is_one():
+    with_val = figures.loss_curves(make_log())
+    log = make_log()
+    for record in log.records:
+        record.metrics.pop("val_loss", None)
+    without = figures.loss_curves(log)
+    assert "validation loss (dashed)" in with_val.caption
+    assert "validation" not in without.caption and without.caption.startswith("Training loss per step")
+    assert series_ids(without.svg) == ["0"]
+
+
 def test_spans_decades_chooses_the_log_axis():
     assert figures.spans_decades([0.01, 1.5])
     assert not figures.spans_decades([0.5, 2.3])

@@ -285,8 +285,10 @@ def loss_curves(runs: Runs, *, logy: bool | None = None) -> Figure:
         title = "Loss"
         ax.set_title(title)
         _legend(fig, ax)
-        caption = ("Training loss (solid) and validation loss where logged (dashed) per step: a flat curve "
-                   "means the network is not learning, a jump or a cross means the step blew up.")
+        has_val = any(style == "--" for *_, style in curves)
+        shown = "Training loss (solid) and validation loss (dashed)" if has_val else "Training loss"
+        caption = (f"{shown} per step: a flat curve means the network is not learning, a jump or a cross "
+                   "means the step blew up.")
         if skipped:
             caption += f" {_count(len(skipped), 'skipped optimizer step')} ticked along the bottom."
         return to_figure(fig, title, caption + _gap_note(len(nonfinite), missing, "loss"))
