@@ -160,3 +160,10 @@ def test_registry_refuses_duplicates_and_registers_user_builders():
 
     assert "tiny_test_net" in gradhealth.list_models("tiny*")
     assert gradhealth.create_model("tiny_test_net:width=5").in_features == 5
+
+
+def test_an_init_named_twice_differently_is_an_error():
+    with pytest.raises(ConfigError, match="names init=xavier and init=he was given as well"):
+        gradhealth.create_model("mlp:depth=3,init=xavier", init="he")
+    gradhealth.create_model("mlp:depth=3,init=he", init="he")  # the same one twice is fine
+

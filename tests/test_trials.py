@@ -29,6 +29,24 @@ def test_a_trial_rewrites_the_spec():
     assert apply_trial(DEEP_SIGMOID, BASELINE) == DEEP_SIGMOID
 
 
+def test_an_init_trial_changes_the_init_the_model_is_built_with():
+    import torch
+
+    import gradhealth
+
+    he = next(t for t in plan_trials(DEEP_SIGMOID) if t.key == "he_init")
+    config = apply_trial(DEEP_SIGMOID, he)
+    assert config.model == "mlp:depth=16,width=32,activation=sigmoid,init=he" and config.init is None
+    torch.manual_seed(0)
+    baseline = gradhealth.create_model(DEEP_SIGMOID.model, in_features=64)
+    torch.manual_seed(0)
+    trial = gradhealth.create_model(config.model, in_features=64)
+    # Xavier's std for the 32 -> 10 head is sqrt(2 / 42); He's (sigmoid gain 1) is sqrt(1 / 32)
+    assert float(baseline.head.weight.detach().std()) == pytest.approx(math.sqrt(2 / 42), rel=0.2)
+    assert float(trial.head.weight.detach().std()) == pytest.approx(math.sqrt(1 / 32), rel=0.2)
+    assert not torch.equal(baseline.head.weight, trial.head.weight)
+
+
 def test_health_score_is_the_declared_formula():
     assert health_score(1.0, 1.0, 10, False) == pytest.approx(math.log(math.log(10)))
     assert health_score(1.0, 1e-10, 10, False) == pytest.approx(math.log(math.log(10)) - 1.0)

@@ -96,7 +96,11 @@ def create_model(
     else:
         base, spec_kwargs = parse_spec(name)
         merged = {**spec_kwargs, **kwargs}
-        init = merged.pop("init", init)
+        named = merged.pop("init", None)
+        if named is not None and init is not None and str(named) != str(init):
+            # silently keeping one of the two would train a model other than the one asked for
+            raise ConfigError(f"{name!r} names init={named} and init={init} was given as well; give one of them.")
+        init = named if named is not None else init
         zero_init_last = bool(merged.pop("zero_init_last", zero_init_last))
         entry = get_entry(base)
         options = entry.options()

@@ -93,14 +93,15 @@ def _spec_trials(options: dict[str, Any]) -> list[Trial]:
     return trials
 
 
-def _training_trials(config: TrainConfig, current_init: str | None) -> list[Trial]:
+def _training_trials(config: TrainConfig, current_init: str | None, in_spec: bool) -> list[Trial]:
     """Remedies any model can take: they change the init or the training, not the architecture.
 
-    AGC needs to know the classifier head; a model without ``get_classifier()`` reports that as
-    the trial's error instead of a result.
+    ``in_spec``: the model is a spec string, whose ``init=`` the init trials rewrite (a spec that
+    names an init and a ``--init`` besides is an error). AGC needs to know the classifier head; a
+    model without ``get_classifier()`` reports that as the trial's error instead of a result.
     """
     trials = [
-        Trial(key, title, config_changes={"init": init})
+        Trial(key, title, spec_changes={"init": init}) if in_spec else Trial(key, title, config_changes={"init": init})
         for key, title, init in (("he_init", "Re-initialize with He init", "he"),
                                  ("xavier_init", "Re-initialize with Xavier init", "xavier"))
         if current_init is None or parse_init(current_init)[0] != parse_init(init)[0]
@@ -121,13 +122,14 @@ def plan_trials(config: TrainConfig) -> list[Trial]:
     """The baseline plus every remedy that applies to this model and run."""
     trials = [BASELINE]
     init = config.init
-    if not is_file_spec(config.model):
+    in_spec = not is_file_spec(config.model)
+    if in_spec:
         name, kwargs = parse_spec(config.model)
         options = {k: p.default for k, p in model_options(name).items()}
         options.update(kwargs)
         trials += _spec_trials(options)
         init = init or kwargs.get("init")
-    return trials + _training_trials(config, init)
+    return trials + _training_trials(config, init, in_spec)
 
 
 def apply_trial(config: TrainConfig, trial: Trial) -> TrainConfig:
