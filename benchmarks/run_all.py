@@ -11,6 +11,7 @@ an interpreter that has it, given by ``--cockpit-python`` or ``COCKPIT_PYTHON``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -137,8 +138,6 @@ def section(name: str, codes: dict[str, int]) -> str:
 
 def gpu_sections() -> list[str]:
     """Throughput and overhead on a GPU, from benchmarks/gpu/*.json (written by benchmarks/gpu.sh)."""
-    import json
-
     import overhead
     import throughput
 

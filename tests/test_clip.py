@@ -14,6 +14,10 @@ import gradhealth
 from gradhealth.errors import CheckpointError, ConfigError
 from gradhealth.remedies import CLIP_MODES, ClipResult, create_clipper, create_optimizer
 
+# norms are summed in float32 where float32 holds them (see monitor.stats.fused_norms): the
+# manual float64 norms agree to float32's summation error, not to the last bit
+NORM_REL = 1e-6
+
 
 def _params_with_grads(seed: int = 0, scale: float = 1.0) -> list[nn.Parameter]:
     gen = torch.Generator().manual_seed(seed)
@@ -57,7 +61,7 @@ def test_norm_clip_matches_clip_grad_norm_and_a_manual_computation(max_norm):
 
     pre = _manual_norm(before)
     coef = min(1.0, max_norm / (pre + 1e-6))
-    assert float(result.pre_norm) == pytest.approx(pre, rel=1e-12)
+    assert float(result.pre_norm) == pytest.approx(pre, rel=NORM_REL)
     assert float(result.pre_norm) == pytest.approx(float(total), rel=1e-6)
     for p, q, g in zip(ours, theirs, before):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
@@ -72,7 +76,7 @@ def test_norm_clip_skips_parameters_without_gradients():
     expected = _manual_norm([p.grad for p in params if p.grad is not None])
     result = create_clipper("norm", 0.1)(params)
     assert params[1].grad is None
-    assert float(result.pre_norm) == pytest.approx(expected, rel=1e-12)
+    assert float(result.pre_norm) == pytest.approx(expected, rel=NORM_REL)
     assert float(result.post_norm) == pytest.approx(0.1, rel=1e-5)
 
 
@@ -92,8 +96,8 @@ def test_value_clip_matches_torch_clamp():
     result = create_clipper("value", 1.5)(params)
     for p, g in zip(params, before):
         assert torch.equal(p.grad, torch.clamp(g, -1.5, 1.5))
-    assert float(result.pre_norm) == pytest.approx(_manual_norm(before), rel=1e-12)
-    assert float(result.post_norm) == pytest.approx(_manual_norm(_grads(params)), rel=1e-12)
+    assert float(result.pre_norm) == pytest.approx(_manual_norm(before), rel=NORM_REL)
+    assert float(result.post_norm) == pytest.approx(_manual_norm(_grads(params)), rel=NORM_REL)
     assert bool(result.clipped)
     unclipped = create_clipper("value", 100.0)(params)
     assert not bool(unclipped.clipped) and float(unclipped.post_norm) == float(unclipped.pre_norm)
@@ -204,7 +208,7 @@ def test_autoclip_threshold_is_numpy_percentile_of_the_history_including_the_cur
         before = _grads(params)
         result = clipper(params)
         pre = float(result.pre_norm)
-        assert pre == pytest.approx(_manual_norm(before), rel=1e-12)
+        assert pre == pytest.approx(_manual_norm(before), rel=NORM_REL)
         seen.append(pre)
         threshold = np.percentile(seen, 25)
         assert float(clipper.threshold) == pytest.approx(threshold, rel=1e-12)
@@ -223,8 +227,8 @@ def test_autoclip_history_is_bounded_to_the_newest_finite_norms():
         params = _params_with_grads(seed=step, scale=step + 1.0)
         seen.append(_manual_norm(_grads(params)))
         clipper(params)
-    np.testing.assert_allclose(clipper.history().numpy(), seen[-4:], rtol=1e-12)
-    assert float(clipper.threshold) == pytest.approx(np.percentile(seen[-4:], 50), rel=1e-12)
+    np.testing.assert_allclose(clipper.history().numpy(), seen[-4:], rtol=NORM_REL)
+    assert float(clipper.threshold) == pytest.approx(np.percentile(seen[-4:], 50), rel=NORM_REL)
 
 
 def test_autoclip_resumes_bit_exactly_from_a_weights_only_checkpoint():

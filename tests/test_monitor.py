@@ -10,14 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _grads import own_grad_norm
+
 import gradhealth
 from gradhealth.errors import ConfigError
 from gradhealth.monitor import GradientMonitor, read_jsonl
 
-
-def _own_grad_norm(module: nn.Module) -> float:
-    grads = [p.grad for p in module.parameters(recurse=False) if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]).double()))
 
 
 def _batch(n=16, features=64, classes=10, seed=0):
@@ -46,7 +44,7 @@ def test_layer_norms_equal_vector_norm_and_total_equals_clip_grad_norm():
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         mon.step(loss=loss)
-        expected = {name: _own_grad_norm(m) for name, m in model.named_modules()
+        expected = {name: own_grad_norm(m) for name, m in model.named_modules()
                     if any(True for _ in m.parameters(recurse=False))}
         max_abs = {name: max(float(p.grad.abs().max()) for p in m.parameters(recurse=False))
                    for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
@@ -74,7 +72,7 @@ def test_post_clip_norms_and_update_ratio_from_the_real_step():
         loss.backward()
         mon.step(loss=loss)
         pre = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05))
-        post_layer = {"head": _own_grad_norm(model.head)}
+        post_layer = {"head": own_grad_norm(model.head)}
         mon.after_clip()
         opt.step()
         record = mon.records[-1]
@@ -238,25 +236,29 @@ def test_bf16_autocast_norms_are_those_of_the_fp32_gradients():
         loss.backward()
         mon.step(loss=loss)
         record = mon.records[-1]
-        assert record.layers["head"].grad_norm == pytest.approx(_own_grad_norm(model.head), rel=1e-6)
+        assert record.layers["head"].grad_norm == pytest.approx(own_grad_norm(model.head), rel=1e-6)
     assert all(a.mean is not None and math.isfinite(a.mean) for a in record.activations.values())
 
 
-def test_fp16_grad_scaler_skipped_step_is_recorded_and_norms_are_unscaled():
+CUDA_IF_ANY = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA_IF_ANY])
+def test_fp16_grad_scaler_skipped_step_is_recorded_and_norms_are_unscaled(device):
     torch.manual_seed(0)
-    model = gradhealth.create_model("mlp:depth=4,width=16")
+    model = gradhealth.create_model("mlp:depth=4,width=16").to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
-    x, y = _batch()
-    with GradientMonitor(model, optimizer=opt) as mon:
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**12)
+    x, y = (t.to(device) for t in _batch())
+    with GradientMonitor(model, optimizer=opt, detail_every=1) as mon:
         for inject in (False, True, False):
-            with torch.autocast("cpu", dtype=torch.float16):
+            with torch.autocast(device, dtype=torch.float16):
                 loss = F.cross_entropy(model(x), y)
             scaler.scale(loss).backward()
             if inject:
                 model.blocks[0].conv1.weight.grad[0, 0] = float("inf")
             scaler.unscale_(opt)
-            expected = _own_grad_norm(model.head)
+            expected = own_grad_norm(model.head)
             mon.step(loss=loss)
             scaler.step(opt)
             scaler.update()
@@ -265,6 +267,8 @@ def test_fp16_grad_scaler_skipped_step_is_recorded_and_norms_are_unscaled():
             record = mon.records[-1]
             assert record.skipped is inject
             assert record.layers["head"].grad_norm == pytest.approx(expected, rel=1e-6)
+            # fp16 activations still give finite statistics (summed in float32)
+            assert all(a.mean is not None and math.isfinite(a.mean) for a in record.activations.values())
     bad = mon.records[1]
     assert bad.first_nonfinite.kind == "gradient"
     assert bad.first_nonfinite.layer == "blocks.0.conv1"
@@ -364,7 +368,7 @@ def test_monitor_works_on_a_torch_compiled_model_without_graph_breaks():
         loss.backward()
         mon.step(loss=loss)
         record = mon.records[-1]
-    assert record.layers["head"].grad_norm == pytest.approx(_own_grad_norm(model.head), rel=1e-6)
+    assert record.layers["head"].grad_norm == pytest.approx(own_grad_norm(model.head), rel=1e-6)
     explained = torch._dynamo.explain(model)(x)
     assert explained.graph_break_count == 0
     torch._dynamo.reset()

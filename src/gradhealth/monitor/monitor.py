@@ -445,7 +445,7 @@ class GradientMonitor:
         """
         if not self._handles:
             raise ConfigError("the monitor is not attached: use it as a context manager or call attach() first.")
-        self._close_pending()
+        self._materialize(wait=False)  # the previous step, if its optimizer never stepped
         step = self._step
         self._step += 1
         detailed = force or self._active
@@ -530,10 +530,6 @@ class GradientMonitor:
             pending.pieces["post_global"] = norms.square().sum().sqrt().reshape(1)
 
     # ---- finishing a record ------------------------------------------------------------------
-
-    def _close_pending(self) -> None:
-        if self._pending is not None:
-            self._materialize(wait=False)
 
     def _materialize(self, wait: bool = True) -> None:
         """Send the pending step to the host in one transfer; with ``wait``, finish every record."""

@@ -98,8 +98,8 @@ def nonfinite_probe(x: Tensor) -> Tensor:
 
     Read from the smallest and largest element, which never overflow: a sum would call a
     finite but exploding tensor (fp16 activations past 65504 in total, or float32 ones past 1e38)
-    non-finite. Multiplying by 0 keeps NaN and turns Inf into NaN; probes can be summed (over the
-    calls of a module) and cast without losing what they say, in two small kernels more.
+    non-finite. Multiplying by 0 keeps NaN and turns Inf into NaN, so probes can be summed (over
+    the calls of a module) and cast to any float type without losing what they say.
     """
     return torch.stack(torch.aminmax(x.detach())).mul_(0).sum()
 

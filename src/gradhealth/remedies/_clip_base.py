@@ -1,8 +1,8 @@
 """What every gradient clipper shares: the result type, the no-op clipper, fused norms and scaling.
 
-Norms are accumulated in float64: the squares of exploding float32 gradients (1e20 and beyond)
-overflow float32 while the gradients themselves are still finite, and a clipper that saw an
-infinite norm would zero every gradient.
+Norms come from the monitor's ``fused_norms``, exact in float64 where float32 would overflow: the
+squares of exploding gradients (1e20 and beyond) overflow float32 while the gradients themselves
+are still finite, and a clipper that saw an infinite norm would zero every gradient.
 """
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.errors import CheckpointError
+from gradhealth.monitor.stats import NORM_DTYPE, fused_norms
 
 __all__ = ["NORM_DTYPE", "ClipResult", "GradClipper", "grads_of", "global_norm", "scale_grads_"]
-
-NORM_DTYPE = torch.float64
 
 Parameters = Tensor | Iterable[Tensor] | nn.Module
 
@@ -47,9 +46,7 @@ def global_norm(tensors: list[Tensor]) -> Tensor:
     """The L2 norm of all tensors as one vector, in float64, on the first tensor's device."""
     if not tensors:
         return torch.zeros((), dtype=NORM_DTYPE)
-    device = tensors[0].device
-    norms = torch._foreach_norm(tensors, 2, dtype=NORM_DTYPE)
-    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+    return torch.linalg.vector_norm(fused_norms(tensors))
 
 
 def _by_device_and_dtype(tensors: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
