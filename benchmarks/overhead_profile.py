@@ -120,8 +120,8 @@ def monitor_breakdown(s: dict, device: torch.device, steps: int, blocks: int = 2
     make_layer_hook = mon._make_layer_hook
 
     def timed_layer_hook(name: str):
-        part = "forward hooks on activations (5 reductions each)" if name in activation_names else \
-            "forward hooks on weight layers (output finite flag)"
+        part = "forward hooks on activations (4 to 5 reductions each)" if name in activation_names else \
+            "forward hooks on weight layers (output extremes: finite or not)"
         return clock.wrap(part, make_layer_hook(name))
 
     mon._make_layer_hook = timed_layer_hook
@@ -225,14 +225,21 @@ def _relu_sums_f32(x: Tensor) -> Tensor:
 def reduction_costs(s: dict, device: torch.device, repeats: int) -> dict:
     """The monitor's own reductions on this model's real tensors, against cheaper float32 forms.
 
-    Per step: the activation statistics of every ReLU output (``stats.activation_sums``) and the
+    Per step: the activation statistics of every ReLU output (``ForwardTally.add_activation``,
+    then its ``pieces``) and the
     fused gradient / weight norms (``stats.fused_norms``: float32 on the CPU with a float64
     re-measure where float32 cannot hold a norm, float64 on a GPU) and max |grad|
     (``stats.max_abs``), each activation timed on a representative tensor of every shape and
     multiplied by how often that shape occurs; beside them the plain float32 and float64 norms.
     """
     from gradhealth.layers.activations import rule_for_module
-    from gradhealth.monitor.stats import NORM_DTYPE, activation_sums, fused_norms, max_abs
+    from gradhealth.monitor.forward_tally import ForwardTally
+    from gradhealth.monitor.stats import NORM_DTYPE, fused_norms, max_abs
+
+    def activation_stats(rule, module, out) -> dict[str, Tensor]:
+        tally = ForwardTally()
+        tally.add_activation("act", rule, module, None, out)
+        return tally.pieces(out.device, NORM_DTYPE)
 
     torch.manual_seed(0)
     model = gradhealth.create_model(s["spec"]).to(device)
@@ -252,20 +259,22 @@ def reduction_costs(s: dict, device: torch.device, repeats: int) -> dict:
     act_now = act_f32 = 0.0
     shapes = []
     for (shape, _), (module, rule, out, count) in outputs.items():
-        now = _ms(lambda: activation_sums(rule, module, None, out), device, repeats)
+        now = _ms(lambda: activation_stats(rule, module, out), device, repeats)
         fast = _ms(lambda: _relu_sums_f32(out), device, repeats)
         act_now += now * count
         act_f32 += fast * count
         shapes.append({"shape": list(shape), "count": count, "ms_now": now, "ms_f32": fast})
     grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
     weights = [p.detach() for p in model.parameters()]
+    kept = [torch.empty_like(w) for w in weights]
     norms = {
         "grad L2 (fused_norms)": _ms(lambda: fused_norms(grads), device, repeats),
         "grad L2, float32 (_foreach_norm)": _ms(lambda: torch._foreach_norm(grads, 2), device, repeats),
         "grad L2, float64 (_foreach_norm)": _ms(lambda: torch._foreach_norm(grads, 2, dtype=NORM_DTYPE), device, repeats),
         "grad max (max_abs)": _ms(lambda: max_abs(grads), device, repeats),
         "weight L2 (fused_norms)": _ms(lambda: fused_norms(weights), device, repeats),
-        "parameter snapshot (_foreach_mul by 1.0)": _ms(lambda: torch._foreach_mul(weights, 1.0), device, repeats),
+        "parameter snapshot, fresh memory (_foreach_mul by 1.0)": _ms(lambda: torch._foreach_mul(weights, 1.0), device, repeats),
+        "parameter snapshot into kept memory (_foreach_copy_)": _ms(lambda: torch._foreach_copy_(kept, weights), device, repeats),
     }
     return {"activation_shapes": shapes, "activations_ms_now": act_now, "activations_ms_f32": act_f32,
             "norms_ms": norms}
@@ -304,7 +313,8 @@ def profile_section(result: dict) -> str:
             pairs = [("grad L2 (fused_norms)", ("grad L2, float32 (_foreach_norm)", "grad L2, float64 (_foreach_norm)")),
                      ("grad max (max_abs)", None),
                      ("weight L2 (fused_norms)", None),
-                     ("parameter snapshot (_foreach_mul by 1.0)", None)]
+                     ("parameter snapshot, fresh memory (_foreach_mul by 1.0)", None),
+                     ("parameter snapshot into kept memory (_foreach_copy_)", None)]
             for now, alts in pairs:
                 if alts and all(a in norms for a in alts):
                     rows.append([now, f"{norms[now]:.2f}", f"{norms[alts[0]]:.2f} / {norms[alts[1]]:.2f}"])

@@ -125,6 +125,75 @@ def test_inplace_relu_is_measured_from_its_output():
     assert act.dead_fraction == pytest.approx(float((out <= 0).all(0).float().mean()))
 
 
+def test_a_module_called_twice_is_pooled_over_both_calls():
+    # one ReLU object used twice (as torchvision's blocks do), a conv ReLU whose units are
+    # channels, and a LeakyReLU whose dead rule is a mask: every fraction against a direct count
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+            self.relu = nn.ReLU()
+            self.leaky = nn.LeakyReLU(0.1)
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):
+            a = self.relu(self.conv1(x))
+            b = self.relu(self.conv2(a))
+            return self.head(self.leaky(b.mean((2, 3)) - 0.2))
+
+    torch.manual_seed(0)
+    model = Twice()
+    with torch.no_grad():
+        model.conv2.bias[1] = -100.0  # a channel that is off for every example: dead
+    x = torch.randn(4, 2, 5, 5)
+    with GradientMonitor(model) as mon:
+        model(x).sum().backward()
+        mon.step()
+        acts = mon.records[-1].activations
+    with torch.no_grad():
+        a = torch.relu(model.conv1(x))
+        b = torch.relu(model.conv2(a))
+        c = F.leaky_relu(b.mean((2, 3)) - 0.2, 0.1)
+    both = torch.cat([a.reshape(-1), b.reshape(-1)])
+    assert acts["relu"].mean == pytest.approx(float(both.mean()), rel=1e-6)
+    assert acts["relu"].std == pytest.approx(float(both.std(unbiased=False)), rel=1e-5)
+    assert acts["relu"].saturation == pytest.approx(float((both <= 0).float().mean()))
+    dead = int((a.amax((0, 2, 3)) <= 0).sum() + (b.amax((0, 2, 3)) <= 0).sum())
+    assert 0 < dead < 6
+    assert acts["relu"].dead_fraction == pytest.approx(dead / 6)
+    assert acts["leaky"].dead_fraction == pytest.approx(float((c.amax(0) < 0).float().mean()))
+    assert acts["leaky"].saturation == 0.0  # a slope of 0.1 passes 10 % of the gradient: never flat
+
+
+def test_an_inplace_activation_whose_rule_needs_the_input_reports_no_saturation():
+    model = nn.Sequential(nn.Linear(4, 4), nn.SiLU(inplace=True), nn.Linear(4, 1))
+    with GradientMonitor(model) as mon:
+        model(torch.randn(8, 4)).sum().backward()
+        mon.step()
+        act = mon.records[-1].activations["1"]
+    assert act.saturation is None and act.mean is not None
+
+
+def test_update_ratios_cover_every_optimizer_of_the_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    first, second = (torch.optim.SGD(model[i].parameters(), lr=0.1) for i in (0, 2))
+    x = torch.randn(8, 4)
+    before = {name: [p.detach().clone() for p in model[int(name)].parameters()] for name in ("0", "2")}
+    with GradientMonitor(model, optimizer=[first, second]) as mon:
+        model(x).square().sum().backward()
+        mon.step()
+        first.step()
+        second.step()
+        record = mon.records[-1]
+    for name, old in before.items():
+        new = list(model[int(name)].parameters())
+        delta = math.sqrt(sum(float((n.detach() - o).square().sum()) for n, o in zip(new, old)))
+        weight = math.sqrt(sum(float(o.square().sum()) for o in old))
+        assert record.layers[name].update_ratio == pytest.approx(delta / weight, rel=1e-5)
+        assert delta > 0
+
+
 def test_gelu_and_silu_saturation_read_the_input():
     x = torch.tensor([[-10.0, -6.0, 0.0, 3.0]])
     for module, deriv_max in ((nn.GELU(), 1.1289), (nn.SiLU(), 1.0998)):

@@ -49,6 +49,9 @@ class ActivationRule:
     gain: str = "linear"
     # True where the rule must read the input, so an in-place variant cannot be measured
     uses_input: bool = False
+    # True where the output is exactly 0 when the unit is off and nonzero otherwise (ReLU): both
+    # rules can then be counted with count_nonzero, without a mask the size of the output
+    zero_is_off: bool = False
 
 
 def _sigmoid_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
@@ -116,7 +119,7 @@ ACTIVATIONS: dict[str, ActivationRule] = {
     for r in [
         ActivationRule("sigmoid", nn.Sigmoid, saturated=_sigmoid_flat, gain="sigmoid"),
         ActivationRule("tanh", nn.Tanh, saturated=_tanh_flat, gain="tanh"),
-        ActivationRule("relu", nn.ReLU, saturated=_relu_flat, dead=_relu_dead, gain="relu"),
+        ActivationRule("relu", nn.ReLU, saturated=_relu_flat, dead=_relu_dead, gain="relu", zero_is_off=True),
         ActivationRule(
             "leaky_relu", nn.LeakyReLU, saturated=_leaky_flat, dead=_leaky_dead, gain="leaky_relu"
         ),

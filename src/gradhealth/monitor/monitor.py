@@ -16,7 +16,8 @@ What it costs: a recorded step (``every``) is one fused ``torch._foreach_norm`` 
 gradients and ONE device-to-host transfer, done when the step's record is complete (after the
 optimizer step, or at the next ``step()``). A detailed step (``detail_every``) adds the weight
 norms, the largest gradient element, the real update (a copy of the weights before the optimizer
-step), and four reductions per activation output. Other steps cost a counter increment.
+step, whose memory is kept between detailed steps on the CPU), the extremes of every layer's
+output and four or five reductions per activation output. Other steps cost a counter increment.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError
+from gradhealth.monitor.forward_tally import CallInfo, ForwardTally, summarize_calls
 from gradhealth.monitor.records import (
     ActivationStats,
     JsonlWriter,
@@ -42,15 +44,11 @@ from gradhealth.monitor.records import (
     StepRecord,
 )
 from gradhealth.monitor.stats import (
-    ACT_FIELDS,
     NORM_DTYPE,
-    activation_sums,
-    activation_summary,
     fused_norms,
     group_l2,
     group_max,
     max_abs,
-    nonfinite_probe,
 )
 from gradhealth.monitor.structure import ModelLayout, layout_of, unwrap
 
@@ -81,15 +79,14 @@ class _Pending:
     skipped: bool | None
     detailed: bool = False
     pieces: dict[str, Tensor] = field(default_factory=dict)
-    # per measured activation: name, rule, elements and units it saw
-    act_measured: list[tuple[str, Any, int, int]] = field(default_factory=list)
-    # the layer each non-finite probe of "out_flags" belongs to
-    forward_flags: list[str] = field(default_factory=list)
+    # the measured forward calls, in the order they ran
+    calls: list[CallInfo] = field(default_factory=list)
     input_batches: list[int] = field(default_factory=list)
     metric_names: list[str] = field(default_factory=list)
     metric_floats: dict[str, float | None] = field(default_factory=dict)
     snapshot: list[Tensor] | None = None
     stepped: bool = False
+    stepped_by: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -182,6 +179,7 @@ class GradientMonitor:
         self._ordered_key: tuple[int, int] | None = None
         self._forward_order: list[str] | None = None
         self._call_order: list[str] = []
+        self._kept_copy: list[Tensor] | None = None
         self._reset_forward_buffers()
         self._first_nonfinite: NonFiniteEvent | None = None
 
@@ -196,6 +194,7 @@ class GradientMonitor:
             raise ConfigError("the model this monitor was made for no longer exists.")
         self._layout = layout_of(model)
         self._param_index: dict[torch.device, Tensor] = {}
+        self._kept_copy: list[Tensor] | None = None
         self._all_positions = list(range(len(self._layout.params)))
         self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
         for opt in self._optimizers:
@@ -214,6 +213,7 @@ class GradientMonitor:
         self._layer_handles.clear()
         self._layout = ModelLayout()
         self._param_index = {}
+        self._kept_copy = None
         self._reset_forward_buffers()
         self._active = False
         if self._writer is not None:
@@ -306,11 +306,9 @@ class GradientMonitor:
     # ---- hooks -------------------------------------------------------------------------------
 
     def _reset_forward_buffers(self) -> None:
-        self._act_sums: dict[str, list[Tensor]] = {}
-        self._act_elems: dict[str, int] = {}
-        self._act_units: dict[str, int] = {}
-        self._output_flags: dict[str, list[Tensor]] = {}
-        self._input_flags: list[tuple[int, Tensor]] = []
+        self._tally = ForwardTally()
+        # per forward pass: its batch index and the smallest and largest input element
+        self._input_extremes: list[tuple[int, Tensor]] = []
         self._call_order = []
 
     def _recorded(self, step: int) -> bool:
@@ -346,8 +344,9 @@ class GradientMonitor:
         if not self._active:
             return
         x = _first_tensor(args)
-        if x is not None and x.is_floating_point():
-            self._input_flags.append((self._batch, ~torch.isfinite(x).all()))
+        if x is not None and x.is_floating_point() and x.numel():
+            # the extremes tell exactly whether x holds a NaN or an Inf, in one pass, no mask
+            self._input_extremes.append((self._batch, torch.stack(torch.aminmax(x.detach()))))
 
     def _make_layer_hook(self, name: str):
         rules = {n: r for n, _, r in self._layout.activations} if self.measure_activations else {}
@@ -363,16 +362,15 @@ class GradientMonitor:
                 self._call_order.append(name)
             if rule is None:
                 # a weight layer: only whether its output is finite, for the first bad layer
-                self._output_flags.setdefault(name, []).append(nonfinite_probe(out))
+                if out.numel():
+                    self._tally.add_layer(name, out)
                 return
-            inp = _first_tensor(inputs)
+            inp = _first_tensor(inputs) if rule.uses_input else None
             # an in-place activation has overwritten its input: rules that need it cannot run
             if inp is not None and inp.data_ptr() == out.data_ptr():
                 inp = None
-            self._act_sums.setdefault(name, []).append(activation_sums(rule, module, inp, out))
-            self._act_elems[name] = self._act_elems.get(name, 0) + out.numel()
-            units = out.shape[1] if out.dim() >= 2 else 0
-            self._act_units[name] = self._act_units.get(name, 0) + units
+            if out.numel():
+                self._tally.add_activation(name, rule, module, inp, out)
 
         return hook
 
@@ -380,23 +378,26 @@ class GradientMonitor:
         pending = self._pending
         if pending is None:
             return
+        if pending.detailed and not pending.stepped and "post_l2" not in pending.pieces:
+            # the optimizer has just used the gradients: whatever clipping happened (in any
+            # framework, e.g. Lightning's gradient_clip_val) is in them now
+            self.after_clip()
         pending.stepped = True
-        with torch.no_grad():
-            if pending.snapshot is not None:
-                deltas = pending.snapshot
-                pending.snapshot = None
-                # in place: before - after has the norm of the update, without a second copy
-                torch._foreach_sub_(deltas, [p.detach() for p in self._layout.params])
-                norms = fused_norms(deltas)
-                del deltas
-                pending.pieces["update_l2"] = self._per_layer(norms, list(range(len(norms))))[0]
-            if pending.detailed and "post_l2" not in pending.pieces:
-                # the optimizer has just used the gradients: whatever clipping happened (in any
-                # framework, e.g. Lightning's gradient_clip_val) is in them now
-                self.after_clip()
-        # the record is complete once every optimizer has stepped
-        if len(self._optimizers) <= 1 or optimizer is self._optimizers[-1]:
+        pending.stepped_by.add(id(optimizer))
+        # the record is complete once every optimizer has stepped (one that does not step, as
+        # GradScaler may decide, leaves it to the next step() or end_step())
+        if len(pending.stepped_by) >= len(self._optimizers):
             self._materialize(wait=False)
+
+    @torch.no_grad()
+    def _measure_update(self, pending: _Pending) -> None:
+        """The norm of each layer's real update: the weights before the step minus those after."""
+        deltas = pending.snapshot
+        pending.snapshot = None
+        # in place: before - after has the norm of the update, without a second copy
+        torch._foreach_sub_(deltas, [p.detach() for p in self._layout.params])
+        norms = fused_norms(deltas)
+        pending.pieces["update_l2"] = self._per_layer(norms, list(range(len(norms))))[0]
 
     # ---- measuring ---------------------------------------------------------------------------
 
@@ -415,6 +416,23 @@ class GradientMonitor:
         l2 = group_l2(norms, index, groups)
         mx = group_max(maxes, index, groups) if maxes is not None else None
         return l2, mx
+
+    def _copy_of_weights(self, params: list[Tensor]) -> list[Tensor]:
+        """The weights before the optimizer step, for the real update it makes.
+
+        On the CPU the copy's memory is kept for the next detailed step: memory the process has
+        not touched yet costs a page fault per 4 KiB, several times the copy itself (a GPU's
+        caching allocator keeps freed memory already, so there the copy is made afresh).
+        """
+        weights = [p.detach() for p in params]
+        if any(w.device.type != "cpu" for w in weights):
+            return torch._foreach_mul(weights, 1.0)
+        kept = self._kept_copy
+        if kept is None or len(kept) != len(weights) or any(
+                k.shape != w.shape or k.dtype != w.dtype for k, w in zip(kept, weights)):
+            kept = self._kept_copy = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+        torch._foreach_copy_(kept, weights)
+        return kept
 
     def _grads(self) -> tuple[list[int], list[Tensor]]:
         # read under no_grad, so no detach: the norms record no graph
@@ -470,7 +488,7 @@ class GradientMonitor:
             pending.pieces["weight_l2"] = weight_l2
             if self._optimizers and self.measure_updates:
                 # the weights before the optimizer step, for the real update it makes
-                pending.snapshot = torch._foreach_mul([p.detach() for p in params], 1.0)
+                pending.snapshot = self._copy_of_weights(params)
         if grads:
             norms = fused_norms(grads)
             maxes = max_abs(grads) if detailed else None
@@ -497,24 +515,12 @@ class GradientMonitor:
         self._set_active()
 
     def _take_forward_stats(self, pending: _Pending, device: torch.device) -> None:
-        rows = []
-        for name, _, rule in self._layout.activations:
-            sums = self._act_sums.get(name)
-            if sums:
-                rows.append((sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)).to(device))
-                pending.act_measured.append((name, rule, self._act_elems[name], self._act_units[name]))
-        if rows:
-            pending.pieces["act"] = torch.cat(rows)
-        probes = []
-        for name in self._forward_order or self._call_order:
-            for probe in self._output_flags.get(name, ()):
-                probes.append(probe.to(device))
-                pending.forward_flags.append(name)
-        if probes:
-            pending.pieces["out_flags"] = torch.stack(probes)
-        if self._input_flags:
-            pending.input_batches = [b for b, _ in self._input_flags]
-            pending.pieces["in_flags"] = torch.stack([f for _, f in self._input_flags]).to(device, NORM_DTYPE)
+        if self._tally:
+            pending.calls = self._tally.calls
+            pending.pieces.update(self._tally.pieces(device, NORM_DTYPE))
+        if self._input_extremes:
+            pending.input_batches = [b for b, _ in self._input_extremes]
+            pending.pieces["in_extremes"] = torch.stack([e.to(device) for _, e in self._input_extremes]).to(NORM_DTYPE)
         self._reset_forward_buffers()
 
     @torch.no_grad()
@@ -540,6 +546,9 @@ class GradientMonitor:
         self._receive(wait=wait)
 
     def _send(self, pending: _Pending) -> None:
+        if pending.snapshot is not None and pending.stepped:
+            # measured when the step is complete, so the update of every optimizer is in it
+            self._measure_update(pending)
         pending.snapshot = None  # a step the optimizer skipped still holds its weights' copy
         pieces = list(pending.pieces.values())
         if not pieces:
@@ -588,7 +597,6 @@ class GradientMonitor:
 
     def _build_record(self, pending: _Pending, v: dict[str, list[float]]) -> StepRecord:
         names = self._layout.layer_names
-        order = self._forward_order or []
         has = v.get("has_grad") or [0.0] * len(names)
         grad, post, gmax = v.get("grad_l2"), v.get("post_l2"), v.get("grad_max")
         weight, update = v.get("weight_l2"), v.get("update_l2")
@@ -606,14 +614,11 @@ class GradientMonitor:
                 update_ratio=upd / w if upd is not None and w else None,
                 grad_nonfinite=int(grad_l2 is not None and not math.isfinite(grad_l2)),
             )
-        activations: dict[str, ActivationStats] = {}
-        act = v.get("act", [])
-        width = len(ACT_FIELDS)
-        for j, (name, rule, count, units) in enumerate(pending.act_measured):
-            sums = act[width * j: width * (j + 1)]
-            summary = activation_summary(sums, count, units, rule)
-            probe = sums[ACT_FIELDS.index("nonfinite")]
-            activations[name] = ActivationStats(**summary, nonfinite=int(math.isnan(probe)))
+        summaries, bad_calls = summarize_calls(pending.calls, v.get("fwd_extremes", []), v.get("act_moments", []),
+                                               v.get("act_counts", []))
+        # in the layout's order of activation modules
+        activations = {name: ActivationStats(**summaries[name])
+                       for name, _, _ in self._layout.activations if name in summaries}
         loss = v["loss"][0] if "loss" in v else None
         stepped_known = bool(self._optimizers)
         skipped = pending.skipped if pending.skipped is not None else (stepped_known and not pending.stepped)
@@ -632,23 +637,22 @@ class GradientMonitor:
             activations=activations,
             metrics=metrics,
         )
-        record.first_nonfinite = self._locate_nonfinite(pending, v, record, order)
+        record.first_nonfinite = self._locate_nonfinite(pending, v, record, bad_calls)
         if record.first_nonfinite is not None and self._first_nonfinite is None:
             self._first_nonfinite = record.first_nonfinite
         return record
 
     def _locate_nonfinite(self, pending: _Pending, v: dict[str, list[float]], record: StepRecord,
-                          order: list[str]) -> NonFiniteEvent | None:
-        """The earliest place NaN/Inf shows: input, then forward order, then loss, then backward order."""
-        for flag, batch in zip(v.get("in_flags", []), pending.input_batches):
-            if flag:
+                          bad_calls: list[str]) -> NonFiniteEvent | None:
+        """The earliest place NaN/Inf shows: input, then the forward calls as they ran, then loss, then backward order."""
+        extremes = v.get("in_extremes", [])
+        for i, batch in enumerate(pending.input_batches):
+            if not (math.isfinite(extremes[2 * i]) and math.isfinite(extremes[2 * i + 1])):
                 return NonFiniteEvent("input", None, batch, pending.step)
-        bad_outputs = {name for name, probe in zip(pending.forward_flags, v.get("out_flags", [])) if math.isnan(probe)}
-        bad_outputs |= {n for n, a in record.activations.items() if a.nonfinite}
-        for name in order:
-            if name in bad_outputs:
-                kind = "activation" if name in record.activations else "forward"
-                return NonFiniteEvent(kind, name, pending.batch, pending.step)
+        if bad_calls:
+            name = bad_calls[0]
+            kind = "activation" if name in record.activations else "forward"
+            return NonFiniteEvent(kind, name, pending.batch, pending.step)
         if record.loss is not None and not math.isfinite(record.loss):
             return NonFiniteEvent("loss", None, pending.batch, pending.step)
         # backward runs from the output to the input: the first bad gradient is the last layer's
