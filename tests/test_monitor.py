@@ -517,6 +517,20 @@ def test_norms_stay_exact_where_float32_would_overflow_or_underflow():
     assert norms[3] == 0.0 and math.isnan(norms[4])
 
 
+def test_all_finite_reads_huge_finite_gradients_as_finite_and_any_nan_or_inf_as_not():
+    from gradhealth.monitor.stats import all_finite
+
+    huge = torch.full((1000,), 1e20)  # finite, but its float32 sum of squares overflows
+    assert bool(all_finite([huge, torch.randn(10)]))
+    assert bool(all_finite([]))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.randn(100)
+        t[37] = bad
+        assert not bool(all_finite([huge, t]))
+        assert not bool(all_finite([t.double()]))  # the float64 path
+    assert bool(all_finite([huge.double(), torch.ones(3, dtype=torch.bfloat16)]))
+
+
 def test_finite_but_huge_outputs_are_not_called_nonfinite():
     # fp16 sums of a conv output overflow long before any element does; exploding float32
     # activations (weights of 5, depth 60) overflow a float32 sum while every value is finite

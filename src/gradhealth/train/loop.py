@@ -38,7 +38,7 @@ from gradhealth.errors import Interrupted, NonFiniteError
 from gradhealth.monitor.monitor import GradientMonitor
 from gradhealth.monitor.records import NonFiniteEvent, RunMeta, StepRecord, read_jsonl, write_jsonl
 from gradhealth.monitor.sinks import TensorBoardSink
-from gradhealth.monitor.stats import fused_norms
+from gradhealth.monitor.stats import all_finite
 from gradhealth.remedies.clip import create_clipper
 from gradhealth.remedies.optim import create_optimizer
 from gradhealth.remedies.regularize import l1_penalty, l2_penalty
@@ -267,7 +267,7 @@ class _Run:
             # under fp16 an inf gradient is GradScaler's business: it skips the step and lowers the scale
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if grads:
-                finite = finite & torch.isfinite(fused_norms(grads).sum())
+                finite = finite & all_finite(grads)
         bad = agree_any(~finite, self.dist, self.device)
         if bad:
             # run the last batch forward again with the hooks on, so the record names the first
@@ -276,8 +276,10 @@ class _Run:
                 self._loss(x, y)
         metrics["train_acc"] = correct.double() / max(seen, 1)
         self.monitor.step(loss=loss_mean, force=bad, metrics=metrics, batch=self.batch_index)
-        self.clipper(self.model.parameters())
-        self.monitor.after_clip()
+        if self.clipper.mode != "none":
+            # with no clipping the gradients after it are those the monitor has just measured
+            self.clipper(self.model.parameters())
+            self.monitor.after_clip()
         if bad:
             self._non_finite()
             return
