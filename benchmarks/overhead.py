@@ -10,7 +10,7 @@ instrumentation, set up once; all are timed interleaved in one process:
 * ``monitor_every1``: ``GradientMonitor(model, optimizer=opt)`` used as its docstring says
   (``mon.step(loss=loss)`` after backward, optimizer attached so update ratios are measured),
   with its defaults (every=1; weight norms, update ratios, max |grad| and activation statistics
-  on every ``detail_every``-th step); ``monitor_every10``: ``every=10``;
+  on one recorded step in ten); ``monitor_every10``: ``every=10`` (so detailed every 100 steps);
 * ``monitor_detail1``: everything on every step (``detail_every=1``), and
   ``monitor_detail1_noact``: the same with ``activations=False``: what a detailed step costs;
 * ``lightning_grad_norm``: ``lightning.pytorch.utilities.grad_norm(model, norm_type=2)`` every step;
@@ -369,8 +369,10 @@ def markdown_section(result: dict, cockpit: dict | None = None, profile: dict | 
         "repetitions of the paired ratio candidate / baseline, minus 1, all in one process, interleaved. "
         "The monitor is used as its docstring says: `mon.step(loss=loss)` after backward, optimizer "
         "attached (update ratios measured). Goals on CPU: at most 3 % at every=1, at most 1 % at every=10 "
-        "(both with the monitor's other defaults). A monitor whose work repeats every 10 steps is timed over "
-        "a multiple of 10 steps per repetition (column steps/rep).",
+        "(both with the monitor's other defaults: one recorded step in ten is detailed, so every 10th step "
+        "at every=1 and every 100th at every=10). A monitor whose work repeats every N steps is timed over "
+        "a multiple of N steps per repetition (column steps/rep), so that each repetition holds its "
+        "detailed steps in their real proportion.",
         "",
     ]
     for model_name, m in result["models"].items():

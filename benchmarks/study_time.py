@@ -52,7 +52,7 @@ def markdown_section(result: dict) -> str:
         "Wall time of every study at the quick size in a fresh process (training, claims, figures, report), "
         "median over repetitions; goal under 10 minutes on 2 CPU cores.",
         "",
-        harness.markdown_table(["median wall time", "repetitions", "claims that held", "goal < 10 min"], rows),
+        harness.markdown_table(["median wall time", "wall time of each repetition", "claims that held", "goal < 10 min"], rows),
         "",
         f"Command: `{result['command']}`  ",
         f"Date: {result['date']}  ",

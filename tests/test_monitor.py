@@ -488,6 +488,20 @@ def test_detail_every_adds_weights_updates_and_activations_on_its_steps_only():
         GradientMonitor(model, detail_every=0)
 
 
+@pytest.mark.parametrize("every", [1, 3])
+def test_by_default_one_recorded_step_in_ten_is_detailed(every):
+    torch.manual_seed(0)
+    model = gradhealth.create_model("mlp:depth=3,width=8")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = _batch()
+    with GradientMonitor(model, optimizer=opt, every=every) as mon:
+        for _ in range(21 * every):
+            _train_step(model, opt, x, y, mon)
+    detailed = [r.step for r in mon.records if r.layers["head"].weight_norm is not None]
+    assert len(mon.records) == 21
+    assert detailed == [0, 10 * every, 20 * every]
+
+
 def test_post_clip_norms_are_read_at_the_optimizer_step_when_after_clip_is_not_called():
     torch.manual_seed(0)
     model = gradhealth.create_model("mlp:depth=4,width=16")

@@ -43,8 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="re-initialize: he, xavier, normal(0.02), constant(5), orthogonal, lsuv, fixup ...")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--monitor-every", type=int, default=1, help="record every K optimizer steps")
-    p.add_argument("--detail-every", type=int, default=10,
-                   help="every K steps also weight norms, update ratios and activation health (default 10)")
+    p.add_argument("--detail-every", type=int, default=None,
+                   help="every K steps also weight norms, update ratios and activation health "
+                        "(default 10 x --monitor-every)")
     p.add_argument("--no-activations", action="store_true", help="do not hook activation modules")
     p.add_argument("--on-nonfinite", default="stop", help="raise, skip or stop (save and report) on NaN/Inf")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate on the validation split every K steps")

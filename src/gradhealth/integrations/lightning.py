@@ -35,7 +35,7 @@ class GradHealthCallback(Callback):
     The other arguments are the GradientMonitor's.
     """
 
-    def __init__(self, *, every: int = 1, detail_every: int = 10, activations: bool = True,
+    def __init__(self, *, every: int = 1, detail_every: int | None = None, activations: bool = True,
                  jsonl: str | os.PathLike | None = None, history: int = 10_000):
         super().__init__()
         self._options = dict(every=every, detail_every=detail_every, activations=activations, history=history)

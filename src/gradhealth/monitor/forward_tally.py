@@ -3,8 +3,8 @@
 A forward hook runs once per module call, so its cost is paid dozens of times per step; it
 therefore does only the reductions that need the output tensor (one kernel each) and leaves
 everything else (stacking, squaring, turning counts into fractions, pooling the calls of a
-module, finding the first bad one) to ``pieces()`` on the device and ``summarize()`` on the host,
-once per step.
+module, finding the first bad one) to ``pieces()`` on the device and ``summarize_calls()`` on
+the host, once per step.
 
 Per call of a weight layer: the output's smallest and largest element, which tell exactly
 whether it holds a NaN or an Inf (a sum would call a finite but exploding tensor non-finite).

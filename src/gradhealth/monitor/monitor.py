@@ -98,6 +98,9 @@ class _InFlight:
     ready: Any = None  # a torch.cuda.Event recorded after the copy
 
 
+# Without a detail_every, one recorded step in this many is detailed.
+DETAIL_RATIO = 10
+
 # On a GPU the numbers of a step are copied to the host without waiting (pinned memory, an
 # event), so the CPU keeps queueing the next steps' kernels; a step's record is built once its
 # copy has landed, at the latest when this many steps are waiting or when anything reads records.
@@ -110,7 +113,8 @@ class GradientMonitor:
     ``every``: record every N-th optimizer step (gradient norms per layer, loss, lr).
     ``detail_every``: on steps that are a multiple of it, also weight norms, update ratios,
     max |grad|, activation health and where a NaN first appears in the forward pass
-    (``detail_every=1``: everything on every recorded step).
+    (``detail_every=1``: everything on every recorded step). By default one recorded step in
+    ten: ``10 * every``, so recording less often makes the detailed steps rarer in proportion.
     ``activations``: hook activation modules (sigmoid, tanh, ReLU family, GELU, SiLU, ELU) for
     mean/std, saturation and dead units.
     ``optimizer``: lets the monitor read the lr, measure the real update of each step, and see
@@ -127,7 +131,7 @@ class GradientMonitor:
         model: nn.Module,
         *,
         every: int = 1,
-        detail_every: int = 10,
+        detail_every: int | None = None,
         activations: bool = True,
         optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
         history: int = 10_000,
@@ -140,6 +144,8 @@ class GradientMonitor:
     ):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"every must be a positive integer number of steps, not {every!r}.")
+        if detail_every is None:
+            detail_every = DETAIL_RATIO * every
         if isinstance(detail_every, bool) or not isinstance(detail_every, int) or detail_every < 1:
             raise ConfigError(f"detail_every must be a positive integer number of steps, not {detail_every!r}.")
         if isinstance(history, bool) or not isinstance(history, int) or history < 1:
@@ -238,8 +244,8 @@ class GradientMonitor:
     def records(self) -> deque[StepRecord]:
         """Complete recorded steps, oldest first (bounded by ``history``).
 
-        With an optimizer attached, a step is complete after its optimizer step (or at the next
-        ``step()`` / ``end_step()`` if the optimizer did not step: then it is marked skipped);
+        With optimizers attached, a step is complete once every one of them has stepped (or at
+        the next ``step()`` / ``end_step()`` if one did not: if none did, it is marked skipped);
         without one, as soon as it is read.
         """
         if not self._optimizers:
@@ -644,7 +650,7 @@ class GradientMonitor:
 
     def _locate_nonfinite(self, pending: _Pending, v: dict[str, list[float]], record: StepRecord,
                           bad_calls: list[str]) -> NonFiniteEvent | None:
-        """The earliest place NaN/Inf shows: input, then the forward calls as they ran, then loss, then backward order."""
+        """The earliest place NaN/Inf shows: input, forward calls as they ran, loss, then backward order."""
         extremes = v.get("in_extremes", [])
         for i, batch in enumerate(pending.input_batches):
             if not (math.isfinite(extremes[2 * i]) and math.isfinite(extremes[2 * i + 1])):

@@ -43,7 +43,7 @@ class TrainConfig:
     init: str | None = None
     seed: int = 0
     monitor_every: int = 1
-    detail_every: int = 10
+    detail_every: int | None = None  # None: the monitor's default, 10 * monitor_every
     activations: bool = True
     on_nonfinite: str = "stop"
     eval_every: int = 0
@@ -65,7 +65,8 @@ class TrainConfig:
         if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
             raise ConfigError(f"epochs must be positive, not {self.epochs!r}.")
         for name in ("batch_size", "accumulate", "monitor_every", "detail_every"):
-            _positive_int(name, getattr(self, name))
+            if name != "detail_every" or self.detail_every is not None:
+                _positive_int(name, getattr(self, name))
         for name in ("eval_every", "checkpoint_every", "num_workers", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
