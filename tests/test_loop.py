@@ -172,6 +172,7 @@ def test_lsuv_init_uses_a_training_batch():
     ({"schedule": "wavy"}, "unknown lr schedule"), ({"optimizer": "lbfgs"}, "unknown optimizer"),
     ({"amp": "fp8"}, "AMP mode"), ({"on_nonfinite": "pray"}, "non-finite policy"),
     ({"data": "imagenet"}, "unknown data set"), ({"model": "mlp:depth=0"}, "depth"),
+    ({"detail_every": 0}, "detail_every"), ({"monitor_every": 0}, "monitor_every"),
 ])
 def test_bad_configurations_raise_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.layers.activations import ActivationRule
+from gradhealth.monitor.stats import stack_on
 
 __all__ = ["CallInfo", "ForwardTally", "summarize_calls"]
 
@@ -93,15 +94,9 @@ class ForwardTally:
         for key, values in (("fwd_extremes", self._extremes), ("act_moments", self._moments),
                             ("act_counts", self._counts)):
             if values:
-                out[key] = _stack_to(values, device, dtype)
+                # counts are stacked as int64, so the cast to float64 keeps them exact
+                out[key] = stack_on(values, device).to(dtype)
         return out
-
-
-def _stack_to(values: list[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
-    # counts are int64: stack them as they are, so the cast to float64 keeps them exact
-    if all(v.device == device for v in values):
-        return torch.stack(values).to(dtype)
-    return torch.stack([v.to(device, dtype) for v in values])
 
 
 def summarize_calls(calls: list[CallInfo], extremes: list[float], moments: list[float],

@@ -403,7 +403,7 @@ class GradientMonitor:
         # in place: before - after has the norm of the update, without a second copy
         torch._foreach_sub_(deltas, [p.detach() for p in self._layout.params])
         norms = fused_norms(deltas)
-        pending.pieces["update_l2"] = self._per_layer(norms, list(range(len(norms))))[0]
+        pending.pieces["update_l2"] = self._per_layer(norms, self._all_positions)[0]
 
     # ---- measuring ---------------------------------------------------------------------------
 
@@ -490,7 +490,7 @@ class GradientMonitor:
         positions, grads = self._grads()
         device = params[0].device if params else torch.device("cpu")
         if detailed:
-            weight_l2, _ = self._per_layer(fused_norms([p.detach() for p in params]), list(range(len(params))))
+            weight_l2, _ = self._per_layer(fused_norms([p.detach() for p in params]), self._all_positions)
             pending.pieces["weight_l2"] = weight_l2
             if self._optimizers and self.measure_updates:
                 # the weights before the optimizer step, for the real update it makes

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "stack_on",
     "fused_norms",
     "all_finite",
     "max_abs",
@@ -30,7 +31,7 @@ FLOAT32_SMALLEST_NORMAL = 1.18e-38
 UNDERFLOW_MARGIN = 1e6
 
 
-def _stack_on(values: list[Tensor] | tuple[Tensor, ...], device: torch.device) -> Tensor:
+def stack_on(values: list[Tensor] | tuple[Tensor, ...], device: torch.device) -> Tensor:
     """Stack per-tensor results; a model spread over several devices has them on each."""
     if all(v.device == device for v in values):
         return torch.stack(values)
@@ -50,7 +51,7 @@ def fused_norms(tensors: list[Tensor]) -> Tensor:
     device = tensors[0].device
     if device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors):
         norms = torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE)
-        return _stack_on(norms, device)
+        return stack_on(norms, device)
     norms = torch.stack(torch._foreach_norm(tensors, 2.0)).to(NORM_DTYPE)
     numel = torch.tensor([t.numel() for t in tensors], dtype=NORM_DTYPE)
     trusted = torch.isfinite(norms) & (norms.square() >= numel * (FLOAT32_SMALLEST_NORMAL * UNDERFLOW_MARGIN))
@@ -74,7 +75,7 @@ def all_finite(tensors: list[Tensor]) -> Tensor:
         return torch.ones((), dtype=torch.bool)
     device = tensors[0].device
     if device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors):
-        return torch.isfinite(_stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)).all()
+        return torch.isfinite(stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)).all()
     norms = torch.stack(torch._foreach_norm(tensors, 2.0))
     # on the CPU this reads memory the norms are already in: no device transfer
     suspects = (~torch.isfinite(norms)).nonzero().flatten().tolist()
@@ -90,7 +91,7 @@ def max_abs(tensors: list[Tensor]) -> Tensor:
     device = tensors[0].device
     if device.type != "cpu":
         # one fused launch for all of them (the max needs no wider accumulator: it stays exact)
-        return _stack_on(torch._foreach_norm(tensors, math.inf, dtype=NORM_DTYPE), device)
+        return stack_on(torch._foreach_norm(tensors, math.inf, dtype=NORM_DTYPE), device)
     # on the CPU aminmax reads each tensor once and allocates nothing the size of it (an inf-norm
     # does not vectorize there); the per-tensor results are combined in three kernels in all
     lows, highs = [], []
@@ -98,7 +99,7 @@ def max_abs(tensors: list[Tensor]) -> Tensor:
         low, high = torch.aminmax(t) if t.numel() else (t.new_zeros(()), t.new_zeros(()))
         lows.append(low)
         highs.append(high)
-    return torch.maximum(_stack_on(highs, device), _stack_on(lows, device).neg()).to(NORM_DTYPE)
+    return torch.maximum(stack_on(highs, device), stack_on(lows, device).neg()).to(NORM_DTYPE)
 
 
 def group_l2(norms: Tensor, index: Tensor, groups: int) -> Tensor:

@@ -64,9 +64,10 @@ class TrainConfig:
             _positive_int("steps", self.steps)
         if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
             raise ConfigError(f"epochs must be positive, not {self.epochs!r}.")
-        for name in ("batch_size", "accumulate", "monitor_every", "detail_every"):
-            if name != "detail_every" or self.detail_every is not None:
-                _positive_int(name, getattr(self, name))
+        for name in ("batch_size", "accumulate", "monitor_every"):
+            _positive_int(name, getattr(self, name))
+        if self.detail_every is not None:
+            _positive_int("detail_every", self.detail_every)
         for name in ("eval_every", "checkpoint_every", "num_workers", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
