@@ -16,6 +16,7 @@ import gradhealth
 from gradhealth.errors import ConfigError
 from gradhealth.monitor import GradientMonitor, read_jsonl
 
+CUDA_IF_ANY = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
 
 
 def _batch(n=16, features=64, classes=10, seed=0):
@@ -309,9 +310,6 @@ def test_bf16_autocast_norms_are_those_of_the_fp32_gradients():
     assert all(a.mean is not None and math.isfinite(a.mean) for a in record.activations.values())
 
 
-CUDA_IF_ANY = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"))
-
-
 @pytest.mark.parametrize("device", ["cpu", CUDA_IF_ANY])
 def test_fp16_grad_scaler_skipped_step_is_recorded_and_norms_are_unscaled(device):
     torch.manual_seed(0)
@@ -353,11 +351,12 @@ def test_scaled_gradients_can_be_unscaled_by_the_monitor():
     assert record.global_grad_norm == pytest.approx(float(torch.cat([model.weight.grad.flatten(), model.bias.grad]).norm()) / 1024, rel=1e-6)
 
 
-def test_first_nonfinite_names_the_input_batch_and_the_first_bad_layer():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+@pytest.mark.parametrize("device", ["cpu", CUDA_IF_ANY])
+def test_first_nonfinite_names_the_input_batch_and_the_first_bad_layer(device):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).to(device)
     with GradientMonitor(model) as mon:
         for batch in range(3):
-            x = torch.randn(2, 4)
+            x = torch.randn(2, 4, device=device)
             if batch == 1:
                 x[0, 0] = float("nan")
             model(x)
@@ -368,7 +367,7 @@ def test_first_nonfinite_names_the_input_batch_and_the_first_bad_layer():
     with torch.no_grad():
         model[2].weight[0, 0] = float("inf")
     with GradientMonitor(model) as mon:
-        model(torch.randn(2, 4)).sum().backward()
+        model(torch.randn(2, 4, device=device)).sum().backward()
         mon.step()
         event = mon.records[-1].first_nonfinite
     assert (event.kind, event.layer) == ("forward", "2")
@@ -572,3 +571,24 @@ def test_finite_but_huge_outputs_are_not_called_nonfinite():
         record = mon.records[-1]
     assert record.first_nonfinite is None
     assert not any(a.nonfinite for a in record.activations.values())
+
+
+def test_forwards_without_a_step_stop_adding_statistics_after_a_bound():
+    from gradhealth.monitor.monitor import MAX_FORWARDS_PER_STEP
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    x = torch.randn(4, 2)
+    with GradientMonitor(model, detail_every=1) as mon:
+        with pytest.warns(RuntimeWarning, match="without a step"):
+            for _ in range(MAX_FORWARDS_PER_STEP + 50):
+                model(x)
+        # one call of each module per forward, kept for the first MAX_FORWARDS_PER_STEP only
+        assert len(mon._tally.calls) == 2 * MAX_FORWARDS_PER_STEP
+        model(x).sum().backward()
+        mon.step()
+        record = mon.records[-1]
+        assert record.activations["1"].mean is not None
+        assert len(mon._tally.calls) == 0
+        model(x).sum().backward()  # the next step measures again
+        mon.step()
+        assert mon.records[-1].activations["1"].mean is not None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -59,6 +60,15 @@ def _compiling() -> bool:
     # Under torch.compile our hooks do nothing, so they add no graph break; gradients are
     # measured outside the compiled graph and stay exact.
     return torch.compiler.is_compiling()
+
+
+def _global_norm(layer_norms: list[float] | None) -> float | None:
+    """The L2 norm over all parameters from the per-layer norms (each parameter is in one layer).
+
+    On the host: hypot neither overflows nor underflows, where squares of float64 norms past
+    1e154 would, and it costs the device no kernels.
+    """
+    return math.hypot(*layer_norms) if layer_norms is not None else None
 
 
 def _first_tensor(value: Any) -> Tensor | None:
@@ -105,6 +115,11 @@ DETAIL_RATIO = 10
 # event), so the CPU keeps queueing the next steps' kernels; a step's record is built once its
 # copy has landed, at the latest when this many steps are waiting or when anything reads records.
 MAX_IN_FLIGHT = 3
+
+# The forward statistics of a detailed step are kept until step() (gradient accumulation runs
+# several forwards per step); past this many training forwards without a step() the monitor
+# stops adding to them, so a loop that never calls step() does not grow memory without bound.
+MAX_FORWARDS_PER_STEP = 1024
 
 
 class GradientMonitor:
@@ -316,6 +331,7 @@ class GradientMonitor:
         # per forward pass: its batch index and the smallest and largest input element
         self._input_extremes: list[tuple[int, Tensor]] = []
         self._call_order = []
+        self._forwards = 0
 
     def _recorded(self, step: int) -> bool:
         return step % self.every == 0
@@ -348,6 +364,13 @@ class GradientMonitor:
             return
         self._batch += 1
         if not self._active:
+            return
+        self._forwards += 1
+        if self._forwards > MAX_FORWARDS_PER_STEP:
+            self._active = False  # until the next step()
+            warnings.warn(f"GradientMonitor: {MAX_FORWARDS_PER_STEP} training forward passes without a step(); "
+                          "this step's forward statistics stop there. Call mon.step() once per optimizer step.",
+                          RuntimeWarning, stacklevel=2)
             return
         x = _first_tensor(args)
         if x is not None and x.is_floating_point() and x.numel():
@@ -503,9 +526,11 @@ class GradientMonitor:
                 norms = norms * inv
                 maxes = maxes * inv if maxes is not None else None
             grad_l2, grad_max = self._per_layer(norms, positions, maxes)
-            has = torch.zeros(len(self._layout.layer_names), dtype=NORM_DTYPE, device=norms.device)
-            has.index_fill_(0, self._index_on(norms.device, positions), 1.0)
-            pending.pieces.update(grad_l2=grad_l2, has_grad=has, global_norm=norms.square().sum().sqrt().reshape(1))
+            pending.pieces["grad_l2"] = grad_l2
+            if len(positions) < len(params):
+                # which layers have a gradient at all (without this piece: every layer)
+                has = torch.zeros(len(self._layout.layer_names), dtype=NORM_DTYPE, device=norms.device)
+                pending.pieces["has_grad"] = has.index_fill_(0, self._index_on(norms.device, positions), 1.0)
             if grad_max is not None:
                 pending.pieces["grad_max"] = grad_max
         if loss is not None:
@@ -539,7 +564,6 @@ class GradientMonitor:
         if grads:
             norms = fused_norms(grads)
             pending.pieces["post_l2"], _ = self._per_layer(norms, positions)
-            pending.pieces["post_global"] = norms.square().sum().sqrt().reshape(1)
 
     # ---- finishing a record ------------------------------------------------------------------
 
@@ -561,7 +585,10 @@ class GradientMonitor:
             self._in_flight.append(_InFlight(pending, torch.zeros(0, dtype=NORM_DTYPE)))
             return
         device = pieces[0].device
-        flat = torch.cat([piece.to(device).reshape(-1) for piece in pieces]).to(NORM_DTYPE)
+        # the pieces are float64 vectors on one device already, unless the model spans several
+        flat = torch.cat([p if p.device == device and p.dim() == 1 else p.to(device).reshape(-1) for p in pieces])
+        if flat.dtype != NORM_DTYPE:
+            flat = flat.to(NORM_DTYPE)
         if flat.device.type != "cuda":
             self._in_flight.append(_InFlight(pending, flat.cpu()))
             return
@@ -603,23 +630,23 @@ class GradientMonitor:
 
     def _build_record(self, pending: _Pending, v: dict[str, list[float]]) -> StepRecord:
         names = self._layout.layer_names
-        has = v.get("has_grad") or [0.0] * len(names)
         grad, post, gmax = v.get("grad_l2"), v.get("post_l2"), v.get("grad_max")
         weight, update = v.get("weight_l2"), v.get("update_l2")
-        layers: dict[str, LayerStats] = {}
-        for i in self._layers_in_forward_order():
-            has_grad = has[i] != 0.0
-            grad_l2 = grad[i] if has_grad and grad is not None else None
-            w = weight[i] if weight is not None else None
-            upd = update[i] if update is not None else None
-            layers[names[i]] = LayerStats(
-                grad_norm=grad_l2,
-                grad_norm_post_clip=post[i] if has_grad and post is not None else None,
-                grad_max=gmax[i] if has_grad and gmax is not None else None,
-                weight_norm=w,
-                update_ratio=upd / w if upd is not None and w else None,
-                grad_nonfinite=int(grad_l2 is not None and not math.isfinite(grad_l2)),
-            )
+        # column by column (this runs for every recorded step of every layer)
+        absent = [None] * len(names)
+        has = v.get("has_grad")
+        if has is None:  # every layer has a gradient, or none has
+            grad_col, post_col, max_col = grad or absent, post or absent, gmax or absent
+        else:
+            grad_col, post_col, max_col = ([x if h else None for x, h in zip(col, has)] if col else absent
+                                           for col in (grad, post, gmax))
+        weight_col = weight or absent
+        ratio_col = [u / w if w else None for u, w in zip(update, weight_col)] if update else absent
+        bad_col = [0 if g is None or math.isfinite(g) else 1 for g in grad_col]
+        layers = {names[i]: LayerStats(grad_norm=grad_col[i], grad_norm_post_clip=post_col[i], grad_max=max_col[i],
+                                       weight_norm=weight_col[i], update_ratio=ratio_col[i],
+                                       grad_nonfinite=bad_col[i])
+                  for i in self._layers_in_forward_order()}
         summaries, bad_calls = summarize_calls(pending.calls, v.get("fwd_extremes", []), v.get("act_moments", []),
                                                v.get("act_counts", []))
         # in the layout's order of activation modules
@@ -635,8 +662,8 @@ class GradientMonitor:
             step=pending.step,
             loss=loss,
             lr=pending.lr,
-            global_grad_norm=v["global_norm"][0] if "global_norm" in v else None,
-            global_grad_norm_post_clip=v["post_global"][0] if "post_global" in v else None,
+            global_grad_norm=_global_norm(grad),
+            global_grad_norm_post_clip=_global_norm(post),
             skipped=bool(skipped),
             batch=pending.batch,
             layers=layers,

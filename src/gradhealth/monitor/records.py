@@ -46,7 +46,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 
-@dataclass
+# slots: a history of 10,000 steps of a 150-layer net holds 1.5 million of these
+@dataclass(slots=True)
 class LayerStats:
     """One parameter-owning module at one optimizer step; norms are L2 over its own parameters."""
 
@@ -60,7 +61,7 @@ class LayerStats:
     grad_nonfinite: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class ActivationStats:
     """One activation module's outputs at one step, pooled over every call in the forward pass."""
 
