@@ -6,6 +6,7 @@ runs on the GPU too). Skipped where torch sees no GPU; run them on one with `pyt
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -40,7 +41,8 @@ def _count_syncs(fn) -> int:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-    return sum("synchronizing" in str(w.message) for w in caught)
+    # setting the mode warns that it is a prototype, in words that say "synchronizing" too
+    return sum("called a synchronizing" in str(w.message) for w in caught)
 
 
 def test_monitor_reads_the_device_at_most_once_per_recorded_step():
@@ -101,6 +103,68 @@ def test_records_that_arrive_later_hold_the_numbers_of_their_own_step():
         assert record.layers["fc"].grad_norm == pytest.approx(float(norm), rel=1e-6)
         assert record.loss == pytest.approx(float(loss), rel=1e-6)
         assert (record.layers["fc"].update_ratio is not None) == (record.step % 3 == 0)
+
+
+def _detailed_record(model, x, y, device):
+    """One detailed, clipped SGD-with-momentum step of a copy of ``model`` on ``device``."""
+    model = copy.deepcopy(model).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with GradientMonitor(model, optimizer=opt, detail_every=1) as mon:
+        for _ in range(2):  # the second step's update includes momentum
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            loss.backward()
+            mon.step(loss=loss)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            mon.after_clip()
+            opt.step()
+            opt.zero_grad()
+    return mon.records[-1]
+
+
+@pytest.mark.parametrize("kind", ["mixed-activations", "conv-batchnorm"])
+def test_a_detailed_step_on_cuda_records_what_the_cpu_records(kind):
+    torch.manual_seed(0)
+    if kind == "mixed-activations":
+        model = torch.nn.Sequential(
+            torch.nn.Linear(64, 48), torch.nn.Sigmoid(), torch.nn.Linear(48, 48), torch.nn.Tanh(),
+            torch.nn.Linear(48, 48), torch.nn.LeakyReLU(0.1), torch.nn.Linear(48, 48), torch.nn.GELU(),
+            torch.nn.Linear(48, 48), torch.nn.PReLU(), torch.nn.Linear(48, 48), torch.nn.ReLU(inplace=True),
+            torch.nn.Linear(48, 10))
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(64, 64, generator=g) * 3, torch.randint(0, 10, (64,), generator=g)
+    else:
+        model = gradhealth.create_model("convnet:dims=2,in_chans=3,depth=4,width=16,activation=relu,norm=batch,residual=true")
+        x, y = (t.cpu() for t in _images(32))
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # the same float32 arithmetic as the CPU's
+    try:
+        on_cpu = _detailed_record(model, x, y, "cpu")
+        on_gpu = _detailed_record(model, x, y, CUDA)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    close = dict(rel=1e-4, abs=1e-9)
+    assert on_gpu.loss == pytest.approx(on_cpu.loss, **close)
+    assert on_gpu.global_grad_norm == pytest.approx(on_cpu.global_grad_norm, **close)
+    assert on_gpu.global_grad_norm_post_clip == pytest.approx(on_cpu.global_grad_norm_post_clip, **close)
+    assert on_cpu.layers.keys() == on_gpu.layers.keys()
+    for name, cpu_layer in on_cpu.layers.items():
+        gpu_layer = on_gpu.layers[name]
+        for field in ("grad_norm", "grad_norm_post_clip", "grad_max", "weight_norm", "update_ratio"):
+            expected = getattr(cpu_layer, field)
+            assert expected is not None, (name, field)
+            assert getattr(gpu_layer, field) == pytest.approx(expected, **close), (name, field)
+        assert gpu_layer.grad_nonfinite == cpu_layer.grad_nonfinite == 0
+    assert on_cpu.activations.keys() == on_gpu.activations.keys() and on_cpu.activations
+    for name, cpu_act in on_cpu.activations.items():
+        gpu_act = on_gpu.activations[name]
+        assert gpu_act.mean == pytest.approx(cpu_act.mean, rel=1e-4, abs=1e-6), name
+        assert gpu_act.std == pytest.approx(cpu_act.std, rel=1e-4, abs=1e-6), name
+        for field in ("saturation", "dead_fraction"):
+            expected = getattr(cpu_act, field)
+            got = getattr(gpu_act, field)
+            # a unit right at a threshold may fall either side of it under another summation order
+            assert (got is None) == (expected is None) and (expected is None or abs(got - expected) < 2e-3), (name, field)
+    assert on_gpu.first_nonfinite is None and on_cpu.first_nonfinite is None
 
 
 def test_inductor_compiled_model_runs_monitored_with_fullgraph():
