@@ -155,7 +155,9 @@ def gpu_sections() -> list[str]:
             "`tests/test_cuda.py` there); the results are kept in `benchmarks/gpu/` because `make bench` on a "
             "machine without a GPU cannot measure them again. On a GPU a small step is bound by the host "
             "launching kernels, so what the monitor adds is its Python and its kernel launches, not arithmetic; "
-            "`python benchmarks/profile_step.py --device cuda` lists them by operator."] + parts
+            "`python benchmarks/profile_step.py --device cuda` lists them by operator. The GPU machine is a "
+            "shared virtual machine whose baseline step time moved by up to 20 % between repetitions: read the "
+            "per-repetition range beside each median."] + parts
 
 
 def render(note: str | None, codes: dict[str, int]) -> str:
