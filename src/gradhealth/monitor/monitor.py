@@ -50,6 +50,7 @@ from gradhealth.monitor.stats import (
     group_l2,
     group_max,
     max_abs,
+    stack_on,
 )
 from gradhealth.monitor.structure import ModelLayout, layout_of, unwrap
 
@@ -551,7 +552,7 @@ class GradientMonitor:
             pending.pieces.update(self._tally.pieces(device, NORM_DTYPE))
         if self._input_extremes:
             pending.input_batches = [b for b, _ in self._input_extremes]
-            pending.pieces["in_extremes"] = torch.stack([e.to(device) for _, e in self._input_extremes]).to(NORM_DTYPE)
+            pending.pieces["in_extremes"] = stack_on([e for _, e in self._input_extremes], device).to(NORM_DTYPE)
         self._reset_forward_buffers()
 
     @torch.no_grad()

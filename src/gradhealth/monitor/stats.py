@@ -38,6 +38,11 @@ def stack_on(values: list[Tensor] | tuple[Tensor, ...], device: torch.device) ->
     return torch.stack([v.to(device, non_blocking=True) for v in values])
 
 
+def _float32_on_cpu(tensors: list[Tensor]) -> bool:
+    """Whether every tensor is float32 in CPU memory: there float32 passes are the fast ones."""
+    return tensors[0].device.type == "cpu" and all(t.dtype == torch.float32 for t in tensors)
+
+
 def fused_norms(tensors: list[Tensor]) -> Tensor:
     """The L2 norm of every tensor, as one float64 vector, in a few fused kernels.
 
@@ -49,9 +54,8 @@ def fused_norms(tensors: list[Tensor]) -> Tensor:
     if not tensors:
         return torch.zeros(0, dtype=NORM_DTYPE)
     device = tensors[0].device
-    if device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors):
-        norms = torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE)
-        return stack_on(norms, device)
+    if not _float32_on_cpu(tensors):
+        return stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)
     norms = torch.stack(torch._foreach_norm(tensors, 2.0)).to(NORM_DTYPE)
     numel = torch.tensor([t.numel() for t in tensors], dtype=NORM_DTYPE)
     trusted = torch.isfinite(norms) & (norms.square() >= numel * (FLOAT32_SMALLEST_NORMAL * UNDERFLOW_MARGIN))
@@ -73,9 +77,8 @@ def all_finite(tensors: list[Tensor]) -> Tensor:
     """
     if not tensors:
         return torch.ones((), dtype=torch.bool)
-    device = tensors[0].device
-    if device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors):
-        return torch.isfinite(stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)).all()
+    if not _float32_on_cpu(tensors):
+        return torch.isfinite(fused_norms(tensors)).all()
     norms = torch.stack(torch._foreach_norm(tensors, 2.0))
     # on the CPU this reads memory the norms are already in: no device transfer
     suspects = (~torch.isfinite(norms)).nonzero().flatten().tolist()
