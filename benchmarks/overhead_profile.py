@@ -119,10 +119,10 @@ def monitor_breakdown(s: dict, device: torch.device, steps: int, blocks: int = 2
     # the hooks keep the bound methods they are given at attach(): wrap them before attaching
     make_layer_hook = mon._make_layer_hook
 
-    def timed_layer_hook(name: str):
-        part = "forward hooks on activations (4 to 5 reductions each)" if name in activation_names else \
+    def timed_layer_hook(name: str, module):
+        part = "forward hooks on activations (5 to 6 reductions each)" if name in activation_names else \
             "forward hooks on weight layers (output extremes: finite or not)"
-        return clock.wrap(part, make_layer_hook(name))
+        return clock.wrap(part, make_layer_hook(name, module))
 
     mon._make_layer_hook = timed_layer_hook
     for method, part in TIMED_METHODS.items():

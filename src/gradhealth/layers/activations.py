@@ -110,6 +110,11 @@ def _leaky_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
     return (out < 0) & (abs(float(slope)) < SATURATION_FRACTION)
 
 
+def _hardtanh_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # Hardtanh (and ReLU6, its [0, 6] case) passes no gradient at or past either bound
+    return (out <= float(module.min_val)) | (out >= float(module.max_val))
+
+
 def _prelu(num_parameters: int = 1, init: float = 0.25) -> nn.Module:
     return nn.PReLU(num_parameters=num_parameters, init=init)
 
@@ -132,12 +137,14 @@ ACTIVATIONS: dict[str, ActivationRule] = {
 }
 _ALIASES = {"swish": "silu", "leakyrelu": "leaky_relu", "none": "identity", "linear": "identity"}
 
-# Module types found in arbitrary user models, mapped to the rule that measures them.
+# Module types found in arbitrary user models, mapped to the rule that measures them (the
+# bounded ones are not offered by name: no network of the material uses them).
 _RULE_BY_TYPE: dict[type[nn.Module], ActivationRule] = {
     nn.Sigmoid: ACTIVATIONS["sigmoid"],
     nn.Tanh: ACTIVATIONS["tanh"],
     nn.ReLU: ACTIVATIONS["relu"],
-    nn.ReLU6: ACTIVATIONS["relu"],
+    nn.ReLU6: ActivationRule("relu6", nn.ReLU6, saturated=_hardtanh_flat, dead=_relu_dead, gain="relu"),
+    nn.Hardtanh: ActivationRule("hardtanh", nn.Hardtanh, saturated=_hardtanh_flat, gain="tanh"),
     nn.LeakyReLU: ACTIVATIONS["leaky_relu"],
     nn.PReLU: ACTIVATIONS["prelu"],
     nn.GELU: ACTIVATIONS["gelu"],

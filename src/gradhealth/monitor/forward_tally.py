@@ -8,9 +8,16 @@ the host, once per step.
 
 Per call of a weight layer: the output's smallest and largest element, which tell exactly
 whether it holds a NaN or an Inf (a sum would call a finite but exploding tensor non-finite).
-Per call of an activation, in addition: the sum and the L2 norm (float32 accumulation: outputs
-are O(1) and a mean needs no more), and the count of saturated elements and of units that
-were off for the whole batch, by the activation's own rule.
+Per call of an activation, in addition: the sum and the L2 norm of the output's deviations from
+a centre near its mean (the mean of a few of its elements), and the count of saturated elements
+and of units that were off for the whole batch, by the activation's own rule. The spread is
+taken about that centre, not about zero: a saturated sigmoid's outputs sit near 1 with a spread
+of 1e-4, and ``sum(x^2)/n - mean^2`` in float32 would cancel every digit of it. Sums accumulate
+in float32 (float64 for a float64 model).
+
+The units of an activation are its channels (dim 1) after a convolution or a BatchNorm /
+GroupNorm, and its features (the last dim) after a Linear or a LayerNorm, as in a (batch,
+sequence, features) transformer.
 """
 from __future__ import annotations
 
@@ -47,8 +54,11 @@ class ForwardTally:
 
     def __init__(self) -> None:
         self.calls: list[CallInfo] = []
+        # whether the last weight layer that ran keeps its features in the last dim (a Linear)
+        self._features_last = False
         self._extremes: list[Tensor] = []  # per call: min and max of the output (its own dtype)
-        # per activation call: sum and L2 norm, then the nonzero count of a ReLU output (float32)
+        # per activation call: sum, L2 norm about a centre, the centre, then the nonzero
+        # count of a ReLU output
         self._moments: list[Tensor] = []
         # per activation call: saturated elements by a mask, then dead units (int64, exact)
         self._counts: list[Tensor] = []
@@ -56,15 +66,22 @@ class ForwardTally:
     def __bool__(self) -> bool:
         return bool(self.calls)
 
-    def add_layer(self, name: str, out: Tensor) -> None:
+    def add_layer(self, name: str, out: Tensor, features_last: bool = False) -> None:
         self._extremes.extend(torch.aminmax(out.detach()))
+        self._features_last = features_last
         self.calls.append(CallInfo(name))
 
     def add_activation(self, name: str, rule: ActivationRule, module: nn.Module, inp: Tensor | None,
                        out: Tensor) -> None:
         x = out.detach()
         self._extremes.extend(torch.aminmax(x))
-        self._moments += [x.sum(dtype=torch.float32), torch.linalg.vector_norm(x, dtype=torch.float32)]
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        # a centre near the mean, from a few elements (a view: no copy): the last dim of the first
+        # row; the extremes' midpoint would do for a saturated layer but not for a ReLU's long tail
+        center = x[(0,) * (x.dim() - 1)].mean(dtype=acc) if x.dim() else x.to(acc)
+        # the deviations' sum gives the mean as centre + sum/n, as exact as the deviations themselves
+        deviations = x - center
+        self._moments += [deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc), center]
         saturated = dead = None
         if rule.zero_is_off:
             # ReLU: the nonzero elements, counted as the sum of their signs (0 or 1), 15 times
@@ -76,10 +93,11 @@ class ForwardTally:
         elif rule.saturated is not None and (inp is not None or not rule.uses_input):
             self._counts.append(torch.count_nonzero(rule.saturated(module, None if inp is None else inp.detach(), x)))
             saturated = MASK
-        units = x.shape[1] if x.dim() >= 2 else 0
+        unit_dim = x.dim() - 1 if self._features_last else 1
+        units = x.shape[unit_dim] if x.dim() >= 2 else 0
         if rule.dead is not None and units:
             # a unit is off for the whole batch when its largest output says so
-            unit_max = x.amax(dim=[0, *range(2, x.dim())])
+            unit_max = x.amax(dim=[d for d in range(x.dim()) if d != unit_dim])
             if rule.zero_is_off:
                 self._counts.append(torch.count_nonzero(unit_max))
                 dead = NONZERO
@@ -116,13 +134,11 @@ def summarize_calls(calls: list[CallInfo], extremes: list[float], moments: list[
             bad.append(call.name)
         if call.rule is None:
             continue
-        total, norm = moments[m], moments[m + 1]
-        m += 2
+        offset, spread, center = moments[m:m + 3]
+        m += 3
         row = pooled.setdefault(call.name, dict.fromkeys(
-            ("sum", "sumsq", "elements", "units", "saturated", "sat_elements", "dead", "dead_units", "bad"), 0.0))
-        row["sum"] += total
-        row["sumsq"] += norm * norm
-        row["elements"] += call.elements
+            ("mean", "m2", "elements", "units", "saturated", "sat_elements", "dead", "dead_units", "bad"), 0.0))
+        _pool_moments(row, call.elements, center, offset, spread)
         row["units"] += call.units
         row["bad"] += 0.0 if finite else 1.0
         if call.saturated == MASK:
@@ -140,15 +156,33 @@ def summarize_calls(calls: list[CallInfo], extremes: list[float], moments: list[
     return {name: _summary(row) for name, row in pooled.items()}, bad
 
 
+def _pool_moments(row: dict[str, float], n: int, center: float, offset: float, spread: float) -> None:
+    """Add one call's elements to a module's running mean and sum of squared deviations.
+
+    ``offset`` and ``spread`` are the sum and the L2 norm of the call's deviations from
+    ``center``: its mean is ``center + offset / n`` and its squared deviations from that mean sum
+    to ``spread^2 - offset^2 / n``, where both terms are of the size of the spread itself when
+    the centre is near the mean, so little cancels. Calls are pooled as Chan et al. pool
+    variances.
+    """
+    mean = center + offset / n
+    if math.isfinite(spread):
+        m2 = max(spread * spread - offset * offset / n, 0.0)
+    else:  # exploding or non-finite activations are reported as they are: inf or NaN
+        m2 = spread
+    before = row["elements"]
+    total = before + n
+    delta = mean - row["mean"]
+    row["mean"] += delta * n / total
+    row["m2"] += m2 + (delta * delta * before * n / total if before else 0.0)
+    row["elements"] = total
+
+
 def _summary(row: dict[str, float]) -> dict[str, float | None]:
-    """Mean, std, saturation and dead fraction from one module's pooled sums."""
-    count = row["elements"]
-    mean = row["sum"] / count
-    sumsq = row["sumsq"]
-    # an overflowing sum of squares (exploding activations) is reported as it is: inf
-    var = max(sumsq / count - mean * mean, 0.0) if math.isfinite(sumsq) else sumsq
+    """Mean, std, saturation and dead fraction from one module's pooled moments."""
+    var = row["m2"] / row["elements"]
     return {
-        "mean": mean,
+        "mean": row["mean"],
         "std": math.sqrt(var) if math.isfinite(var) else var,
         "saturation": row["saturated"] / row["sat_elements"] if row["sat_elements"] else None,
         "dead_fraction": row["dead"] / row["dead_units"] if row["dead_units"] else None,

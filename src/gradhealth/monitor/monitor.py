@@ -17,7 +17,7 @@ gradients and ONE device-to-host transfer, done when the step's record is comple
 optimizer step, or at the next ``step()``). A detailed step (``detail_every``) adds the weight
 norms, the largest gradient element, the real update (a copy of the weights before the optimizer
 step, whose memory is kept between detailed steps on the CPU), the extremes of every layer's
-output and four or five reductions per activation output. Other steps cost a counter increment.
+output and five or six reductions per activation output. Other steps cost a counter increment.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ from gradhealth.monitor.stats import (
     max_abs,
     stack_on,
 )
-from gradhealth.monitor.structure import ModelLayout, layout_of, unwrap
+from gradhealth.monitor.structure import ModelLayout, complete_order, features_last, layout_of, unwrap
 
 __all__ = ["GradientMonitor"]
 
@@ -214,15 +214,40 @@ class GradientMonitor:
         model = self._model_ref()
         if model is None:
             raise ConfigError("the model this monitor was made for no longer exists.")
-        self._layout = layout_of(model)
-        self._param_index: dict[torch.device, Tensor] = {}
-        self._kept_copy: list[Tensor] | None = None
-        self._all_positions = list(range(len(self._layout.params)))
+        if any(p.is_meta for p in model.parameters()):
+            raise ConfigError("the model's parameters are still on the meta device: attach the monitor after "
+                              "they are materialized (model.to_empty(...) or load_state_dict(..., assign=True)).")
+        self._use_layout(layout_of(model))
         self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
         for opt in self._optimizers:
             self._handles.append(opt.register_step_post_hook(self._on_optimizer_post))
         self._set_active()
         return self
+
+    def _use_layout(self, layout: ModelLayout) -> None:
+        self._layout = layout
+        self._param_ids = {id(p) for p in layout.params}
+        self._param_index: dict[torch.device, Tensor] = {}
+        self._kept_copy: list[Tensor] | None = None
+        self._all_positions = list(range(len(layout.params)))
+        self._ordered_key = None
+
+    def _follow_new_parameters(self) -> bool:
+        """Measure the model's parameters as they are now, if they are not those found at attach.
+
+        ``load_state_dict(..., assign=True)`` or a replaced layer gives the model new parameter
+        objects; the old ones get no gradients and keep old values, so numbers read from them
+        would be silently stale. Checked on detailed steps and on steps where no gradient was found.
+        """
+        model = self._model_ref()
+        if model is None or {id(p) for p in model.parameters()} == self._param_ids:
+            return False
+        for handle in self._layer_handles:
+            handle.remove()
+        self._layer_handles.clear()
+        self._use_layout(layout_of(model))
+        self._set_active()
+        return True
 
     def detach(self) -> None:
         """Remove every hook, finish the last record, close the sinks, drop all tensors."""
@@ -241,6 +266,8 @@ class GradientMonitor:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            # attached again, the monitor goes on with the same file rather than starting it over
+            self._append = True
         for sink in self._sinks:
             close = getattr(sink, "close", None)
             if callable(close):
@@ -272,7 +299,7 @@ class GradientMonitor:
     @property
     def first_nonfinite(self) -> NonFiniteEvent | None:
         """The first NaN/Inf of the run: where (input, layer output, loss or gradient), batch, step."""
-        self._receive(wait=True)
+        _ = self.records  # every step measured so far, complete as ``records`` says
         return self._first_nonfinite
 
     def end_step(self, skipped: bool | None = None) -> StepRecord | None:
@@ -358,7 +385,21 @@ class GradientMonitor:
         if self.measure_activations:
             # PReLU owns parameters, so it is among the layers already
             modules += [(n, m) for n, m, _ in self._layout.activations if n not in self._layout.layer_names]
-        self._layer_handles = [m.register_forward_hook(self._make_layer_hook(n)) for n, m in modules]
+        self._layer_handles = [m.register_forward_hook(self._make_layer_hook(n, m)) for n, m in modules]
+        if self._forward_order is None:
+            # a module that owns parameters and has children (the model itself, attention) runs
+            # before its children, though its forward hook fires after theirs: a pre-hook says when
+            self._layer_handles += [m.register_forward_pre_hook(self._make_order_hook(n)) for n, m in modules
+                                    if next(m.children(), None) is not None]
+
+    def _make_order_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if _compiling() or not self._active or not module.training or self._forward_order is not None:
+                return
+            if name not in self._call_order:
+                self._call_order.append(name)
+
+        return hook
 
     def _on_root_forward(self, module: nn.Module, args: tuple) -> None:
         if _compiling() or not module.training:
@@ -378,9 +419,10 @@ class GradientMonitor:
             # the extremes tell exactly whether x holds a NaN or an Inf, in one pass, no mask
             self._input_extremes.append((self._batch, torch.stack(torch.aminmax(x.detach()))))
 
-    def _make_layer_hook(self, name: str):
+    def _make_layer_hook(self, name: str, module: nn.Module):
         rules = {n: r for n, _, r in self._layout.activations} if self.measure_activations else {}
         rule = rules.get(name)
+        units_last = features_last(module)
 
         def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
             if _compiling() or not self._active or not module.training:
@@ -393,7 +435,7 @@ class GradientMonitor:
             if rule is None:
                 # a weight layer: only whether its output is finite, for the first bad layer
                 if out.numel():
-                    self._tally.add_layer(name, out)
+                    self._tally.add_layer(name, out, units_last)
                 return
             inp = _first_tensor(inputs) if rule.uses_input else None
             # an in-place activation has overwritten its input: rules that need it cannot run
@@ -510,8 +552,12 @@ class GradientMonitor:
         pending = _Pending(step=step, batch=self._batch if batch is None else batch, lr=lr, skipped=skipped,
                            detailed=detailed)
 
-        params = self._layout.params
+        if detailed:
+            self._follow_new_parameters()
         positions, grads = self._grads()
+        if not grads and not detailed and self._follow_new_parameters():
+            positions, grads = self._grads()
+        params = self._layout.params
         device = params[0].device if params else torch.device("cpu")
         if detailed:
             weight_l2, _ = self._per_layer(fused_norms([p.detach() for p in params]), self._all_positions)
@@ -619,13 +665,12 @@ class GradientMonitor:
             self._emit(record)
 
     def _layers_in_forward_order(self) -> list[int]:
-        """Layer indices, those the forward pass called first in its order, the others after."""
+        """Layer indices in the order the forward pass ran them (see ``complete_order``)."""
         key = (id(self._forward_order), len(self._layout.layer_names))
         if self._ordered_key != key:
             names = self._layout.layer_names
-            order = self._forward_order or []
-            rank = {n: i for i, n in enumerate(order)}
-            self._ordered = sorted(range(len(names)), key=lambda i: rank.get(names[i], len(order) + i))
+            index = {n: i for i, n in enumerate(names)}
+            self._ordered = [index[n] for n in complete_order(self._forward_order or [], names)]
             self._ordered_key = key
         return self._ordered
 

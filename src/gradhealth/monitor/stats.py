@@ -43,16 +43,48 @@ def _float32_on_cpu(tensors: list[Tensor]) -> bool:
     return tensors[0].device.type == "cpu" and all(t.dtype == torch.float32 for t in tensors)
 
 
+def _plain(t: Tensor, modulus: bool) -> Tensor:
+    """A dense real tensor with the same L2 norm (or, with ``modulus``, the same largest |element|).
+
+    Sparse gradients (``nn.Embedding(sparse=True)``) become their stored values, repeated
+    indices summed first; complex tensors become (real, imaginary) pairs, or their moduli.
+    """
+    if t.layout != torch.strided:
+        t = t.coalesce().values() if t.is_sparse else t.to_dense()
+    if t.is_complex():
+        t = t.abs() if modulus else torch.view_as_real(t)
+    return t
+
+
+def _with_plain_fallback(measure, tensors: list[Tensor], modulus: bool = False) -> Tensor:
+    """``measure(tensors)``, retried on dense real forms when a sparse or complex tensor fails it.
+
+    Trying first keeps the common case free of a per-tensor check in Python.
+    """
+    try:
+        return measure(tensors)
+    except (RuntimeError, NotImplementedError):
+        plain = [_plain(t, modulus) for t in tensors]
+        if all(p is t for p, t in zip(plain, tensors)):
+            raise
+        return measure(plain)
+
+
 def fused_norms(tensors: list[Tensor]) -> Tensor:
     """The L2 norm of every tensor, as one float64 vector, in a few fused kernels.
 
     On a GPU the fused kernels accumulate in float64 directly. On the CPU that upcast costs two to
     three times a float32 pass, so the norms are taken in float32 (relative error ~1e-6) and only
     the tensors whose norm float32 cannot hold (overflowed, or so small that underflowed squares
-    could matter: vanishing and exploding gradients) are measured again in float64.
+    could matter: vanishing and exploding gradients) are measured again in float64. Sparse and
+    complex tensors are measured by their dense real forms.
     """
     if not tensors:
         return torch.zeros(0, dtype=NORM_DTYPE)
+    return _with_plain_fallback(_fused_norms, tensors)
+
+
+def _fused_norms(tensors: list[Tensor]) -> Tensor:
     device = tensors[0].device
     if not _float32_on_cpu(tensors):
         return stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)
@@ -77,6 +109,10 @@ def all_finite(tensors: list[Tensor]) -> Tensor:
     """
     if not tensors:
         return torch.ones((), dtype=torch.bool)
+    return _with_plain_fallback(_all_finite, tensors)
+
+
+def _all_finite(tensors: list[Tensor]) -> Tensor:
     if not _float32_on_cpu(tensors):
         return torch.isfinite(fused_norms(tensors)).all()
     norms = torch.stack(torch._foreach_norm(tensors, 2.0))
@@ -91,6 +127,10 @@ def max_abs(tensors: list[Tensor]) -> Tensor:
     """The largest |element| of every tensor (exact in its own dtype), as a float64 vector."""
     if not tensors:
         return torch.zeros(0, dtype=NORM_DTYPE)
+    return _with_plain_fallback(_max_abs, tensors, modulus=True)
+
+
+def _max_abs(tensors: list[Tensor]) -> Tensor:
     device = tensors[0].device
     if device.type != "cpu":
         # one fused launch for all of them (the max needs no wider accumulator: it stays exact)
