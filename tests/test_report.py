@@ -282,7 +282,8 @@ def test_print_diagnosis_plain_text_when_piped():
     print_diagnosis(make_diagnosis(evil=True), log, Console(file=out, width=160))
     text = out.getvalue()
     assert "\x1b[" not in text
-    assert "UNHEALTHY" in text and "vanishing gradient" in text and "Add residual connections" in text
+    assert "UNHEALTHY" in text and "Gradients vanish toward the input" in text and "Add residual connections" in text
+    assert "the first layer gets 2^-11 of the last" in text  # the explanation, in words
     assert "[bold]x" in text and EVIL in text and "input at top" in text
     assert len(re.findall(r"^\s+\d+ ", text, flags=re.M)) == 12
 

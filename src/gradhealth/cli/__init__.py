@@ -44,9 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if debug:  # accepted anywhere on the line, as the error messages suggest it
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     try:
         args = build_parser().parse_args(argv)
         return int(args.run(args) or 0)
@@ -63,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user mistake: say so in one line unless debugging
         if debug:
             raise
+        if _out_of_memory(exc):  # a size the machine cannot hold: the user's to change, not a bug
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            print(f"error: not enough memory for this run ({first}); use a smaller model, data set or batch.",
+                  file=sys.stderr)
+            return 1
         print(f"error: internal error {type(exc).__name__}: {exc} (run with --debug for the traceback).",
               file=sys.stderr)
         traceback.clear_frames(exc.__traceback__)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 from gradhealth.diagnose.findings import FINDING_KINDS
+from gradhealth.cli.checks import given_or, writable_folder
 from gradhealth.errors import ConfigError
 
 EXIT_FOUND = 3
@@ -38,6 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def _RUN_OPTIONS(args: argparse.Namespace) -> list[tuple[str, object, object]]:
+    """The options of a run (flag, value, default): they mean nothing for a finished run's log."""
+    return [("--data", args.data, None), ("--steps", args.steps, None), ("--lr", args.lr, 0.1),
+            ("--optimizer", args.optimizer, "sgd"), ("--batch-size", args.batch_size, 64), ("--init", args.init, None),
+            ("--clip", args.clip, "none"), ("--clip-value", args.clip_value, None), ("--seed", args.seed, 0)]
+
+
 def _fail_kinds(text: str) -> set[str]:
     kinds = {k.strip() for k in text.split(",") if k.strip()}
     unknown = sorted(kinds - set(FINDING_KINDS))
@@ -48,9 +57,14 @@ def _fail_kinds(text: str) -> set[str]:
 
 def run(args: argparse.Namespace) -> int:
     fail_on = _fail_kinds(args.fail_on)
+    if args.out is not None:
+        writable_folder(args.out)
     if args.from_log is not None:
         if args.model:
             raise ConfigError("give either a MODEL to run or --from-log, not both.")
+        ignored = [flag for flag, value, default in _RUN_OPTIONS(args) if value != default]
+        if ignored:
+            raise ConfigError(f"{ignored[0]} sets how a MODEL is run and does nothing with --from-log; drop it.")
         from gradhealth.diagnose.rules import diagnose_log
         from gradhealth.monitor.records import read_jsonl
 
@@ -59,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from gradhealth.checkup import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_STEPS, checkup
 
-        result = checkup(args.model or DEFAULT_MODEL, args.data or DEFAULT_DATA, args.steps or DEFAULT_STEPS,
+        result = checkup(given_or(args.model, DEFAULT_MODEL), given_or(args.data, DEFAULT_DATA),
+                         given_or(args.steps, DEFAULT_STEPS),
                          out=str(args.out) if args.out else None, lr=args.lr, optimizer=args.optimizer,
                          batch_size=args.batch_size, init=args.init, clip=args.clip, clip_value=args.clip_value,
                          seed=args.seed)
@@ -73,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
         print_diagnosis(diagnosis, log)
         _print_theory(diagnosis.extra.get("theory"))
+        if diagnosis.findings and not args.from_log:
+            print(f"To see which remedy works on this model: gradhealth fix {shlex.quote(given_or(args.model, DEFAULT_MODEL))}"
+                  + (f" --data {shlex.quote(args.data)}" if args.data else ""))
         if args.out is not None:
             print(f"wrote {args.out / 'report.html'} and {args.out / 'findings.json'}")
     found = {f.kind for f in diagnosis.findings if f.severity in ("warning", "error")} & fail_on

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from gradhealth.cli.checks import given_or, writable_folder
 from gradhealth.errors import ConfigError
 
 
@@ -36,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers <= 0:
         raise ConfigError(f"--workers must be a positive integer, not {args.workers}.")
-    config = TrainConfig(model=args.model or DEFAULT_MODEL, data=args.data or DEFAULT_DATA,
-                         steps=args.steps or DEFAULT_STEPS, lr=args.lr, optimizer=args.optimizer,
+    if args.out is not None:
+        writable_folder(args.out)
+    config = TrainConfig(model=given_or(args.model, DEFAULT_MODEL), data=given_or(args.data, DEFAULT_DATA),
+                         steps=given_or(args.steps, DEFAULT_STEPS), lr=args.lr, optimizer=args.optimizer,
                          batch_size=args.batch_size, init=args.init, seed=args.seed, on_nonfinite="stop")
     trials = plan_trials(config)
     if args.only:
@@ -47,7 +50,13 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"remedy {unknown[0]!r} does not apply here; choose from: "
                               f"{', '.join(t.key for t in trials)}.")
         trials = [t for t in trials if t.key in wanted or t.key == "baseline"]
+    config.validate()
     results = [r.to_json() for r in run_trials(config, trials, workers=args.workers)]
+    baseline = next((r for r in results if r["trial"]["key"] == "baseline"), None)
+    if baseline is not None and baseline.get("error"):
+        # without the run every remedy is compared with, nothing can be ranked
+        raise ConfigError(f"the baseline run failed, so no remedy can be compared with it: "
+                          f"{str(baseline['error']).rstrip('.')}.")
     payload = {"model": config.model, "data": config.data, "steps": config.steps, "trials": results}
     if args.out is not None:
         _write(args.out, payload)

@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from gradhealth.monitor.records import read_jsonl
     from gradhealth.report.html import run_page, write_report
 
+    if args.out is not None and args.out.resolve() == args.log.resolve():
+        raise ConfigError("--out is the log itself; the report would overwrite it: pass another path.")
     log = read_jsonl(args.log)
     diagnosis = diagnose_log(log)
     out = args.out if args.out is not None else args.log.parent / "report.html"

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from gradhealth.cli.checks import writable_folder
 from gradhealth.errors import ConfigError
 
 SIZES = ("tiny", "quick", "full")
@@ -48,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds must be at least 1, not {args.seeds}.")
     size = args.size or "full"
     out = args.out if args.out is not None else Path("study") / ("" if args.name == "all" else args.name)
+    writable_folder(out)
+    if args.gallery is not None:
+        writable_folder(args.gallery, flag="--gallery")
     started = time.perf_counter()
 
     def announce(name: str) -> None:
@@ -62,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
                                              seeds=args.seeds, seconds=seconds)
         gallery = write_gallery(results, args.gallery) if args.gallery is not None else []
     except OSError as exc:
-        raise ConfigError(f"cannot write the study's files to {str(out)!r} ({exc.strerror or exc}); "
-                          "pass a writable folder with --out.") from None
+        raise ConfigError(f"cannot write the study's files ({exc.strerror or exc}: "
+                          f"{exc.filename or out}); pass writable folders with --out and --gallery.") from None
     _print_claims(results)
     print(f"wrote {json_path}, {html_path}" + (f" and {len(gallery)} figures in {args.gallery}" if gallery else ""),
           file=sys.stderr)

@@ -44,8 +44,28 @@ def _fmt(value: float | None) -> str:
     return ("inf" if value > 0 else "-inf") if math.isinf(value) else f"{value:.4g}"
 
 
+# The prediction walks the layers one by one; past this depth no network is built and the
+# answer is the depth scale already (its per-layer factor to the power of the depth).
+MAX_DEPTH = 100_000
+
+
 def run(args: argparse.Namespace) -> int:
     from gradhealth.diagnose.theory import predict, sigma_w_of_init
+
+    if args.depth > MAX_DEPTH:
+        raise ConfigError(f"--depth {args.depth} is past {MAX_DEPTH:,} layers, where no network is trained; "
+                          "pass a smaller depth (the per-layer factor and the depth scale say the rest).")
+    try:
+        return _predict_and_print(args, predict, sigma_w_of_init)
+    except (OverflowError, ZeroDivisionError) as exc:
+        raise ConfigError(f"these scales overflow the mean-field recursion ({exc}); pass values nearer 1.") from None
+    except ValueError as exc:
+        if "math domain" not in str(exc):
+            raise
+        raise ConfigError(f"these scales underflow the mean-field recursion ({exc}); pass values nearer 1.") from None
+
+
+def _predict_and_print(args: argparse.Namespace, predict, sigma_w_of_init) -> int:
 
     sigma_w, sigma_b = args.sigma_w, args.sigma_b
     if args.init is not None:

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from gradhealth.errors import GradHealthError
+from gradhealth.cli.checks import writable_folder
+from gradhealth.errors import ConfigError, GradHealthError
 
 CLIP_MODES = ("none", "norm", "value", "agc", "autoclip")
 
@@ -54,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out", default="run", help="output folder (default: ./run)")
     p.add_argument("--resume", help="checkpoint to resume from (e.g. run/checkpoints/last.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to OUT/tensorboard")
     p.set_defaults(run=run)
 
@@ -77,10 +79,15 @@ def run(args: argparse.Namespace) -> int:
     from gradhealth.train.loop import fit
 
     config = config_from_args(args)
+    out = Path(config.out)
+    if config.resume is None and not args.overwrite and any(
+            (out / name).exists() for name in ("metrics.jsonl", "checkpoints/last.pt", "summary.json")):
+        raise ConfigError(f"{out}/ already holds a run: continue it with --resume {out}/checkpoints/last.pt, "
+                          "pass another --out, or --overwrite to replace it.")
+    writable_folder(out)
     result = fit(config)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes and speaks
         return 0
-    out = Path(config.out)
     if result.stopped == "nonfinite":
         _write_stop_report(out)
         raise GradHealthError(f"{result.summary['stop_reason']}; checkpoint and report written to {out}/.")

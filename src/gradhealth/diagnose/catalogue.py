@@ -155,6 +155,9 @@ _RANKING: dict[str, list[str]] = {
     # clipping caps the symptom at once whatever the cause; the learning rate is the most common
     # cause of growth during training; an init scale that is too large is the cause at step 0.
     "exploding_gradient": ["clip_norm", "lower_lr", "he_init", "batchnorm", "residual", "l2", "clip_agc"],
+    # gradients far above the weights from the start: the init scale is the cause, so a
+    # variance-preserving init (or normalization, which undoes any scale) comes before the caps.
+    "exploding_gradient/init_scale": ["he_init", "batchnorm", "lsuv", "clip_norm", "lower_lr", "residual", "l2"],
     # residual nets explode through the sum of branch variances: zero-init/Fixup address that directly.
     "exploding_gradient/residual": ["clip_norm", "lower_lr", "zero_init_last", "fixup", "batchnorm", "l2",
                                     "clip_agc"],
@@ -209,7 +212,8 @@ def remedies_for(kind: str, context: Mapping[str, Any] | None = None) -> list[Re
     """The remedies for a finding kind, best first, for a run described by ``context``.
 
     ``context`` may hold ``activation`` (the run's main activation), ``init``, ``norm``,
-    ``residual``, ``block`` and ``zero_init_last``; unknown keys are ignored.
+    ``residual``, ``block``, ``zero_init_last`` and ``cause`` (``init_scale``: gradients far above
+    the weights from the start); unknown keys are ignored.
     """
     if kind not in FINDING_KINDS:
         raise unknown_name("finding kind", kind, FINDING_KINDS)
@@ -220,6 +224,8 @@ def remedies_for(kind: str, context: Mapping[str, Any] | None = None) -> list[Re
         key = "vanishing_gradient/saturating"
     elif kind == "exploding_gradient" and context.get("residual") is True:
         key = "exploding_gradient/residual"
+    elif kind == "exploding_gradient" and context.get("cause") == "init_scale":
+        key = "exploding_gradient/init_scale"
     ranked = _RANKING[key]
     useful = [k for k in ranked if not _already_applied(k, context)]
     if kind == "exploding_gradient" and str(context.get("init") or "").lower().startswith(_CALIBRATED_INITS):

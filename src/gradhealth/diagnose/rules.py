@@ -43,6 +43,10 @@ SEVERE_RATIO = 1e4
 # rising through the middle third, so that one spike does not count as a trend
 GRAD_GROWTH = 10.0
 MIN_TREND_RECORDS = 6
+# At the start a healthy layer's gradient is a small part of its weights (||g|| / ||w|| of 1e-4..1
+# measured on He-initialized nets on digits); a thousand times its weights comes from the init
+# scale, not from training: one SGD step at lr 1e-3 would already replace every weight.
+EARLY_GRAD_WEIGHT_RATIO = 1e3
 # SGD noise moves the average loss by tens of percent; ending at 3x the starting loss is divergence
 LOSS_DIVERGENCE = 3.0
 # the tail of the run whose mean loss is "the final loss"
@@ -247,8 +251,27 @@ def _loss_divergence(records: Sequence[StepRecord]) -> dict[str, Any] | None:
     return None
 
 
+def _early_grad_weight_ratio(log: RunLog) -> dict[str, Any] | None:
+    """The median ||grad|| / ||weight|| of the weight layers in the first record with weight norms,
+    when it is above ``EARLY_GRAD_WEIGHT_RATIO``."""
+    names = weight_layers(log)
+    for record in log.records[:EARLY_RECORDS]:
+        ratios = {n: record.layers[n].grad_norm / record.layers[n].weight_norm for n in names
+                  if n in record.layers and _finite(record.layers[n].grad_norm)
+                  and _finite(record.layers[n].weight_norm) and record.layers[n].weight_norm > 0}
+        if len(ratios) < MIN_WEIGHT_LAYERS:
+            continue
+        typical = float(median(ratios.values()))
+        if typical <= EARLY_GRAD_WEIGHT_RATIO:
+            return None
+        return {"median_grad_weight_ratio": _num(typical), "step": record.step,
+                "layers": [n for n, r in ratios.items() if r > EARLY_GRAD_WEIGHT_RATIO]}
+    return None
+
+
 def find_exploding_gradient(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
-    """Growth toward the input, a global gradient norm rising over the run, or a diverging loss."""
+    """Growth toward the input, gradients far larger than the weights from the start, a global
+    gradient norm rising over the run, or a diverging loss."""
     ctx, p = run_context(log, context), gradient_profile(log)
     signs, titles, evidence, layers, step = [], [], {}, [], None
     if p and p["first_last_ratio"] and p["first_last_ratio"] > EXPLODING_RATIO and (p["decay_factor"] or 0) > 1:
@@ -258,6 +281,14 @@ def find_exploding_gradient(log: RunLog, context: dict[str, Any] | None = None) 
         evidence["profile"] = {k: v for k, v in p.items() if k != "step"}
         last = p["grad_norms"][-1]
         layers, step = [n for n, g in zip(p["layers"], p["grad_norms"]) if g > EXPLODING_RATIO * last], p["step"]
+    early = _early_grad_weight_ratio(log)
+    if early:
+        signs.append(f"at step {early['step']} the gradients are already {early['median_grad_weight_ratio']:.2g}x "
+                     "their layers' weights (median over the weight layers)")
+        titles.append(f"gradients {early['median_grad_weight_ratio']:.1e}x the weights at step {early['step']}")
+        evidence["early_grad_weight_ratio"] = early
+        layers = layers or early["layers"]
+        step = step if step is not None else early["step"]
     norms = [(r.step, r.global_grad_norm) for r in log.records if not r.skipped and _finite(r.global_grad_norm)]
     thirds = _rising_thirds([g for _, g in norms])
     if thirds:
@@ -279,7 +310,14 @@ def find_exploding_gradient(log: RunLog, context: dict[str, Any] | None = None) 
             "one factor per layer (the chain rule); when those factors exceed 1, because the weights were "
             f"initialized too large{init} or a learning rate too large lets them grow, the product grows "
             "geometrically: updates become huge, the loss diverges and can overflow to Inf/NaN.")
-    return _finding("exploding_gradient", "error" if diverged else "warning",
+    if early:
+        text += (" Gradients this large from the start point at the init scale: each layer multiplies the forward "
+                 "signal by a factor above 1 as well, and a weight's gradient is the backward signal times the "
+                 "forward activation, which grow in opposite directions, so it is huge in every layer rather "
+                 "than growing toward the input.")
+        ctx = {**ctx, "cause": "init_scale"}
+    severe = diverged or (early and early["median_grad_weight_ratio"] > EARLY_GRAD_WEIGHT_RATIO * SEVERE_RATIO)
+    return _finding("exploding_gradient", "error" if severe else "warning",
                     "Exploding gradient: " + titles[0], text, ctx,
                     layers=layers, step=step, evidence=evidence)
 

@@ -92,7 +92,11 @@ def create_model(
     from gradhealth.models.spec import is_file_spec, load_factory, parse_spec
 
     if is_file_spec(name):
-        model = load_factory(name)(**kwargs)
+        factory = load_factory(name)
+        try:
+            model = factory(**kwargs)
+        except (Exception, SystemExit) as exc:  # the user's factory failed: say which, not a traceback
+            raise ConfigError(f"calling {name} failed: {type(exc).__name__}: {exc}.") from exc
     else:
         base, spec_kwargs = parse_spec(name)
         merged = {**spec_kwargs, **kwargs}

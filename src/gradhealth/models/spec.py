@@ -118,7 +118,7 @@ def load_factory(spec: str) -> Callable[..., nn.Module]:
         raise ConfigError(f"a module named {module_name!r} is already imported from elsewhere; rename {path.name}.")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:  # the user's file failed to import: say where, not a traceback
+    except (Exception, SystemExit) as exc:  # the user's file failed to import: say where, not a traceback
         raise ConfigError(f"could not import {path.name}: {type(exc).__name__}: {exc}.") from exc
     target: Any = module
     for part in match.group("attr").split("."):

@@ -167,9 +167,24 @@ def _decode_obj(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _typed(key: str, value: Any, annotation: str) -> Any:
+    """``value`` checked against a field's annotation (numbers, integers, text; None where optional)."""
+    if value is None and "None" in annotation:
+        return None
+    if annotation.startswith("str"):
+        if not isinstance(value, str):
+            raise TypeError(f"{key!r} must be text, not {type(value).__name__}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{key!r} must be a number, not {type(value).__name__}")
+    return int(value) if annotation.startswith("int") else float(value)
+
+
 def _build(cls: type, values: dict[str, Any]) -> Any:
-    known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in _decode_obj(values).items() if k in known})
+    if not isinstance(values, dict):
+        raise TypeError(f"a {cls.__name__} must be an object, not {type(values).__name__}")
+    kinds = {f.name: str(f.type) for f in fields(cls)}
+    return cls(**{k: _typed(k, v, kinds[k]) for k, v in _decode_obj(values).items() if k in kinds})
 
 
 def record_to_json(record: StepRecord) -> dict[str, Any]:
@@ -206,22 +221,24 @@ def record_from_json(obj: dict[str, Any]) -> StepRecord:
         raise ValueError("'layers' and 'activations' must be objects")
     event = obj.get("first_nonfinite")
     return StepRecord(
-        step=int(top["step"]),
-        loss=_opt_float(top.get("loss")),
-        lr=_opt_float(top.get("lr")),
-        global_grad_norm=_opt_float(top.get("global_grad_norm")),
-        global_grad_norm_post_clip=_opt_float(top.get("global_grad_norm_post_clip")),
+        step=_typed("step", top["step"], "int"),
+        loss=_typed("loss", top.get("loss"), "float | None"),
+        lr=_typed("lr", top.get("lr"), "float | None"),
+        global_grad_norm=_typed("global_grad_norm", top.get("global_grad_norm"), "float | None"),
+        global_grad_norm_post_clip=_typed("global_grad_norm_post_clip", top.get("global_grad_norm_post_clip"), "float | None"),
         skipped=bool(top.get("skipped", False)),
-        batch=None if top.get("batch") is None else int(top["batch"]),
+        batch=_typed("batch", top.get("batch"), "int | None"),
         layers={str(k): _build(LayerStats, v) for k, v in layers.items()},
         activations={str(k): _build(ActivationStats, v) for k, v in acts.items()},
         first_nonfinite=None if event is None else _build(NonFiniteEvent, event),
-        metrics=_decode_obj(obj.get("metrics") or {}),
+        metrics={str(k): _typed(k, v, "float | None") for k, v in _decode_obj(_object(obj.get("metrics") or {})).items()},
     )
 
 
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, not {type(value).__name__}")
+    return value
 
 
 def meta_to_json(meta: RunMeta) -> dict[str, Any]:
@@ -229,10 +246,17 @@ def meta_to_json(meta: RunMeta) -> dict[str, Any]:
 
 
 def meta_from_json(obj: dict[str, Any]) -> RunMeta:
-    body = dict(obj["meta"])
-    layers = [LayerInfo(**layer) for layer in body.pop("layers", [])]
+    body = dict(_object(obj["meta"]))
+    layers = body.pop("layers", [])
+    if not isinstance(layers, list):
+        raise TypeError("'layers' of the meta line must be a list")
+    for key in ("model", "data"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise TypeError(f"{key!r} of the meta line must be text")
+    _object(body.get("config") or {})
     known = {f.name for f in fields(RunMeta)}
-    return RunMeta(layers=layers, **{k: v for k, v in body.items() if k in known and k != "layers"})
+    return RunMeta(layers=[_build(LayerInfo, layer) for layer in layers],
+                   **{k: v for k, v in body.items() if k in known and k != "layers"})
 
 
 # ---- files ---------------------------------------------------------------------------------------
@@ -284,7 +308,8 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[StepRecord], meta: Ru
 
 
 def _iter_lines(path: Path) -> Iterator[tuple[int, str, bool]]:
-    with open(path, encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark some editors add is read past
+    with open(path, encoding="utf-8-sig") as handle:
         lines = handle.readlines()
     for index, line in enumerate(lines):
         yield index + 1, line, index == len(lines) - 1
@@ -297,6 +322,9 @@ def read_jsonl(path: str | os.PathLike) -> RunLog:
     it is dropped rather than failing the whole log.
     """
     path = Path(path)
+    if path.is_dir():
+        hint = " pass its metrics.jsonl" if (path / "metrics.jsonl").is_file() else " pass a metrics.jsonl file"
+        raise RecordError(f"{str(path)!r} is a folder, not a metrics log;{hint}.")
     if not path.is_file():
         raise RecordError(f"metrics log {str(path)!r} does not exist.")
     meta = RunMeta()
@@ -314,7 +342,7 @@ def read_jsonl(path: str | os.PathLike) -> RunLog:
                 meta = meta_from_json(obj)
             else:
                 records.append(record_from_json(obj))
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
             if last and not line.endswith("\n"):
                 break
             raise RecordError(f"line {number} of {path.name} is not a valid step record ({exc}).") from None

@@ -10,7 +10,7 @@ from typing import Any
 
 from gradhealth.diagnose.findings import Diagnosis
 from gradhealth.monitor.records import RunLog
-from gradhealth.report.format import abbreviate_layers, evidence_text, format_value
+from gradhealth.report.format import abbreviate_layers, format_value
 from gradhealth.report.series import pick_record, weight_layers
 
 __all__ = ["print_diagnosis", "depth_rows"]
@@ -38,17 +38,30 @@ def print_diagnosis(diagnosis: Diagnosis, log: RunLog | None = None, console: An
     console.print(line)
     if diagnosis.findings:
         table = Table(title="Findings", title_justify="left", show_lines=True, expand=False)
+        table.add_column("#", no_wrap=True)
         table.add_column("Severity", no_wrap=True)
-        for column in ("Kind", "Layers", "Evidence", "Top remedies"):
+        for column in ("Finding", "Layers", "Top remedies"):
             table.add_column(column, overflow="fold")
-        for finding in diagnosis.findings:
+        for number, finding in enumerate(diagnosis.findings, 1):
             remedies = "\n".join(f"{i}. {r.title}" for i, r in enumerate(finding.remedies[:2], 1)) or "–"
-            table.add_row(Text(finding.severity, style=SEVERITY_STYLES.get(finding.severity, "")),
-                          Text(finding.kind.replace("_", " ")), Text(abbreviate_layers(finding.layers, 2)),
-                          Text(evidence_text(finding.evidence, limit=3, sep="\n")), Text(remedies))
+            table.add_row(str(number), Text(finding.severity, style=SEVERITY_STYLES.get(finding.severity, "")),
+                          Text(finding.title), Text(abbreviate_layers(finding.layers, 2)), Text(remedies))
         console.print(table)
+        # why, in words: the table says what and where, this says the cause (the numbers behind
+        # each finding are in --json, findings.json and the report)
+        for number, finding in enumerate(diagnosis.findings, 1):
+            console.print(Text(f"{number}. ", style="bold").append(Text(finding.explanation)))
     if log is not None:
-        _print_depth_chart(console, log, step, max_rows)
+        _print_depth_chart(console, log, _finite_step(log) if step == "last" else step, max_rows)
+
+
+def _finite_step(log: RunLog) -> str | int:
+    """The last step whose gradients were all finite (after a NaN the chart would be all NaN)."""
+    for record in reversed(log.records):
+        norms = [s.grad_norm for s in record.layers.values() if s.grad_norm is not None]
+        if norms and all(math.isfinite(v) for v in norms):
+            return record.step
+    return "last"
 
 
 def depth_rows(log: RunLog, step: str | int = "last", max_rows: int = MAX_ROWS

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from gradhealth.errors import Interrupted, NonFiniteError
+from gradhealth.errors import ConfigError, Interrupted, NonFiniteError
 from gradhealth.monitor.monitor import GradientMonitor
 from gradhealth.monitor.records import NonFiniteEvent, RunMeta, StepRecord, read_jsonl, write_jsonl
 from gradhealth.monitor.sinks import TensorBoardSink
@@ -48,7 +48,7 @@ from gradhealth.train.config import TrainConfig
 from gradhealth.train.data import DataBundle, EpochShuffleSampler, load_data
 from gradhealth.train.distributed import DistInfo, agree_any, init_distributed, shutdown_distributed
 from gradhealth.train.progress import Progress
-from gradhealth.train.setup import autocast_dtype, build_model, pick_device
+from gradhealth.train.setup import autocast_dtype, build_model, check_outputs, input_mismatch, pick_device
 
 __all__ = ["fit", "TrainResult"]
 
@@ -165,6 +165,9 @@ class _Run:
                                   scaler=self.scaler, clipper=self.clipper)
         extra = info.get("extra") or {}
         self.step = int(info["step"])
+        if self.step >= self.total_steps:
+            raise ConfigError(f"the checkpoint {path} is already at step {self.step}, the end of the "
+                              f"{self.total_steps} steps asked for: pass more steps to train on.")
         self.epoch, self.position = int(extra.get("epoch", 0)), int(extra.get("position", 0))
         self.batch_index = int(extra.get("batch_index", -1))
         self.best_val = float(extra.get("best_val", math.inf))
@@ -172,6 +175,11 @@ class _Run:
         if self.writes and (self.out / "metrics.jsonl").exists():
             # a run killed after its last checkpoint logged steps that will now be trained again
             log = read_jsonl(self.out / "metrics.jsonl")
+            theirs = log.meta.config or {}
+            if (log.meta.model, theirs.get("seed")) != (self.config.model, self.config.seed):
+                raise ConfigError(f"{self.out}/metrics.jsonl is the log of another run (model {log.meta.model}, seed "
+                                  f"{theirs.get('seed')}); resume into the folder of the checkpoint's own run, "
+                                  "or pass another --out.")
             write_jsonl(self.out / "metrics.jsonl", [r for r in log.records if r.step < self.step], log.meta)
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -188,9 +196,21 @@ class _Run:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.epoch, self.position = self.epoch + 1, 0
 
+    _shapes_checked = False
+
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            logits = self.net(x)
+            if self._shapes_checked:
+                logits = self.net(x)
+            else:
+                # the first forward pass tells whether model and data fit: say so in a sentence
+                name = self.config.model or type(self.model).__name__
+                try:
+                    logits = self.net(x)
+                except (RuntimeError, ValueError, IndexError) as exc:
+                    raise input_mismatch(exc, tuple(x.shape[1:]), name, self.config.data) from exc
+                check_outputs(logits, self.data.num_classes, name, self.config.data)
+                self._shapes_checked = True
             loss = F.cross_entropy(logits.float(), y)
         total = loss
         if self.config.l1 > 0:

@@ -1,0 +1,39 @@
+"""Checks of command-line paths and values made before anything trains, so a mistake costs a
+sentence, not a finished run whose results cannot be written."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from gradhealth.errors import ConfigError
+
+__all__ = ["writable_folder", "writable_file", "given_or"]
+
+
+def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a folder that exists (created if need be) and can be written to."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} {str(folder)!r} is a file, not a folder; pass a folder.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the folder {str(folder)!r} for {flag} ({exc.strerror or exc}); "
+                          "pass a writable folder.") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"the folder {str(folder)!r} of {flag} is not writable; pass a writable folder.")
+    return folder
+
+
+def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a file whose folder exists (created if need be) and can be written to."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag} {str(target)!r} is a folder; pass a file name.")
+    writable_folder(target.parent if str(target.parent) else ".", flag=f"the folder of {flag}")
+    return target
+
+
+def given_or(value, default):
+    """``value`` unless it was not given (None): 0 or an empty string stay, to be checked as given."""
+    return default if value is None else value
