@@ -99,3 +99,12 @@ def test_get_block_names():
     assert get_block("preact") is PreActBlock
     with pytest.raises(ConfigError, match="choose one of"):
         get_block("dense")
+
+
+@pytest.mark.parametrize("alias", ["zero_pad", "zero-pad", "A"])
+def test_shortcut_spellings_of_option_a_build_the_zero_pad_shortcut(alias):
+    import gradhealth
+
+    base = gradhealth.create_model("resnet20", shortcut="zeropad")
+    model = gradhealth.create_model(f"resnet20:shortcut={alias}")
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters())

@@ -107,3 +107,15 @@ def test_fix_ranks_residual_or_relu_above_the_baseline_for_the_deep_sigmoid_mlp(
     assert ranked.index("residual") < ranked.index("baseline") or ranked.index("relu") < ranked.index("baseline")
     assert ranked[0] in ("residual", "relu")
     assert (out / "trials.json").exists() and "Remedy trials" in (out / "report.html").read_text()
+
+
+def test_an_init_scale_too_large_is_an_exploding_gradient_with_he_init_first(capsys):
+    # ReLU, width 64, weights N(0, 0.5^2): each layer multiplies the signal by sqrt(64 * 0.25 / 2) ~ 2.8,
+    # so the gradients start 1e4 times the weights, the same in every layer, and the run overflows
+    assert main(["diagnose", "mlp:depth=12,width=64,activation=relu,init=normal(0.5)", "--steps", "5", "--json"]) == 0
+    findings = {f["kind"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
+    exploding = findings["exploding_gradient"]
+    assert exploding["severity"] == "error"
+    assert exploding["evidence"]["early_grad_weight_ratio"]["median_grad_weight_ratio"] > 1e3
+    assert exploding["remedies"][0]["key"] == "he_init"
+    assert findings["nonfinite"]["remedies"][0]["key"] == "he_init"

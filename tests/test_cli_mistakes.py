@@ -127,3 +127,19 @@ def test_malformed_log_fields_name_the_line(line, message, tmp_path, capsys):
 def test_debug_is_accepted_after_the_command(tmp_path):
     with pytest.raises(Exception, match="steps must be a positive integer"):
         main(["train", SMALL, *FAST, "--steps", "0", "--out", str(tmp_path / "run"), "--debug"])
+
+
+def test_a_run_that_skipped_most_of_its_steps_does_not_exit_0(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", SMALL, *FAST, "--steps", "4", "--lr", "1e30", "--on-nonfinite", "skip", "--out", str(out)]
+    assert main(argv) == 1
+    assert "steps were skipped for non-finite gradients" in _error(capsys)
+    assert (out / "summary.json").exists()
+
+
+def test_a_log_diagnosis_names_the_data_set_of_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", SMALL, *FAST, "--steps", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", "--from-log", str(out / "metrics.jsonl"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == FAST[1]

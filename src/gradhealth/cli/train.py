@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Under torchrun, runs data-parallel (gloo on CPU, nccl on GPU).")
     p.add_argument("model", help="registered name, spec string, or file.py:factory")
     p.add_argument("--data", default="digits", help="digits, digits-image, mnist1d, mnist1d-seq, "
-                   "synthetic:in=64,classes=10,n=4096, cifar10:DIR (default: digits)")
+                   "synthetic:in=64,classes=10,n=4096, synthetic-image:chans=3,size=32, cifar10:DIR "
+                   "(default: digits)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps (default 100)")
     length.add_argument("--epochs", type=float, help="passes over the training data")
@@ -48,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="every K steps also weight norms, update ratios and activation health "
                         "(default 10 x --monitor-every)")
     p.add_argument("--no-activations", action="store_true", help="do not hook activation modules")
-    p.add_argument("--on-nonfinite", default="stop", help="raise, skip or stop (save and report) on NaN/Inf")
+    p.add_argument("--on-nonfinite", default="stop",
+                   help="on NaN/Inf: stop (default: save a checkpoint and a report), skip the step, or raise")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate on the validation split every K steps")
     p.add_argument("--checkpoint-every", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -95,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
     summary.update({k: v for k, v in result.summary.items() if k.startswith("final_val")})
     print(json.dumps(summary, indent=2, default=str))
     print(f"wrote {out}/metrics.jsonl, {out}/checkpoints/last.pt, {out}/summary.json", file=sys.stderr)
+    skipped, steps = result.summary.get("skipped_steps") or 0, result.summary.get("steps") or 0
+    if steps and skipped * 2 > steps:
+        # --on-nonfinite skip kept the run alive, but a run that skipped most of its steps did not train
+        raise GradHealthError(f"{skipped} of {steps} steps were skipped for non-finite gradients, so the model "
+                              f"hardly trained; see gradhealth diagnose --from-log {out}/metrics.jsonl.")
     return 0
 
 

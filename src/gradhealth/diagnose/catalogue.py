@@ -164,6 +164,8 @@ _RANKING: dict[str, list[str]] = {
     # NaN/Inf almost always follows an update that was too large: smaller steps, capped steps, and
     # small steps at the start where the network is least stable.
     "nonfinite": ["lower_lr", "clip_norm", "warmup", "he_init"],
+    # ... unless the gradients were far above the weights from the start: then the init scale
+    "nonfinite/init_scale": ["he_init", "batchnorm", "clip_norm", "lower_lr", "warmup"],
     # the flat region is the activation's own shape: replace it; else keep inputs small (init
     # scale, normalization) so units stay in the linear region.
     "saturation": ["relu", "xavier_init", "he_init", "batchnorm", "lsuv"],
@@ -224,8 +226,8 @@ def remedies_for(kind: str, context: Mapping[str, Any] | None = None) -> list[Re
         key = "vanishing_gradient/saturating"
     elif kind == "exploding_gradient" and context.get("residual") is True:
         key = "exploding_gradient/residual"
-    elif kind == "exploding_gradient" and context.get("cause") == "init_scale":
-        key = "exploding_gradient/init_scale"
+    elif kind in ("exploding_gradient", "nonfinite") and context.get("cause") == "init_scale":
+        key = f"{kind}/init_scale"
     ranked = _RANKING[key]
     useful = [k for k in ranked if not _already_applied(k, context)]
     if kind == "exploding_gradient" and str(context.get("init") or "").lower().startswith(_CALIBRATED_INITS):

@@ -316,7 +316,9 @@ def find_exploding_gradient(log: RunLog, context: dict[str, Any] | None = None) 
                  "forward activation, which grow in opposite directions, so it is huge in every layer rather "
                  "than growing toward the input.")
         ctx = {**ctx, "cause": "init_scale"}
-    severe = diverged or (early and early["median_grad_weight_ratio"] > EARLY_GRAD_WEIGHT_RATIO * SEVERE_RATIO)
+    went_nonfinite = any(r.first_nonfinite is not None or not _finite(r.loss) for r in log.records
+                         if r.loss is not None or r.first_nonfinite is not None)
+    severe = diverged or (early and (went_nonfinite or early["median_grad_weight_ratio"] > EARLY_GRAD_WEIGHT_RATIO * SEVERE_RATIO))
     return _finding("exploding_gradient", "error" if severe else "warning",
                     "Exploding gradient: " + titles[0], text, ctx,
                     layers=layers, step=step, evidence=evidence)
@@ -523,6 +525,9 @@ def diagnose_log(log: RunLog, *, compare: Sequence[RunLog] = (),
     ``depth``, ``batch_size``...) that rank the remedies and shape the explanations.
     """
     ctx = run_context(log, context)
+    if "cause" not in ctx and _early_grad_weight_ratio(log):
+        # every finding that follows from it (NaN, exploding) is then treated at its cause first
+        ctx["cause"] = "init_scale"
     rules = (find_nonfinite, find_exploding_gradient, find_vanishing_gradient, find_saturation,
              find_dead_units, find_lr_too_high, find_lr_too_low)
     findings = [f for f in (rule(log, ctx) for rule in rules) if f is not None]
@@ -533,4 +538,5 @@ def diagnose_log(log: RunLog, *, compare: Sequence[RunLog] = (),
     steps = [r.step for r in log.records]
     # a log that counts from step 0 has covered max + 1 steps
     total = (max(steps) + (0 in steps)) if steps else 0
-    return Diagnosis(findings, model=ctx["model"], data=log.meta.data, steps=total)
+    data = log.meta.data or (log.meta.config or {}).get("data")
+    return Diagnosis(findings, model=ctx["model"], data=data if isinstance(data, str) else None, steps=total)

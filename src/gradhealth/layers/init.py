@@ -221,7 +221,8 @@ def apply_init(
     """
     name, arg = parse_init(scheme)
     if name == "lsuv" and data is None:
-        raise ConfigError("init 'lsuv' is data-driven: give it a batch of inputs (data=...).")
+        raise ConfigError("init 'lsuv' is data-driven: give it a batch of inputs (create_model(..., init_data=x), "
+                          "or data=x here; gradhealth train passes the first batch itself).")
     nonlinearity, slope = infer_nonlinearity(model)
     if name == "default":
         for module in model.modules():

@@ -69,8 +69,13 @@ class ZeroPadShortcut(nn.Module):
         return f"{self.in_ch}->{self.out_ch}, stride={self.stride}"
 
 
+# the spellings people use for the same shortcuts, and the CIFAR paper's option letters
+_SHORTCUT_ALIASES = {"zero_pad": "zeropad", "zero-pad": "zeropad", "a": "zeropad", "b": "projection"}
+
+
 def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int, dims: int, norm: str) -> nn.Module | None:
     """The skip path's module, or None where the skip is the identity."""
+    kind = _SHORTCUT_ALIASES.get(str(kind).lower(), kind)
     if kind not in SHORTCUTS:
         raise unknown_name("shortcut", kind, SHORTCUTS)
     changes = in_ch != out_ch or (stride != 1 and dims > 0)
