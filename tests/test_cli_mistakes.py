@@ -143,3 +143,57 @@ def test_a_log_diagnosis_names_the_data_set_of_the_run(tmp_path, capsys):
     capsys.readouterr()
     assert main(["diagnose", "--from-log", str(out / "metrics.jsonl"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["data"] == FAST[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "mlp:depth=3,depth=5", "--steps", "1"], "sets depth twice"),
+    (["train", "mlp", "--data", "synthetic:in=64,in=32", "--steps", "1"], "was given in twice"),
+    (["train", "good.py:", "--steps", "1"], "write path/to/file.py:factory"),
+    (["train", "good.py:build,depth=3", "--steps", "1"], "write path/to/file.py:factory"),
+    (["train", "mlp", "--epochs", "inf"], "epochs must be a finite positive number"),
+    (["train", "mlp", "--seed", "99999999999999999999", "--steps", "1"], "seed must be below 2**63"),
+    (["train", "mlp", "--device", "cuda:abc", "--steps", "1"], "device must be auto, cpu, cuda or cuda:N"),
+    (["list-models", "zzz*"], "no model matches 'zzz*'"),
+    (["theory", "--init", "normal(0.02)", "--fan-in", "0"], "fan_in (the layer's input width) must be a positive"),
+    (["theory", "--init", "normal(-1)", "--fan-in", "64"], "the scale in init 'normal(-1)' must be"),
+    (["fix", "--only", ","], "names no remedy"),
+])
+def test_more_mistakes_are_one_sentence(argv, message, tmp_path, capsys):
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert message in _error(capsys)
+
+
+def test_a_cifar_path_that_is_a_file_says_so(tmp_path, capsys):
+    afile = tmp_path / "data_batch_1"
+    afile.write_bytes(b"not a folder")
+    assert main(["train", "resnet20", "--data", f"cifar10:{afile}", "--steps", "1", "--out", str(tmp_path / "r")]) == 1
+    assert "is a file; cifar10: takes the folder" in _error(capsys)
+
+
+def test_a_report_into_a_path_under_a_file_says_so(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", SMALL, *FAST, "--steps", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["report", str(out / "metrics.jsonl"), "--out", str(afile / "r.html")]) == 2
+    assert "is a file, not a folder" in _error(capsys)
+
+
+def test_resume_asks_for_the_same_data_and_a_non_checkpoint_prints_only_the_sentence(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", SMALL, *FAST, "--steps", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    checkpoint = str(out / "checkpoints" / "last.pt")
+    other_data = ["--data", "synthetic:in=16,classes=4,n=512", "--batch-size", "32"]
+    assert main(["train", SMALL, *other_data, "--steps", "4", "--out", str(out), "--resume", checkpoint]) == 2
+    assert "was trained with data=" in _error(capsys)
+    import pickle
+
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"a": 1}))
+    assert main(["train", SMALL, *FAST, "--steps", "4", "--out", str(tmp_path / "r2"), "--resume", str(plain)]) == 1
+    err = _error(capsys)
+    assert err.count("\n") == 1 and err.startswith("error: ")

@@ -316,7 +316,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert main(["report", str(log_path), "--out", str(blocker / "r.html")]) == 2
-    assert "pass a writable path with --out" in capsys.readouterr().err
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_cli_report_runs_without_torch(tmp_path):

@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     trials = plan_trials(config)
     if args.only:
         wanted = {k.strip() for k in args.only.split(",") if k.strip()}
+        if not wanted:
+            raise ConfigError(f"--only {args.only!r} names no remedy; choose from: {', '.join(t.key for t in trials)}.")
         unknown = sorted(wanted - {t.key for t in trials})
         if unknown:
             raise ConfigError(f"remedy {unknown[0]!r} does not apply here; choose from: "
@@ -82,10 +84,12 @@ def _write(out: Path, payload: dict) -> None:
 
 def _print(payload: dict) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=f"Remedy trials: {payload['model']} on {payload['data']}, {payload['steps']} steps each",
+    # escaped: a path such as models/[x].py is text, not rich markup
+    table = Table(title=escape(f"Remedy trials: {payload['model']} on {payload['data']}, {payload['steps']} steps each"),
                   title_justify="left")
     for column in ("#", "remedy", "final loss", "vs baseline", "first/last grad", "NaN/Inf", "score"):
         table.add_column(column, justify="right" if column not in ("remedy",) else "left")

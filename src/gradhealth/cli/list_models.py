@@ -5,6 +5,8 @@ import argparse
 import inspect
 import json
 
+from gradhealth.errors import ConfigError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list-models", help="list the registered networks",
@@ -19,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from gradhealth.models import get_entry, list_models
 
     names = list_models(args.pattern)
+    if not names:
+        raise ConfigError(f"no model matches {args.pattern!r}; `gradhealth list-models` lists them all.")
     entries = [get_entry(n) for n in names]
     if args.json:
         print(json.dumps([

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gradhealth.cli.checks import writable_file
 from gradhealth.errors import ConfigError
 
 
@@ -26,8 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from gradhealth.monitor.records import read_jsonl
     from gradhealth.report.html import run_page, write_report
 
-    if args.out is not None and args.out.resolve() == args.log.resolve():
-        raise ConfigError("--out is the log itself; the report would overwrite it: pass another path.")
+    if args.out is not None:
+        if args.out.resolve() == args.log.resolve():
+            raise ConfigError("--out is the log itself; the report would overwrite it: pass another path.")
+        writable_file(args.out)
     log = read_jsonl(args.log)
     diagnosis = diagnose_log(log)
     out = args.out if args.out is not None else args.log.parent / "report.html"

@@ -401,8 +401,13 @@ def sigma_w_of_init(init: str, activation: str, arg: float | None = None, *, fan
         raise unknown_name("init", init, _INITS + tuple(_INIT_ALIASES))
     act, phi, _ = _activation(activation, negative_slope)
     gain = math.sqrt(2.0 / (1 + negative_slope**2)) if act == "leaky_relu" else _GAIN[act]
-    if name in ("normal", "uniform", "default") and (fan_in is None or fan_in <= 0):
-        raise ConfigError(f"init {name} depends on the layer size: give fan_in (the layer's input width).")
+    if name in ("normal", "uniform", "default") and fan_in is None:
+        raise ConfigError(f"init {name} depends on the layer size: give fan_in (the layer's input width, "
+                          "--fan-in on the command line).")
+    if fan_in is not None and fan_in <= 0:
+        raise ConfigError(f"fan_in (the layer's input width) must be a positive integer, not {fan_in}.")
+    if arg is not None and name != "constant" and not (math.isfinite(arg) and arg > 0):
+        raise ConfigError(f"the scale in init {init!r} must be a finite positive number, not {arg:g}.")
     # xavier and fan_out modes only see the ratio fan_in / fan_out: 1 for a constant-width net
     n_in = float(fan_in or 1)
     n_out = float(fan_out or n_in)

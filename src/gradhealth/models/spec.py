@@ -74,6 +74,10 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
     name, _, rest = str(spec).partition(":")
     name = name.strip()
+    if name.endswith(".py"):
+        # a model file whose factory part is missing or malformed, not a registered name
+        raise ConfigError(f"{spec!r} names a model file; write path/to/file.py:factory, where factory is the "
+                          "name of a function in the file that returns an nn.Module.")
     entry = get_entry(name)
     options = entry.options()
     kwargs: dict[str, Any] = {}
@@ -82,6 +86,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key = key.strip()
         if not eq or not key:
             raise ConfigError(f"cannot read {item!r} in model spec {spec!r}; write key=value pairs separated by commas.")
+        if key in kwargs:
+            raise ConfigError(f"model spec {spec!r} sets {key} twice; give it once.")
         if key in ("init", "zero_init_last"):
             kwargs[key] = parse_value(key, raw, False) if key == "zero_init_last" else raw.strip()
             continue

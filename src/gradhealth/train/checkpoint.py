@@ -13,6 +13,7 @@ import os
 import random
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {where} is empty (0 bytes); use an earlier checkpoint.")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # what torch warns about a file that is not a checkpoint becomes the one sentence below
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip, pickle, EOF and storage errors all mean the bytes are not a checkpoint
         # torch names the refused global as "Unsupported global: GLOBAL x.y" or "unsupported GLOBAL x.y"
         refused = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -62,8 +63,9 @@ class TrainConfig:
             self.steps = 100
         if self.steps is not None:
             _positive_int("steps", self.steps)
-        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
-            raise ConfigError(f"epochs must be positive, not {self.epochs!r}.")
+        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs)
+                                            and self.epochs > 0):
+            raise ConfigError(f"epochs must be a finite positive number, not {self.epochs!r}.")
         for name in ("batch_size", "accumulate", "monitor_every"):
             _positive_int(name, getattr(self, name))
         if self.detail_every is not None:
@@ -72,6 +74,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, not {value!r}.")
+        if self.seed >= 2**63:  # torch.manual_seed takes a 64-bit signed integer
+            raise ConfigError(f"seed must be below 2**63, not {self.seed}.")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"the learning rate must be a positive number, not {self.lr!r}.")
         for name in ("weight_decay", "l1", "momentum"):
@@ -84,7 +88,7 @@ class TrainConfig:
             raise unknown_name("AMP mode", self.amp, AMP_MODES)
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise unknown_name("non-finite policy", self.on_nonfinite, NONFINITE_POLICIES)
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+        if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}.")
 
     def optimizer_momentum(self) -> float:

@@ -108,6 +108,7 @@ def split_indices(n: int, seed: int, val_fraction: float) -> tuple[Tensor, Tenso
 def _parse_options(name: str, text: str) -> dict[str, int]:
     allowed = _OPTIONS.get(name, {})
     options = dict(allowed)
+    given: set[str] = set()
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
@@ -117,6 +118,9 @@ def _parse_options(name: str, text: str) -> dict[str, int]:
         if not eq or key not in allowed:
             raise ConfigError(f"cannot read {item!r} for data set {name!r}; "
                               f"it accepts {', '.join(allowed)} as key=integer.")
+        if key in given:
+            raise ConfigError(f"data set {name!r} was given {key} twice; give it once.")
+        given.add(key)
         try:
             options[key] = int(raw)
         except ValueError:
@@ -235,6 +239,9 @@ def _cifar10(folder_text: str) -> DataBundle:
     folder = Path(folder_text).expanduser()
     if not (folder / _CIFAR_TEST).exists() and (folder / "cifar-10-batches-py").is_dir():
         folder = folder / "cifar-10-batches-py"  # the folder the archive was extracted into
+    if folder.is_file():
+        raise DataError(f"{str(folder)!r} is a file; cifar10: takes the folder of the python batches "
+                        "(cifar-10-batches-py, extracted from cifar-10-python.tar.gz).")
     if not folder.is_dir():
         raise DataError(f"CIFAR-10 folder {str(folder)!r} does not exist; extract cifar-10-python.tar.gz "
                         "and pass its cifar-10-batches-py folder.")

@@ -52,6 +52,11 @@ from gradhealth.train.setup import autocast_dtype, build_model, check_outputs, i
 
 __all__ = ["fit", "TrainResult"]
 
+# A resumed run continues the same run: these settings decide which examples come in which order
+# and what the optimizer and scheduler states mean, so a checkpoint resumes only with the same ones
+# (the step count, learning rate and logging may change).
+RESUME_MUST_MATCH = ("model", "data", "seed", "batch_size", "accumulate", "optimizer", "schedule", "amp")
+
 # With --on-nonfinite skip, this many skipped steps in a row means the run cannot recover.
 MAX_CONSECUTIVE_SKIPS = 25
 
@@ -164,6 +169,13 @@ class _Run:
         info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                   scaler=self.scaler, clipper=self.clipper)
         extra = info.get("extra") or {}
+        saved = info.get("config") or {}
+        now = self.config.to_json()
+        changed = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now.get(key)]
+        if changed:
+            key = changed[0]
+            raise ConfigError(f"the checkpoint {path} was trained with {key}={saved[key]!r}, and this run asks for "
+                              f"{key}={now.get(key)!r}; a resumed run continues the same run: give the same {key}.")
         self.step = int(info["step"])
         if self.step >= self.total_steps:
             raise ConfigError(f"the checkpoint {path} is already at step {self.step}, the end of the "
