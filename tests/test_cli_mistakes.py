@@ -21,7 +21,7 @@ def _error(capsys) -> str:
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "resnet20", "--data", "digits"], "cannot take the examples of --data digits (each of shape (64,))"),
-    (["train", "mlp", "--data", "mnist1d-seq"], "Pick data of the shape the model expects"),
+    (["train", "convnet:dims=1,depth=2", "--data", "digits"], "Pick data of the shape the model expects"),
     (["train", "mlp:num_classes=5", "--data", "digits"], "has 10 classes: the model needs one score per class"),
 ])
 def test_a_model_that_does_not_fit_the_data_says_so(argv, message, tmp_path, capsys):

@@ -145,3 +145,16 @@ def test_torchrun_ranks_agree_to_stop_when_only_one_rank_sees_nan(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"] == "nonfinite" and summary["steps"] == 2, result.stderr[-3000:]
+
+
+def test_agc_on_a_users_model_takes_its_head_by_name(tmp_path, capsys):
+    model_file = tmp_path / "headless.py"
+    model_file.write_text("import torch\n"
+                          "def build(in_features=16, num_classes=4):\n"
+                          "    return torch.nn.Sequential(torch.nn.Linear(in_features, 32), torch.nn.ReLU(),\n"
+                          "                               torch.nn.Linear(32, num_classes))\n")
+    base = ["train", f"{model_file}:build", *FAST, "--steps", "3", "--clip", "agc", "--clip-value", "0.01"]
+    assert main([*base, "--out", str(tmp_path / "no_head")]) == 2
+    assert "--clip-head" in capsys.readouterr().err
+    assert main([*base, "--clip-head", "2", "--out", str(tmp_path / "run")]) == 0
+    assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl").records) == 3

@@ -24,11 +24,11 @@ def _all(bundle):
 
 @pytest.mark.parametrize("spec, total, shape, classes, kwargs", [
     ("digits", 1797, (64,), 10, {"in_features": 64, "num_classes": 10}),
-    ("digits-image", 1797, (1, 8, 8), 10, {"in_chans": 1, "dims": 2, "num_classes": 10}),
+    ("digits-image", 1797, (1, 8, 8), 10, {"in_chans": 1, "dims": 2, "num_classes": 10, "in_features": 64}),
     ("mnist1d:n=200", 200, (40,), 10, {"in_features": 40, "num_classes": 10}),
-    ("mnist1d-seq:n=205", 200, (1, 40), 10, {"in_chans": 1, "dims": 1, "num_classes": 10}),
+    ("mnist1d-seq:n=205", 200, (1, 40), 10, {"in_chans": 1, "dims": 1, "num_classes": 10, "in_features": 40}),
     ("synthetic:in=16,classes=3,n=100", 100, (16,), 3, {"in_features": 16, "num_classes": 3}),
-    ("synthetic-image:chans=2,size=8,classes=4,n=60", 60, (2, 8, 8), 4, {"in_chans": 2, "dims": 2, "num_classes": 4}),
+    ("synthetic-image:chans=2,size=8,classes=4,n=60", 60, (2, 8, 8), 4, {"in_chans": 2, "dims": 2, "num_classes": 4, "in_features": 128}),
 ])
 def test_shapes_dtypes_and_model_kwargs(spec, total, shape, classes, kwargs):
     bundle = load_data(spec, seed=0)
@@ -51,11 +51,13 @@ def test_default_specs_fill_in_their_options():
 
 def test_model_kwargs_build_working_models():
     from gradhealth.models import create_model
+    from gradhealth.train.setup import data_kwargs_for
 
-    for spec, model in (("mnist1d-seq:n=50", "convnet:depth=2,width=4"), ("digits", "mlp:depth=2,width=8")):
+    for spec, model in (("mnist1d-seq:n=50", "convnet:depth=2,width=4"), ("mnist1d-seq:n=50", "mlp:depth=2,width=8"),
+                        ("digits", "mlp:depth=2,width=8")):
         bundle = load_data(spec)
         x, _ = bundle.train[:5]
-        assert create_model(model, **bundle.model_kwargs())(x).shape == (5, 10)
+        assert create_model(model, **data_kwargs_for(model, bundle.model_kwargs()))(x).shape == (5, 10)
 
 
 def test_digits_standardised_with_train_statistics_only():
@@ -260,3 +262,10 @@ def test_make_loader_rejects_bad_arguments(kwargs):
     data = load_data("synthetic:in=4,n=10").train
     with pytest.raises(ConfigError):
         make_loader(data, shuffle=True, seed=0, **kwargs)
+
+
+def test_a_flattening_builder_takes_sequences_and_images_as_vectors():
+    from gradhealth.train.data import load_data
+
+    bundle = load_data("mnist1d-seq:n=100", seed=0)
+    assert bundle.model_kwargs()["in_features"] == 40 and bundle.model_kwargs()["in_chans"] == 1

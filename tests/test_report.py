@@ -329,3 +329,16 @@ def test_cli_report_runs_without_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out) and out.is_file()
+
+
+def test_the_activation_table_reads_the_last_step_that_measured_activations():
+    from gradhealth.report.html import activation_table
+
+    log = make_log()
+    measured = log.records[-2]
+    log.records[-1].activations = {}  # a step without detail measures no activations
+    table = activation_table(log)
+    assert f"Saturated, step {measured.step}" in table.columns
+    name = next(iter(measured.activations))
+    row = next(r for r in table.rows if r[0] == name)
+    assert row[3] != "–"

@@ -33,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="re-initialize the model first (he, xavier, normal(0.02), ...)")
     p.add_argument("--clip", default="none")
     p.add_argument("--clip-value", type=float)
+    p.add_argument("--clip-head", help="agc: the classifier head by module name (models without get_classifier())")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     p.add_argument("--out", type=Path, help="folder for findings.json and report.html (and the run's files)")
@@ -44,7 +45,8 @@ def _RUN_OPTIONS(args: argparse.Namespace) -> list[tuple[str, object, object]]:
     """The options of a run (flag, value, default): they mean nothing for a finished run's log."""
     return [("--data", args.data, None), ("--steps", args.steps, None), ("--lr", args.lr, 0.1),
             ("--optimizer", args.optimizer, "sgd"), ("--batch-size", args.batch_size, 64), ("--init", args.init, None),
-            ("--clip", args.clip, "none"), ("--clip-value", args.clip_value, None), ("--seed", args.seed, 0)]
+            ("--clip", args.clip, "none"), ("--clip-value", args.clip_value, None),
+            ("--clip-head", args.clip_head, None), ("--seed", args.seed, 0)]
 
 
 def _fail_kinds(text: str) -> set[str]:
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                          given_or(args.steps, DEFAULT_STEPS),
                          out=str(args.out) if args.out else None, lr=args.lr, optimizer=args.optimizer,
                          batch_size=args.batch_size, init=args.init, clip=args.clip, clip_value=args.clip_value,
-                         seed=args.seed)
+                         clip_head=_agc_head(args), seed=args.seed)
         log, diagnosis = result.log, result.diagnosis
     if args.out is not None:
         write_outputs(args.out, log, diagnosis)
@@ -121,3 +123,9 @@ def _print_theory(theory) -> None:
         line += (f"; measured {comparison['measured_factor']:.3g} "
                  f"({'agrees' if comparison['agree'] else 'differs'})")
     print(line)
+
+
+def _agc_head(args: argparse.Namespace) -> str | None:
+    if args.clip_head is not None and args.clip != "agc":
+        raise ConfigError(f"--clip-head names the head AGC leaves unclipped; it does nothing with --clip {args.clip}.")
+    return args.clip_head

@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", default="sgd")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--init")
+    p.add_argument("--clip-head", help="the classifier head the AGC trial leaves unclipped, by module name "
+                                       "(for models without get_classifier())")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", type=Path, help="folder for trials.json and report.html")
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
         writable_folder(args.out)
     config = TrainConfig(model=given_or(args.model, DEFAULT_MODEL), data=given_or(args.data, DEFAULT_DATA),
                          steps=given_or(args.steps, DEFAULT_STEPS), lr=args.lr, optimizer=args.optimizer,
-                         batch_size=args.batch_size, init=args.init, seed=args.seed, on_nonfinite="stop")
+                         batch_size=args.batch_size, init=args.init, seed=args.seed, on_nonfinite="stop",
+                         clip_head=args.clip_head)
     trials = plan_trials(config)
     if args.only:
         wanted = {k.strip() for k in args.only.split(",") if k.strip()}

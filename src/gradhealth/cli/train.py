@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--clip", default="none", help=", ".join(CLIP_MODES))
     p.add_argument("--clip-value", type=float, help="threshold (norm/value), lambda (agc), percentile (autoclip)")
+    p.add_argument("--clip-head", help="agc: the classifier head to leave unclipped, by module name (for models "
+                                       "without get_classifier())")
     p.add_argument("--amp", default="none", help="none, bf16, fp16")
     p.add_argument("--init", help="re-initialize: he, xavier, normal(0.02), constant(5), orthogonal, lsuv, fixup ...")
     p.add_argument("--seed", type=int, default=0)
@@ -70,6 +72,7 @@ def config_from_args(args: argparse.Namespace):
         accumulate=args.accumulate, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         nesterov=args.nesterov, weight_decay=args.weight_decay, l2_mode=args.l2_mode, l1=args.l1,
         schedule=args.schedule, warmup_steps=args.warmup_steps, clip=args.clip, clip_value=args.clip_value,
+        clip_head=_agc_head(args),
         amp=args.amp, init=args.init, seed=args.seed, monitor_every=args.monitor_every, detail_every=args.detail_every,
         activations=not args.no_activations, on_nonfinite=args.on_nonfinite, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, device=args.device, num_workers=args.num_workers,
@@ -113,3 +116,9 @@ def _write_stop_report(out: Path) -> None:
 
     log = read_jsonl(out / "metrics.jsonl")
     write_outputs(out, log, diagnose_log(log))
+
+
+def _agc_head(args: argparse.Namespace) -> str | None:
+    if args.clip_head is not None and args.clip != "agc":
+        raise ConfigError(f"--clip-head names the head AGC leaves unclipped; it does nothing with --clip {args.clip}.")
+    return args.clip_head

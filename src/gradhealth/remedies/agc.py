@@ -52,7 +52,8 @@ def resolve_head(model: nn.Module | None, head: nn.Module | str | None) -> nn.Mo
         if not callable(getter):
             raise ConfigError(
                 f"agc leaves the classifier head unclipped but {type(model).__name__} has no get_classifier(); "
-                "pass head= (the head module or its name in model.named_modules())."
+                "pass head= (the head module or its name in model.named_modules(); --clip-head NAME on the "
+                "command line)."
             )
         head = getter()
     if isinstance(head, str):
@@ -60,7 +61,8 @@ def resolve_head(model: nn.Module | None, head: nn.Module | str | None) -> nn.Mo
             head = model.get_submodule(head)
         except AttributeError:
             raise ConfigError(
-                f"the model has no submodule named {head!r}; pass head= as a name from model.named_modules()."
+                f"the model has no submodule named {head!r}; pass head= (--clip-head) as a name from "
+                "model.named_modules()."
             ) from None
     if not isinstance(head, nn.Module):
         raise ConfigError(f"head must be a module or a submodule name, not {type(head).__name__}.")

@@ -218,13 +218,16 @@ def run_sections(log: RunLog, diagnosis: Diagnosis | None, *, label: str | None 
 
 
 def activation_table(log: RunLog) -> Table | None:
-    """Saturation and dead fraction per activation module (forward order), first vs last step; None if unmeasured."""
+    """Saturation and dead fraction per activation module (forward order), at the first and the last step
+    that measured them; None if unmeasured."""
     names = log.meta.names("activation") or list(dict.fromkeys(n for r in log.records for n in r.activations))
     names = [n for n in names if any(n in r.activations for r in log.records)]
     if not names:
         return None
     rules = {layer.name: layer.activation for layer in log.meta.layers}
-    first, last = log.records[0], log.records[-1]
+    # activation health is measured on detailed steps only: the first and last that have it
+    measured = [r for r in log.records if r.activations]
+    first, last = measured[0], measured[-1]
 
     def value(record, name, metric):
         stats = record.activations.get(name)

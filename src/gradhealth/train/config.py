@@ -40,6 +40,8 @@ class TrainConfig:
     warmup_steps: int | None = None
     clip: str = "none"
     clip_value: float | None = None
+    # AGC's classifier head by module name (for models without get_classifier())
+    clip_head: str | None = None
     amp: str = "none"
     init: str | None = None
     seed: int = 0

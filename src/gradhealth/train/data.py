@@ -56,8 +56,10 @@ class DataBundle:
         """Builder arguments implied by the data; the caller passes on only those a builder accepts."""
         if len(self.input_shape) == 1:
             return {"in_features": self.input_shape[0], "num_classes": self.num_classes}
-        # dims picks Conv1d for sequences (C, L) and Conv2d for images (C, H, W)
-        return {"in_chans": self.input_shape[0], "dims": len(self.input_shape) - 1, "num_classes": self.num_classes}
+        # dims picks Conv1d for sequences (C, L) and Conv2d for images (C, H, W); in_features is for
+        # builders that flatten their input (the MLP)
+        return {"in_chans": self.input_shape[0], "dims": len(self.input_shape) - 1, "num_classes": self.num_classes,
+                "in_features": math.prod(self.input_shape)}
 
 
 def load_data(spec: str, *, seed: int = 0, val_fraction: float = 0.2) -> DataBundle:

@@ -113,7 +113,9 @@ class _Run:
                                           l2_mode=config.l2_mode)
         self.scheduler = create_scheduler(config.schedule, self.optimizer, self.total_steps,
                                           warmup_steps=config.warmup_steps)
-        self.clipper = create_clipper(config.clip, config.clip_value, model=self.model)
+        # the head matters to AGC alone (remedy trials set it for their AGC trial and keep it for the rest)
+        head = {"head": config.clip_head} if config.clip_head and config.clip == "agc" else {}
+        self.clipper = create_clipper(config.clip, config.clip_value, model=self.model, **head)
         self.autocast = autocast_dtype(config.amp)
         self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         self.out = Path(config.out) if config.out else None
