@@ -35,7 +35,7 @@ def test_the_remedies_of_the_material_are_all_there():
 
 
 def test_vanishing_ranking_depends_on_the_activation():
-    assert _keys("vanishing_gradient", activation="sigmoid")[:4] == ["relu", "residual", "he_init", "batchnorm"]
+    assert _keys("vanishing_gradient", activation="sigmoid")[:4] == ["relu", "preact", "residual", "he_init"]
     relu = _keys("vanishing_gradient", activation="relu")
     assert relu[:3] == ["residual", "batchnorm", "he_init"] and "relu" not in relu
 

@@ -106,7 +106,10 @@ def test_fix_ranks_residual_or_relu_above_the_baseline_for_the_deep_sigmoid_mlp(
     ranked = [t["trial"]["key"] for t in json.loads(capsys.readouterr().out)["trials"]]
     assert ranked.index("residual") < ranked.index("baseline") or ranked.index("relu") < ranked.index("baseline")
     assert ranked[0] in ("residual", "relu")
-    assert (out / "trials.json").exists() and "Remedy trials" in (out / "report.html").read_text()
+    assert (out / "trials.json").exists() and "Remedy trials" in (page := (out / "report.html").read_text())
+    assert "Training loss of each trial" in page and page.count("<svg") >= 1
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert all(len(t["losses"]) == len(t["loss_steps"]) == 40 for t in trials)
 
 
 def test_an_init_scale_too_large_is_an_exploding_gradient_with_he_init_first(capsys):

@@ -68,10 +68,14 @@ class TrialResult:
     seconds: float
     loss_vs_baseline: float | None = None
     error: str | None = None
+    # the recorded training loss, step by step (for the report's chart of every trial)
+    loss_steps: list[int] = dataclasses.field(default_factory=list)
+    losses: list[float | None] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["trial"]["describe"] = self.trial.describe()
+        out["losses"] = [None if v is None or not math.isfinite(v) else v for v in self.losses]
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
 
 
@@ -90,6 +94,9 @@ def _spec_trials(options: dict[str, Any]) -> list[Trial]:
         trials.append(Trial("layernorm", "LayerNorm", {"norm": "layer"}))
     if "residual" in options and not options.get("residual"):
         trials.append(Trial("residual", "Skip connections (residual)", {"residual": True}))
+    if "block" in options and not str(options.get("block") or "").startswith("preact"):
+        # the skip path clear of the activation: what a sigmoid or tanh net needs from a skip
+        trials.append(Trial("preact", "Pre-activation skip connections", {"residual": True, "block": "preact"}))
     return trials
 
 
@@ -182,9 +189,10 @@ def _run_one(config: TrainConfig, trial: Trial) -> TrialResult:
     ratio = _first_last_ratio(log)
     final = result.summary.get("final_loss")
     classes = int(result.summary.get("num_classes") or 10)
+    curve = [(r.step, r.loss) for r in result.records if r.loss is not None]
     return TrialResult(trial, final, losses[0] if losses else None, ratio, nonfinite,
                        health_score(final, ratio, classes, nonfinite), result.summary["steps"],
-                       time.perf_counter() - started)
+                       time.perf_counter() - started, loss_steps=[s for s, _ in curve], losses=[v for _, v in curve])
 
 
 def run_trials(config: TrainConfig, trials: Sequence[Trial] | None = None, *, workers: int | None = None) -> list[TrialResult]:

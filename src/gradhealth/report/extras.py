@@ -8,7 +8,7 @@ from typing import Any
 from gradhealth.report.figures import line_chart
 from gradhealth.report.html import Section, Table
 
-__all__ = ["theory_section", "trials_section", "trials_table"]
+__all__ = ["theory_section", "trials_section", "trials_table", "trials_loss_chart"]
 
 
 def theory_section(theory: Mapping[str, Any]) -> Section | None:
@@ -51,6 +51,25 @@ def trials_table(results: Sequence[Mapping[str, Any]]) -> Table:
                  "min(|log10 ratio|, 10)/10, higher is healthier.")
 
 
+# lines in the trials' loss chart beside the baseline: more would not be told apart
+CHARTED_TRIALS = 5
+
+
 def trials_section(results: Sequence[Mapping[str, Any]]) -> Section:
     return Section("Remedy trials", "Short runs that differ from the baseline by one remedy, best first.",
-                   tables=[trials_table(results)])
+                   figures=[f for f in [trials_loss_chart(results)] if f is not None], tables=[trials_table(results)])
+
+
+def trials_loss_chart(results: Sequence[Mapping[str, Any]]):
+    """Training loss of the baseline and the best-ranked trials, step by step; None without curves."""
+    ranked = [r for r in results if r.get("losses") and r["trial"]["key"] != "baseline"][:CHARTED_TRIALS]
+    baseline = [r for r in results if r.get("losses") and r["trial"]["key"] == "baseline"]
+    shown = baseline + ranked
+    if not shown:
+        return None
+    series = {r["trial"]["title"]: (r["loss_steps"], r["losses"]) for r in shown}
+    finite = [v for r in shown for v in r["losses"] if v is not None and v > 0]
+    return line_chart(series, title="Training loss of each trial", xlabel="step", ylabel="loss",
+                      logy=bool(finite) and max(finite) / min(finite) >= 100, markers=False,
+                      caption=f"The baseline and the {len(ranked)} best-ranked remedies: a remedy that works "
+                              "pulls its line below the baseline's.")
