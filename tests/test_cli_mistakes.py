@@ -197,3 +197,17 @@ def test_resume_asks_for_the_same_data_and_a_non_checkpoint_prints_only_the_sent
     assert main(["train", SMALL, *FAST, "--steps", "4", "--out", str(tmp_path / "r2"), "--resume", str(plain)]) == 1
     err = _error(capsys)
     assert err.count("\n") == 1 and err.startswith("error: ")
+
+
+def test_a_model_that_returns_no_tensor_says_what_training_needs(tmp_path, capsys):
+    model_file = tmp_path / "pair.py"
+    model_file.write_text("import torch\n"
+                          "class Pair(torch.nn.Module):\n"
+                          "    def __init__(self):\n"
+                          "        super().__init__(); self.fc = torch.nn.Linear(16, 4)\n"
+                          "    def forward(self, x):\n"
+                          "        return {'logits': self.fc(x)}\n"
+                          "def build():\n"
+                          "    return Pair()\n")
+    assert main(["train", f"{model_file}:build", *FAST, "--steps", "2", "--out", str(tmp_path / "run")]) == 2
+    assert "returns a dict; training needs a tensor of class scores" in _error(capsys)

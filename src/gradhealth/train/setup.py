@@ -58,6 +58,9 @@ def input_mismatch(exc: Exception, example_shape: tuple[int, ...], model_name: s
 
 def check_outputs(scores: torch.Tensor, num_classes: int, model_name: str, data_name: str) -> None:
     """The model must give one score per class of the data, as cross-entropy reads them."""
+    if not isinstance(scores, torch.Tensor):
+        raise ConfigError(f"model {model_name} returns a {type(scores).__name__}; training needs a tensor of "
+                          f"class scores, one row per example ({num_classes} classes for --data {data_name}).")
     if scores.dim() != 2 or scores.shape[1] < num_classes:
         raise ConfigError(f"model {model_name} gives outputs of shape {tuple(scores.shape[1:])} per example, and "
                           f"--data {data_name} has {num_classes} classes: the model needs one score per class "
