@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gradhealth.errors import ConfigError
 
-__all__ = ["writable_folder", "writable_file", "given_or"]
+__all__ = ["writable_folder", "writable_file", "given_or", "agc_head"]
 
 
 def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -37,3 +37,10 @@ def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
 def given_or(value, default):
     """``value`` unless it was not given (None): 0 or an empty string stay, to be checked as given."""
     return default if value is None else value
+
+
+def agc_head(clip: str, clip_head: str | None) -> str | None:
+    """``--clip-head``, which names the head AGC leaves unclipped: meaningless with another clip mode."""
+    if clip_head is not None and clip != "agc":
+        raise ConfigError(f"--clip-head names the head AGC leaves unclipped; it does nothing with --clip {clip}.")
+    return clip_head

@@ -12,10 +12,14 @@ import shlex
 from pathlib import Path
 
 from gradhealth.diagnose.findings import FINDING_KINDS
-from gradhealth.cli.checks import given_or, writable_folder
+from gradhealth.cli.checks import agc_head, given_or, writable_folder
 from gradhealth.errors import ConfigError
 
 EXIT_FOUND = 3
+
+# How a MODEL is run (option -> default): the parser's defaults, and what --from-log must leave alone
+RUN_DEFAULTS = {"data": None, "steps": None, "lr": 0.1, "optimizer": "sgd", "batch_size": 64, "init": None,
+                "clip": "none", "clip_value": None, "clip_head": None, "seed": 0}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,26 +31,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-log", type=Path, help="diagnose a run's metrics.jsonl instead of running a model")
     p.add_argument("--data", default=None, help="data set (default: digits)")
     p.add_argument("--steps", type=int, default=None, help="monitored optimizer steps (default 60)")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--optimizer", default="sgd")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=RUN_DEFAULTS["lr"])
+    p.add_argument("--optimizer", default=RUN_DEFAULTS["optimizer"])
+    p.add_argument("--batch-size", type=int, default=RUN_DEFAULTS["batch_size"])
     p.add_argument("--init", help="re-initialize the model first (he, xavier, normal(0.02), ...)")
-    p.add_argument("--clip", default="none")
+    p.add_argument("--clip", default=RUN_DEFAULTS["clip"])
     p.add_argument("--clip-value", type=float)
     p.add_argument("--clip-head", help="agc: the classifier head by module name (models without get_classifier())")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=RUN_DEFAULTS["seed"])
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     p.add_argument("--out", type=Path, help="folder for findings.json and report.html (and the run's files)")
     p.add_argument("--fail-on", default="", help="comma-separated finding kinds that make the exit status 3")
     p.set_defaults(run=run)
-
-
-def _RUN_OPTIONS(args: argparse.Namespace) -> list[tuple[str, object, object]]:
-    """The options of a run (flag, value, default): they mean nothing for a finished run's log."""
-    return [("--data", args.data, None), ("--steps", args.steps, None), ("--lr", args.lr, 0.1),
-            ("--optimizer", args.optimizer, "sgd"), ("--batch-size", args.batch_size, 64), ("--init", args.init, None),
-            ("--clip", args.clip, "none"), ("--clip-value", args.clip_value, None),
-            ("--clip-head", args.clip_head, None), ("--seed", args.seed, 0)]
 
 
 def _fail_kinds(text: str) -> set[str]:
@@ -64,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if args.from_log is not None:
         if args.model:
             raise ConfigError("give either a MODEL to run or --from-log, not both.")
-        ignored = [flag for flag, value, default in _RUN_OPTIONS(args) if value != default]
+        ignored = [key for key, default in RUN_DEFAULTS.items() if getattr(args, key) != default]
         if ignored:
-            raise ConfigError(f"{ignored[0]} sets how a MODEL is run and does nothing with --from-log; drop it.")
+            flag = "--" + ignored[0].replace("_", "-")
+            raise ConfigError(f"{flag} sets how a MODEL is run and does nothing with --from-log; drop it.")
         from gradhealth.diagnose.rules import diagnose_log
         from gradhealth.monitor.records import read_jsonl
 
@@ -79,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                          given_or(args.steps, DEFAULT_STEPS),
                          out=str(args.out) if args.out else None, lr=args.lr, optimizer=args.optimizer,
                          batch_size=args.batch_size, init=args.init, clip=args.clip, clip_value=args.clip_value,
-                         clip_head=_agc_head(args), seed=args.seed)
+                         clip_head=agc_head(args.clip, args.clip_head), seed=args.seed)
         log, diagnosis = result.log, result.diagnosis
     if args.out is not None:
         write_outputs(args.out, log, diagnosis)
@@ -123,9 +120,3 @@ def _print_theory(theory) -> None:
         line += (f"; measured {comparison['measured_factor']:.3g} "
                  f"({'agrees' if comparison['agree'] else 'differs'})")
     print(line)
-
-
-def _agc_head(args: argparse.Namespace) -> str | None:
-    if args.clip_head is not None and args.clip != "agc":
-        raise ConfigError(f"--clip-head names the head AGC leaves unclipped; it does nothing with --clip {args.clip}.")
-    return args.clip_head

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from gradhealth.cli.checks import writable_folder
+from gradhealth.cli.checks import agc_head, writable_folder
 from gradhealth.errors import ConfigError, GradHealthError
 
 CLIP_MODES = ("none", "norm", "value", "agc", "autoclip")
@@ -72,7 +72,7 @@ def config_from_args(args: argparse.Namespace):
         accumulate=args.accumulate, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
         nesterov=args.nesterov, weight_decay=args.weight_decay, l2_mode=args.l2_mode, l1=args.l1,
         schedule=args.schedule, warmup_steps=args.warmup_steps, clip=args.clip, clip_value=args.clip_value,
-        clip_head=_agc_head(args),
+        clip_head=agc_head(args.clip, args.clip_head),
         amp=args.amp, init=args.init, seed=args.seed, monitor_every=args.monitor_every, detail_every=args.detail_every,
         activations=not args.no_activations, on_nonfinite=args.on_nonfinite, eval_every=args.eval_every,
         checkpoint_every=args.checkpoint_every, device=args.device, num_workers=args.num_workers,
@@ -116,9 +116,3 @@ def _write_stop_report(out: Path) -> None:
 
     log = read_jsonl(out / "metrics.jsonl")
     write_outputs(out, log, diagnose_log(log))
-
-
-def _agc_head(args: argparse.Namespace) -> str | None:
-    if args.clip_head is not None and args.clip != "agc":
-        raise ConfigError(f"--clip-head names the head AGC leaves unclipped; it does nothing with --clip {args.clip}.")
-    return args.clip_head

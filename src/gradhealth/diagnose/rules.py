@@ -316,8 +316,8 @@ def find_exploding_gradient(log: RunLog, context: dict[str, Any] | None = None) 
                  "forward activation, which grow in opposite directions, so it is huge in every layer rather "
                  "than growing toward the input.")
         ctx = {**ctx, "cause": "init_scale"}
-    went_nonfinite = any(r.first_nonfinite is not None or not _finite(r.loss) for r in log.records
-                         if r.loss is not None or r.first_nonfinite is not None)
+    went_nonfinite = any(r.first_nonfinite is not None or (r.loss is not None and not math.isfinite(r.loss))
+                         for r in log.records)
     severe = diverged or (early and (went_nonfinite or early["median_grad_weight_ratio"] > EARLY_GRAD_WEIGHT_RATIO * SEVERE_RATIO))
     return _finding("exploding_gradient", "error" if severe else "warning",
                     "Exploding gradient: " + titles[0], text, ctx,
@@ -525,12 +525,14 @@ def diagnose_log(log: RunLog, *, compare: Sequence[RunLog] = (),
     ``depth``, ``batch_size``...) that rank the remedies and shape the explanations.
     """
     ctx = run_context(log, context)
-    if "cause" not in ctx and _early_grad_weight_ratio(log):
-        # every finding that follows from it (NaN, exploding) is then treated at its cause first
-        ctx["cause"] = "init_scale"
-    rules = (find_nonfinite, find_exploding_gradient, find_vanishing_gradient, find_saturation,
-             find_dead_units, find_lr_too_high, find_lr_too_low)
-    findings = [f for f in (rule(log, ctx) for rule in rules) if f is not None]
+    exploding = find_exploding_gradient(log, ctx)
+    if exploding is not None and "early_grad_weight_ratio" in exploding.evidence:
+        # gradients far above the weights from the start: what follows from them (the NaN) is
+        # treated at that cause first too
+        ctx.setdefault("cause", "init_scale")
+    rules = (find_nonfinite, find_vanishing_gradient, find_saturation, find_dead_units, find_lr_too_high,
+             find_lr_too_low)
+    findings = [f for f in (exploding, *(rule(log, ctx) for rule in rules)) if f is not None]
     if compare:
         degraded = find_degradation([log, *compare], context)
         findings += [degraded] if degraded else []

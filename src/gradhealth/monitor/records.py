@@ -220,12 +220,11 @@ def record_from_json(obj: dict[str, Any]) -> StepRecord:
     if not isinstance(layers, dict) or not isinstance(acts, dict):
         raise ValueError("'layers' and 'activations' must be objects")
     event = obj.get("first_nonfinite")
+    floats = {key: _typed(key, top.get(key), "float | None")
+              for key in ("loss", "lr", "global_grad_norm", "global_grad_norm_post_clip")}
     return StepRecord(
         step=_typed("step", top["step"], "int"),
-        loss=_typed("loss", top.get("loss"), "float | None"),
-        lr=_typed("lr", top.get("lr"), "float | None"),
-        global_grad_norm=_typed("global_grad_norm", top.get("global_grad_norm"), "float | None"),
-        global_grad_norm_post_clip=_typed("global_grad_norm_post_clip", top.get("global_grad_norm_post_clip"), "float | None"),
+        **floats,
         skipped=bool(top.get("skipped", False)),
         batch=_typed("batch", top.get("batch"), "int | None"),
         layers={str(k): _build(LayerStats, v) for k, v in layers.items()},

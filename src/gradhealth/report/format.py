@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_value", "format_percent", "abbreviate_layers", "evidence_text", "flatten_config"]
+__all__ = ["format_value", "format_percent", "abbreviate_layers", "flatten_config"]
 
 
 def format_value(value: Any, limit: int = 120) -> str:
@@ -41,15 +41,6 @@ def abbreviate_layers(names: Sequence[str], limit: int = 3) -> str:
     shown = ", ".join(names[:limit])
     rest = len(names) - limit
     return shown if rest <= 0 else f"{shown} … +{rest} more"
-
-
-def evidence_text(evidence: Mapping[str, Any], limit: int | None = None, sep: str = ", ") -> str:
-    """``key = value`` pairs joined by ``sep``, at most ``limit`` of them."""
-    items = list(evidence.items())
-    if limit is not None:
-        items = items[:limit]
-    text = sep.join(f"{key} = {format_value(value, 40)}" for key, value in items)
-    return text or "–"
 
 
 def flatten_config(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -126,6 +126,7 @@ class _Run:
         self.first_nonfinite: NonFiniteEvent | None = None
         self.last_val: dict[str, float] = {}
         self.stopped: str | None = None
+        self.shapes_checked = False
         self.stop_reason = ""
         if config.resume:
             self._resume(config.resume)
@@ -210,21 +211,22 @@ class _Run:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             self.epoch, self.position = self.epoch + 1, 0
 
-    _shapes_checked = False
+    def _model_name(self) -> str:
+        return self.config.model or type(self.model).__name__
 
     def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-            if self._shapes_checked:
+            # the first forward pass tells whether model and data fit: a failure there is said in
+            # a sentence; later ones are the model's own
+            try:
                 logits = self.net(x)
-            else:
-                # the first forward pass tells whether model and data fit: say so in a sentence
-                name = self.config.model or type(self.model).__name__
-                try:
-                    logits = self.net(x)
-                except (RuntimeError, ValueError, IndexError) as exc:
-                    raise input_mismatch(exc, tuple(x.shape[1:]), name, self.config.data) from exc
-                check_outputs(logits, self.data.num_classes, name, self.config.data)
-                self._shapes_checked = True
+            except (RuntimeError, ValueError, IndexError) as exc:
+                if self.shapes_checked:
+                    raise
+                raise input_mismatch(exc, tuple(x.shape[1:]), self._model_name(), self.config.data) from exc
+            if not self.shapes_checked:
+                check_outputs(logits, self.data.num_classes, self._model_name(), self.config.data)
+                self.shapes_checked = True
             loss = F.cross_entropy(logits.float(), y)
         total = loss
         if self.config.l1 > 0:
