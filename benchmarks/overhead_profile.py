@@ -234,7 +234,7 @@ def reduction_costs(s: dict, device: torch.device, repeats: int) -> dict:
     """
     from gradhealth.layers.activations import rule_for_module
     from gradhealth.monitor.forward_tally import ForwardTally
-    from gradhealth.monitor.stats import NORM_DTYPE, fused_norms, max_abs
+    from gradhealth.tensor_norms import NORM_DTYPE, fused_norms, max_abs
 
     def activation_stats(rule, module, out) -> dict[str, Tensor]:
         tally = ForwardTally()

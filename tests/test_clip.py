@@ -14,7 +14,7 @@ import gradhealth
 from gradhealth.errors import CheckpointError, ConfigError
 from gradhealth.remedies import CLIP_MODES, ClipResult, create_clipper, create_optimizer
 
-# norms are summed in float32 where float32 holds them (see monitor.stats.fused_norms): the
+# norms are summed in float32 where float32 holds them (see tensor_norms.fused_norms): the
 # manual float64 norms agree to float32's summation error, not to the last bit
 NORM_REL = 1e-6
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.layers.activations import ActivationRule
-from gradhealth.monitor.stats import stack_on
+from gradhealth.tensor_norms import stack_on
 
 __all__ = ["CallInfo", "ForwardTally", "summarize_calls"]
 

@@ -1,8 +1,9 @@
 """What every gradient clipper shares: the result type, the no-op clipper, fused norms and scaling.
 
-Norms come from the monitor's ``fused_norms``, exact in float64 where float32 would overflow: the
-squares of exploding gradients (1e20 and beyond) overflow float32 while the gradients themselves
-are still finite, and a clipper that saw an infinite norm would zero every gradient.
+Norms come from ``tensor_norms.fused_norms``, the kernels the monitor measures with, exact in
+float64 where float32 would overflow: the squares of exploding gradients (1e20 and beyond)
+overflow float32 while the gradients themselves are still finite, and a clipper that saw an
+infinite norm would zero every gradient.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.errors import CheckpointError
-from gradhealth.monitor.stats import NORM_DTYPE, fused_norms
+from gradhealth.tensor_norms import NORM_DTYPE, fused_norms
 
-__all__ = ["NORM_DTYPE", "ClipResult", "GradClipper", "grads_of", "global_norm", "scale_grads_"]
+__all__ = ["ClipResult", "GradClipper", "grads_of", "global_norm", "scale_grads_"]
 
 Parameters = Tensor | Iterable[Tensor] | nn.Module
 

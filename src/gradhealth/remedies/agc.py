@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError
-from gradhealth.remedies._clip_base import NORM_DTYPE, ClipResult, GradClipper, Parameters, grads_of
+from gradhealth.remedies._clip_base import ClipResult, GradClipper, Parameters, grads_of
+from gradhealth.tensor_norms import NORM_DTYPE
 
 __all__ = ["AGC_EPS", "AdaptiveGradClipper", "unit_norms", "resolve_head"]
 

@@ -21,7 +21,6 @@ from torch import Tensor
 
 from gradhealth.errors import CheckpointError
 from gradhealth.remedies._clip_base import (
-    NORM_DTYPE,
     ClipResult,
     GradClipper,
     Parameters,
@@ -29,6 +28,7 @@ from gradhealth.remedies._clip_base import (
     grads_of,
     scale_grads_,
 )
+from gradhealth.tensor_norms import NORM_DTYPE
 
 __all__ = ["AUTOCLIP_PERCENTILE", "AUTOCLIP_HISTORY", "AutoClipper"]
 

@@ -38,7 +38,7 @@ from gradhealth.errors import ConfigError, Interrupted, NonFiniteError
 from gradhealth.monitor.monitor import GradientMonitor
 from gradhealth.monitor.records import NonFiniteEvent, RunMeta, StepRecord, read_jsonl, write_jsonl
 from gradhealth.monitor.sinks import TensorBoardSink
-from gradhealth.monitor.stats import all_finite
+from gradhealth.tensor_norms import all_finite
 from gradhealth.remedies.clip import create_clipper
 from gradhealth.remedies.optim import create_optimizer
 from gradhealth.remedies.regularize import l1_penalty, l2_penalty

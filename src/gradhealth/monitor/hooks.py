@@ -1,0 +1,247 @@
+"""The monitor's hooks on the model and its optimizers, and which steps they measure.
+
+A step is recorded every ``every`` optimizer steps and detailed every ``detail_every``; the
+forward hooks measure only the forward passes of a detailed step (or of a ``capture()`` block).
+Between those they are not registered at all, because any forward hook moves every call of its
+module onto PyTorch's slower hook-handling path.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from gradhealth.errors import ConfigError
+from gradhealth.monitor.forward_tally import ForwardTally
+from gradhealth.monitor.structure import ModelLayout, features_last, unwrap
+from gradhealth.monitor.transfer import PendingStep
+from gradhealth.tensor_norms import NORM_DTYPE, stack_on
+
+__all__ = ["DETAIL_RATIO", "MAX_FORWARDS_PER_STEP", "MonitorHooks"]
+
+# Without a detail_every, one recorded step in this many is detailed.
+DETAIL_RATIO = 10
+
+# The forward statistics of a detailed step are kept until step() (gradient accumulation runs
+# several forwards per step); past this many training forwards without a step() the monitor
+# stops adding to them, so a loop that never calls step() does not grow memory without bound.
+MAX_FORWARDS_PER_STEP = 1024
+
+OptimizerHook = Callable[[torch.optim.Optimizer, tuple, dict], None]
+
+
+def _compiling() -> bool:
+    # Under torch.compile our hooks do nothing, so they add no graph break; gradients are
+    # measured outside the compiled graph and stay exact.
+    return torch.compiler.is_compiling()
+
+
+def _first_tensor(value: Any) -> Tensor | None:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    return None
+
+
+class MonitorHooks:
+    """Counts steps and batches, decides which are measured, and holds the hooks that measure them.
+
+    ``step`` counts optimizer steps (calls of the monitor's ``step()``), ``batch`` training
+    forward passes of the model; ``active`` says whether this step's forward passes are measured.
+    """
+
+    def __init__(self, model: nn.Module, *, every: int, detail_every: int, activations: bool):
+        self.every = every
+        self.detail_every = detail_every
+        self.measure_activations = activations
+        self._model_ref = weakref.ref(unwrap(model))
+        # a compiled model keeps its forward hooks for good: adding and removing them would make
+        # torch.compile recompile; inside the compiled graph they do nothing anyway
+        self._compiled = hasattr(model, "_orig_mod")
+        self.layout = ModelLayout()
+        self._handles: list[Any] = []
+        self._layer_handles: list[Any] = []
+        self.step = 0
+        self.batch = -1
+        self.active = False
+        self._forced = False
+        # the names of the layers in the order the first measured forward pass ran them
+        self.forward_order: list[str] | None = None
+        self.reset_forward_buffers()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def live_model(self) -> nn.Module:
+        """The model, if it still exists and its parameters are real tensors."""
+        model = self._model_ref()
+        if model is None:
+            raise ConfigError("the model this monitor was made for no longer exists.")
+        if any(p.is_meta for p in model.parameters()):
+            raise ConfigError("the model's parameters are still on the meta device: attach the monitor after "
+                              "they are materialized (model.to_empty(...) or load_state_dict(..., assign=True)).")
+        return model
+
+    def model_or_none(self) -> nn.Module | None:
+        return self._model_ref()
+
+    def attach(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
+               on_optimizer_step: OptimizerHook) -> None:
+        """Hook the model's forward pass and every optimizer's step (``self.layout`` set first)."""
+        self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
+        for opt in optimizers:
+            self._handles.append(opt.register_step_post_hook(on_optimizer_step))
+        self.set_active()
+
+    def detach(self) -> None:
+        """Remove every hook and drop what the forward hooks kept."""
+        for handle in self._handles + self._layer_handles:
+            handle.remove()
+        self._handles.clear()
+        self._layer_handles.clear()
+        self.reset_forward_buffers()
+        self.active = False
+
+    def remove_layer_hooks(self) -> None:
+        for handle in self._layer_handles:
+            handle.remove()
+        self._layer_handles.clear()
+
+    # ---- scheduling --------------------------------------------------------------------------
+
+    def recorded(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def detailed(self, step: int) -> bool:
+        return self.recorded(step) and step % self.detail_every == 0
+
+    def next_step(self) -> int:
+        """Count one optimizer step; its index."""
+        step = self.step
+        self.step += 1
+        return step
+
+    def set_active(self) -> None:
+        """Register the forward hooks for a detailed (or forced) step, remove them otherwise."""
+        self.active = bool(self._handles) and (self._forced or self.detailed(self.step))
+        wanted = self.active or (self._compiled and bool(self._handles))
+        if wanted and not self._layer_handles:
+            self._register_layer_hooks()
+        elif not wanted and self._layer_handles:
+            self.remove_layer_hooks()
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        """Measure the forward passes inside the block; they do not count as new batches."""
+        self._forced = True
+        self.set_active()
+        self.reset_forward_buffers()
+        batch = self.batch
+        try:
+            yield
+        finally:
+            self._forced = False
+            self.batch = batch
+
+    def fix_forward_order(self) -> bool:
+        """Keep the order the first measured forward pass ran the layers in; whether it was fixed now."""
+        if self.forward_order is None and self._call_order:
+            self.forward_order = list(self._call_order)
+            return True
+        return False
+
+    # ---- what the forward hooks kept ---------------------------------------------------------
+
+    def reset_forward_buffers(self) -> None:
+        self.tally = ForwardTally()
+        # per forward pass: its batch index and the smallest and largest input element
+        self._input_extremes: list[tuple[int, Tensor]] = []
+        self._call_order: list[str] = []
+        self._forwards = 0
+
+    def take_forward_stats(self, pending: PendingStep, device: torch.device) -> None:
+        """Hand this step's forward statistics to ``pending`` (as device pieces) and start afresh."""
+        if self.tally:
+            pending.calls = self.tally.calls
+            pending.pieces.update(self.tally.pieces(device, NORM_DTYPE))
+        if self._input_extremes:
+            pending.input_batches = [b for b, _ in self._input_extremes]
+            pending.pieces["in_extremes"] = stack_on([e for _, e in self._input_extremes], device).to(NORM_DTYPE)
+        self.reset_forward_buffers()
+
+    # ---- the hooks ---------------------------------------------------------------------------
+
+    def _register_layer_hooks(self) -> None:
+        modules = list(zip(self.layout.layer_names, self.layout.layer_modules))
+        if self.measure_activations:
+            # PReLU owns parameters, so it is among the layers already
+            modules += [(n, m) for n, m, _ in self.layout.activations if n not in self.layout.layer_names]
+        self._layer_handles = [m.register_forward_hook(self._make_layer_hook(n, m)) for n, m in modules]
+        if self.forward_order is None:
+            # a module that owns parameters and has children (the model itself, attention) runs
+            # before its children, though its forward hook fires after theirs: a pre-hook says when
+            self._layer_handles += [m.register_forward_pre_hook(self._make_order_hook(n)) for n, m in modules
+                                    if next(m.children(), None) is not None]
+
+    def _make_order_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            if _compiling() or not self.active or not module.training or self.forward_order is not None:
+                return
+            if name not in self._call_order:
+                self._call_order.append(name)
+
+        return hook
+
+    def _on_root_forward(self, module: nn.Module, args: tuple) -> None:
+        if _compiling() or not module.training:
+            return
+        self.batch += 1
+        if not self.active:
+            return
+        self._forwards += 1
+        if self._forwards > MAX_FORWARDS_PER_STEP:
+            self.active = False  # until the next step()
+            warnings.warn(f"GradientMonitor: {MAX_FORWARDS_PER_STEP} training forward passes without a step(); "
+                          "this step's forward statistics stop there. Call mon.step() once per optimizer step.",
+                          RuntimeWarning, stacklevel=2)
+            return
+        x = _first_tensor(args)
+        if x is not None and x.is_floating_point() and x.numel():
+            # the extremes tell exactly whether x holds a NaN or an Inf, in one pass, no mask
+            self._input_extremes.append((self.batch, torch.stack(torch.aminmax(x.detach()))))
+
+    def _make_layer_hook(self, name: str, module: nn.Module):
+        rules = {n: r for n, _, r in self.layout.activations} if self.measure_activations else {}
+        rule = rules.get(name)
+        units_last = features_last(module)
+
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            if _compiling() or not self.active or not module.training:
+                return
+            out = _first_tensor(output)
+            if out is None or not out.is_floating_point():
+                return
+            if self.forward_order is None and name not in self._call_order:
+                self._call_order.append(name)
+            if rule is None:
+                # a weight layer: only whether its output is finite, for the first bad layer
+                if out.numel():
+                    self.tally.add_layer(name, out, units_last)
+                return
+            inp = _first_tensor(inputs) if rule.uses_input else None
+            # an in-place activation has overwritten its input: rules that need it cannot run
+            if inp is not None and inp.data_ptr() == out.data_ptr():
+                inp = None
+            if out.numel():
+                self.tally.add_activation(name, rule, module, inp, out)
+
+        return hook

@@ -1,0 +1,134 @@
+"""What the monitor measures on the device: per-layer gradient, weight and update norms, max |grad|.
+
+Every result stays a device tensor (a float64 vector over the layers, in the layout's order); the
+monitor moves all of a step's results to the host at once (``transfer.py``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gradhealth.monitor.stats import group_l2, group_max
+from gradhealth.monitor.structure import ModelLayout
+from gradhealth.tensor_norms import NORM_DTYPE, fused_norms, max_abs
+
+__all__ = ["LayerMeasures", "scalar_piece"]
+
+
+def scalar_piece(value: Tensor, device: torch.device) -> Tensor:
+    """A scalar tensor (loss, a metric) as a one-element float64 vector on ``device``."""
+    return value.detach().to(device, NORM_DTYPE).reshape(1)
+
+
+class LayerMeasures:
+    """Per-layer norms of one model's parameters, their gradients and their updates."""
+
+    def __init__(self) -> None:
+        self.use_layout(ModelLayout())
+
+    def use_layout(self, layout: ModelLayout) -> None:
+        """Measure these parameters from now on (and forget what was kept for the old ones)."""
+        self.layout = layout
+        self.param_ids = {id(p) for p in layout.params}
+        self._param_index: dict[torch.device, Tensor] = {}
+        self._kept_copy: list[Tensor] | None = None
+        self.all_positions = list(range(len(layout.params)))
+
+    def is_current(self, model: nn.Module) -> bool:
+        """Whether ``model``'s parameters are the ones measured (not replaced since)."""
+        return {id(p) for p in model.parameters()} == self.param_ids
+
+    @property
+    def device(self) -> torch.device:
+        params = self.layout.params
+        return params[0].device if params else torch.device("cpu")
+
+    def grads(self) -> tuple[list[int], list[Tensor]]:
+        """The positions of the parameters that have a gradient, and those gradients."""
+        # read under no_grad, so no detach: the norms record no graph
+        grads = [p.grad for p in self.layout.params]
+        if not any(g is None for g in grads):
+            return self.all_positions, grads
+        positions = [i for i, g in enumerate(grads) if g is not None]
+        return positions, [grads[i] for i in positions]
+
+    def index_on(self, device: torch.device, positions: list[int]) -> Tensor:
+        """The layer of each parameter at ``positions``, as an index tensor on ``device``."""
+        full = self._param_index.get(device)
+        if full is None:
+            full = torch.tensor(self.layout.param_layer, dtype=torch.long, device=device)
+            self._param_index[device] = full
+        if len(positions) == len(self.layout.params):
+            return full
+        return full[torch.tensor(positions, dtype=torch.long, device=device)]
+
+    def per_layer(self, norms: Tensor, positions: list[int],
+                  maxes: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Per-parameter L2 norms (and maxima) grouped into one value per layer."""
+        groups = len(self.layout.layer_names)
+        index = self.index_on(norms.device, positions)
+        l2 = group_l2(norms, index, groups)
+        mx = group_max(maxes, index, groups) if maxes is not None else None
+        return l2, mx
+
+    def weight_norms(self) -> Tensor:
+        """The L2 norm of each layer's weights."""
+        weights = fused_norms([p.detach() for p in self.layout.params])
+        return self.per_layer(weights, self.all_positions)[0]
+
+    def gradient_norms(self, positions: list[int], grads: list[Tensor], detailed: bool,
+                       grad_scale: Tensor | float | None) -> dict[str, Tensor]:
+        """Pieces ``grad_l2``, and ``has_grad`` / ``grad_max`` where they apply, of the given gradients.
+
+        ``grad_scale``: the gradients are still scaled by it (AMP), so the norms are divided by it.
+        """
+        pieces: dict[str, Tensor] = {}
+        norms = fused_norms(grads)
+        maxes = max_abs(grads) if detailed else None
+        if grad_scale is not None:
+            inv = 1.0 / torch.as_tensor(grad_scale, dtype=NORM_DTYPE, device=norms.device)
+            norms = norms * inv
+            maxes = maxes * inv if maxes is not None else None
+        grad_l2, grad_max = self.per_layer(norms, positions, maxes)
+        pieces["grad_l2"] = grad_l2
+        if len(positions) < len(self.layout.params):
+            # which layers have a gradient at all (without this piece: every layer)
+            has = torch.zeros(len(self.layout.layer_names), dtype=NORM_DTYPE, device=norms.device)
+            pieces["has_grad"] = has.index_fill_(0, self.index_on(norms.device, positions), 1.0)
+        if grad_max is not None:
+            pieces["grad_max"] = grad_max
+        return pieces
+
+    def post_clip_norms(self) -> Tensor | None:
+        """The per-layer norms of the gradients as they are now (after clipping), or None without any."""
+        positions, grads = self.grads()
+        if not grads:
+            return None
+        return self.per_layer(fused_norms(grads), positions)[0]
+
+    def copy_of_weights(self) -> list[Tensor]:
+        """The weights before the optimizer step, for the real update it makes.
+
+        On the CPU the copy's memory is kept for the next detailed step: memory the process has
+        not touched yet costs a page fault per 4 KiB, several times the copy itself (a GPU's
+        caching allocator keeps freed memory already, so there the copy is made afresh).
+        """
+        weights = [p.detach() for p in self.layout.params]
+        if any(w.device.type != "cpu" for w in weights):
+            return torch._foreach_mul(weights, 1.0)
+        kept = self._kept_copy
+        if kept is None or len(kept) != len(weights) or any(
+                k.shape != w.shape or k.dtype != w.dtype for k, w in zip(kept, weights)):
+            kept = self._kept_copy = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+        torch._foreach_copy_(kept, weights)
+        return kept
+
+    @torch.no_grad()
+    def update_norms(self, before: list[Tensor]) -> Tensor:
+        """The norm of each layer's real update: the weights ``before`` the step minus those now.
+
+        ``before`` (a ``copy_of_weights``) is overwritten.
+        """
+        # in place: before - after has the norm of the update, without a second copy
+        torch._foreach_sub_(before, [p.detach() for p in self.layout.params])
+        return self.per_layer(fused_norms(before), self.all_positions)[0]
