@@ -58,19 +58,28 @@ class _Clock:
         self.calls.clear()
 
 
-# Private methods of GradientMonitor wrapped in timers, with the part of the work each one is;
+# Private methods of GradientMonitor and its parts (``_hooks``, ``_measures``, ``_assembly``)
+# wrapped in timers, by their path from the monitor, with the part of the work each one is;
 # a method a given version of the monitor does not have is skipped.
 TIMED_METHODS = {
-    "_on_root_forward": "forward pre-hook on the model (input finite flag)",
-    "_on_optimizer_pre": "optimizer pre-hook",
-    "_on_optimizer_post": "optimizer post-hook (update norms, post-step norms, then the record)",
+    "_hooks._on_root_forward": "forward pre-hook on the model (input finite flag)",
+    "_on_optimizer_step": "optimizer post-hook (update norms, post-step norms, then the record)",
     "after_clip": "gradient norms after the optimizer used them (after_clip)",
     "_materialize": "record: one host transfer + StepRecord",
-    "_take_forward_stats": "stack the forward statistics",
-    "_grads": "collect the .grad list",
-    "_per_layer": "per-layer grouping (index_add_, scatter_reduce_)",
-    "_build_record": "build the StepRecord (Python)",
+    "_hooks.take_forward_stats": "stack the forward statistics",
+    "_measures.grads": "collect the .grad list",
+    "_measures.per_layer": "per-layer grouping (index_add_, scatter_reduce_)",
+    "_assembly.add": "build the StepRecord (Python)",
 }
+
+
+def _owner_of(mon, path: str):
+    """The object that holds the method at ``path`` (dotted, from the monitor) and its name; None if absent."""
+    *parts, name = path.split(".")
+    owner = mon
+    for part in parts:
+        owner = getattr(owner, part, None)
+    return (owner, name) if owner is not None and hasattr(owner, name) else None
 
 
 def _training_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
@@ -97,7 +106,7 @@ def monitor_breakdown(s: dict, device: torch.device, steps: int, blocks: int = 2
     module call path when hooks are registered, cache effects) is the monitored step minus the
     unmonitored one minus the timed parts.
     """
-    import gradhealth.monitor.monitor as monitor_module
+    import gradhealth.monitor.measure as measure_module
     from gradhealth.monitor import GradientMonitor
     from gradhealth.monitor.structure import layout_of
 
@@ -117,18 +126,20 @@ def monitor_breakdown(s: dict, device: torch.device, steps: int, blocks: int = 2
     activation_names = {n for n, _, _ in layout_of(template).activations}
 
     # the hooks keep the bound methods they are given at attach(): wrap them before attaching
-    make_layer_hook = mon._make_layer_hook
+    make_layer_hook = mon._hooks._make_layer_hook
 
     def timed_layer_hook(name: str, module):
         part = "forward hooks on activations (5 to 6 reductions each)" if name in activation_names else \
             "forward hooks on weight layers (output extremes: finite or not)"
         return clock.wrap(part, make_layer_hook(name, module))
 
-    mon._make_layer_hook = timed_layer_hook
-    for method, part in TIMED_METHODS.items():
-        if hasattr(mon, method):
-            setattr(mon, method, clock.wrap(part, getattr(mon, method)))
-    patched = {"fused_norms": monitor_module.fused_norms} if hasattr(monitor_module, "fused_norms") else {}
+    mon._hooks._make_layer_hook = timed_layer_hook
+    for path, part in TIMED_METHODS.items():
+        found = _owner_of(mon, path)
+        if found is not None:
+            owner, method = found
+            setattr(owner, method, clock.wrap(part, getattr(owner, method)))
+    patched = {"fused_norms": measure_module.fused_norms} if hasattr(measure_module, "fused_norms") else {}
     if patched:
         first = layout_of(copies["detailed"]).params[0]
         fused = patched["fused_norms"]
@@ -145,7 +156,7 @@ def monitor_breakdown(s: dict, device: torch.device, steps: int, blocks: int = 2
                 timed_by_kind[label] = clock.wrap(label, fused, nested_only=True)
             return timed_by_kind[label](tensors)
 
-        monitor_module.fused_norms = timed_fused_norms
+        measure_module.fused_norms = timed_fused_norms
     try:
         for m in monitors.values():
             m.attach()
@@ -182,7 +193,7 @@ def monitor_breakdown(s: dict, device: torch.device, steps: int, blocks: int = 2
         for m in monitors.values():
             m.detach()
         for name, fn in patched.items():
-            setattr(monitor_module, name, fn)
+            setattr(measure_module, name, fn)
     buf = io.StringIO()
     pstats.Stats(profiler, stream=buf).sort_stats("tottime").print_stats(15)
 
