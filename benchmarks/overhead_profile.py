@@ -238,9 +238,9 @@ def reduction_costs(s: dict, device: torch.device, repeats: int) -> dict:
 
     Per step: the activation statistics of every ReLU output (``ForwardTally.add_activation``,
     then its ``pieces``) and the
-    fused gradient / weight norms (``stats.fused_norms``: float32 on the CPU with a float64
+    fused gradient / weight norms (``tensor_norms.fused_norms``: float32 on the CPU with a float64
     re-measure where float32 cannot hold a norm, float64 on a GPU) and max |grad|
-    (``stats.max_abs``), each activation timed on a representative tensor of every shape and
+    (``tensor_norms.max_abs``), each activation timed on a representative tensor of every shape and
     multiplied by how often that shape occurs; beside them the plain float32 and float64 norms.
     """
     from gradhealth.layers.activations import rule_for_module
