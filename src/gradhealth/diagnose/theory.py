@@ -33,7 +33,7 @@ from numpy.polynomial.legendre import leggauss
 from scipy import optimize, special
 
 from gradhealth.errors import ConfigError, unknown_name
-from gradhealth.vocabulary import GAIN_NAMES, canonical_activation, nonlinearity_gain, parse_init
+from gradhealth.vocabulary import GAIN_NAMES, INIT_ALIASES, INIT_SCHEMES, canonical_activation, nonlinearity_gain
 
 __all__ = [
     "ACTIVATIONS", "CRITICAL_TOLERANCE", "MEASURED_TOLERANCE", "Prediction", "InitScale",
@@ -428,8 +428,16 @@ def sigma_w_of_init(init: str, activation: str, arg: float | None = None, *, fan
                               stay U(+-1/sqrt n_in): sigma_b^2 = 1 / (3 n_in); every other scheme zeroes biases
       lsuv:                   rescaled until q = 1 per layer -> sigma_w^2 = 1 / E[phi(z)^2]
     """
-    name, number = parse_init(str(init).strip().lower())
-    arg = number if number is not None else arg
+    text = str(init).strip().lower()
+    if "(" in text and text.endswith(")"):
+        text, _, raw = text[:-1].partition("(")
+        try:
+            arg = float(raw) if raw.strip() else arg
+        except ValueError:
+            raise ConfigError(f"the number in init {init!r} is not a number.") from None
+    name = INIT_ALIASES.get(text.strip(), text.strip())
+    if name not in INIT_SCHEMES:
+        raise unknown_name("init", init, INIT_SCHEMES + tuple(INIT_ALIASES))
     act, phi, _ = _activation(activation, negative_slope)
     gain = nonlinearity_gain(GAIN_NAMES[act], negative_slope)
     if name in ("normal", "uniform", "default") and fan_in is None:
