@@ -16,8 +16,17 @@ from gradhealth.models.blocks import (
     get_block,
     make_shortcut,
 )
+from gradhealth.models.mlp import MLPBlock, PreActMLPBlock
 
 SHAPES = {0: (4, 8), 1: (4, 8, 6), 2: (4, 8, 6, 6)}
+# dims=0 (Linear features): the MLP's blocks, with fc/norm names; dims 1 and 2: the convolution blocks
+POST_ACTIVATION = {0: MLPBlock, 1: BasicBlock, 2: BasicBlock}
+
+
+def _make(cls, in_ch, planes, dims, **kwargs):
+    if dims == 0:
+        return cls(in_ch, planes, **kwargs)
+    return cls(in_ch, planes, dims=dims, **kwargs)
 
 
 def _zero_branch(block: nn.Module) -> None:
@@ -30,27 +39,26 @@ def _zero_branch(block: nn.Module) -> None:
 @pytest.mark.parametrize("dims", [0, 1, 2])
 @pytest.mark.parametrize("norm", ["none", "batch", "layer"])
 def test_post_activation_block_with_zero_branch_gives_act_of_x(dims, norm):
-    block = BasicBlock(8, 8, dims=dims, norm=norm, activation="tanh").eval()
+    block = _make(POST_ACTIVATION[dims], 8, 8, dims, norm=norm, activation="tanh").eval()
     _zero_branch(block)
     x = torch.randn(SHAPES[dims])
-    # with norm=batch in eval the zeroed conv output normalizes to bn2.bias = 0
+    # with norm=batch in eval the zeroed layer's output normalizes to the norm's bias = 0
     assert torch.allclose(block(x), torch.tanh(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("cls", [PreActBlock, PreActBottleneck])
-@pytest.mark.parametrize("dims", [0, 1, 2])
+@pytest.mark.parametrize("cls, dims", [(PreActMLPBlock, 0), (PreActBlock, 1), (PreActBlock, 2),
+                                        (PreActBottleneck, 1), (PreActBottleneck, 2)])
 def test_preact_block_with_zero_branch_is_exactly_the_identity(cls, dims):
-    in_ch = 8 if cls is PreActBlock else 8
-    planes = 8 if cls is PreActBlock else 2
-    block = cls(in_ch, planes, dims=dims)
+    planes = 2 if cls is PreActBottleneck else 8
+    block = _make(cls, 8, planes, dims)
     _zero_branch(block)
     x = torch.randn(SHAPES[dims])
     assert torch.equal(block(x), x)
 
 
-@pytest.mark.parametrize("cls, planes", [(PreActBlock, 8), (BasicBlock, 8)])
+@pytest.mark.parametrize("cls, planes", [(PreActMLPBlock, 8), (MLPBlock, 8)])
 def test_jacobian_of_a_residual_block_at_zero_init_is_the_identity(cls, planes):
-    block = cls(8, planes, dims=0, norm="none", activation="relu", residual_gain=True)
+    block = cls(8, planes, norm="none", activation="relu", rezero=True)
     x = torch.rand(1, 8) + 0.1  # positive: the post-activation relu passes it unchanged
     jac = torch.autograd.functional.jacobian(lambda v: block(v), x).reshape(8, 8)
     assert torch.allclose(jac, torch.eye(8))
@@ -59,9 +67,9 @@ def test_jacobian_of_a_residual_block_at_zero_init_is_the_identity(cls, planes):
 
 def test_plain_block_has_the_same_parameters_and_no_skip():
     torch.manual_seed(0)
-    plain, residual = PlainBlock(8, 8, dims=0, norm="none"), BasicBlock(8, 8, dims=0, norm="none")
+    plain, residual = PlainBlock(8, 8, dims=1, norm="none"), BasicBlock(8, 8, dims=1, norm="none")
     residual.load_state_dict(plain.state_dict())
-    x = torch.randn(3, 8)
+    x = torch.randn(3, 8, 5)
     assert torch.allclose(residual(x), torch.relu(plain.bn2(plain.conv2(plain.act1(plain.conv1(x)))) + x))
     assert torch.allclose(plain(x), torch.relu(plain.conv2(torch.relu(plain.conv1(x)))))
 
@@ -93,6 +101,11 @@ def test_bottleneck_expands_by_four_and_strides_on_the_3x3():
     block = Bottleneck(64, 16, stride=2)
     assert block.conv2.stride == (2, 2) and block.conv1.stride == (1, 1)
     assert block(torch.randn(2, 64, 8, 8)).shape == (2, 64, 4, 4)
+
+
+def test_convolution_blocks_refuse_linear_features():
+    with pytest.raises(ConfigError, match="MLPBlock"):
+        BasicBlock(8, 8, dims=0)
 
 
 def test_get_block_names():

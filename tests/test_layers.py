@@ -89,17 +89,17 @@ def test_init_scales_match_their_definitions():
     model = apply_init(_mlp(), "constant(5)")
     assert (model.head.weight == 5).all()
     model = apply_init(_mlp(), "normal(0.02)")
-    assert float(model.blocks[0].conv1.weight.detach().std()) == pytest.approx(0.02, rel=0.05)
+    assert float(model.blocks[0].fc1.weight.detach().std()) == pytest.approx(0.02, rel=0.05)
     model = apply_init(_mlp(), "he")  # relu: std = sqrt(2 / fan_in)
-    assert float(model.blocks[0].conv1.weight.detach().std()) == pytest.approx(math.sqrt(2 / 256), rel=0.05)
+    assert float(model.blocks[0].fc1.weight.detach().std()) == pytest.approx(math.sqrt(2 / 256), rel=0.05)
     model = apply_init(_mlp("tanh"), "xavier_normal")  # std = sqrt(2 / (fan_in + fan_out))
-    assert float(model.blocks[0].conv1.weight.detach().std()) == pytest.approx(math.sqrt(2 / 512), rel=0.05)
+    assert float(model.blocks[0].fc1.weight.detach().std()) == pytest.approx(math.sqrt(2 / 512), rel=0.05)
     model = apply_init(_mlp(), "orthogonal(1)")
-    w = model.blocks[0].conv1.weight
+    w = model.blocks[0].fc1.weight
     assert torch.allclose(w @ w.T, torch.eye(256), atol=1e-4)
     model = apply_init(_mlp("leaky_relu"), "kaiming_uniform")  # bound = gain * sqrt(3 / fan_in)
     gain = math.sqrt(2 / (1 + 0.01**2))
-    assert float(model.blocks[0].conv1.weight.detach().abs().max()) <= gain * math.sqrt(3 / 256) + 1e-6
+    assert float(model.blocks[0].fc1.weight.detach().abs().max()) <= gain * math.sqrt(3 / 256) + 1e-6
 
 
 def test_lsuv_gives_unit_variance_outputs_and_needs_data():
@@ -120,11 +120,11 @@ def test_lsuv_gives_unit_variance_outputs_and_needs_data():
 def test_fixup_zeroes_the_last_branch_layer_and_the_head_and_scales_the_rest():
     model = gradhealth.create_model("mlp:depth=10,width=64,residual=true", init="fixup")
     for block in model.blocks:
-        assert (block.conv2.weight == 0).all()
+        assert (block.fc2.weight == 0).all()
     assert (model.head.weight == 0).all()
     he_std = math.sqrt(2 / 64)
     num_blocks = len(model.blocks)  # m = 2 layers per branch: scale L^(-1/2)
-    assert float(model.blocks[0].conv1.weight.detach().std()) == pytest.approx(he_std * num_blocks**-0.5, rel=0.1)
+    assert float(model.blocks[0].fc1.weight.detach().std()) == pytest.approx(he_std * num_blocks**-0.5, rel=0.1)
     with pytest.raises(ConfigError, match="residual"):
         gradhealth.create_model("mlp:depth=10,width=64,residual=false", init="fixup")
 
@@ -133,7 +133,7 @@ def test_zero_init_last_zeroes_the_last_norm_scale():
     model = gradhealth.create_model("resnet20", zero_init_last=True)
     assert all((b.bn2.weight == 0).all() for b in model.layer1)
     model = gradhealth.create_model("mlp:depth=6,residual=true", init="he", zero_init_last=True)
-    assert all((b.conv2.weight == 0).all() for b in model.blocks)
+    assert all((b.fc2.weight == 0).all() for b in model.blocks)
 
 
 @pytest.mark.parametrize("spec, expected", [

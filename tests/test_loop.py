@@ -101,7 +101,7 @@ def _poison(step_to_break: int):
         calls["n"] += 1
         return grad * math.inf if calls["n"] == step_to_break + 1 else grad
 
-    model.stem[0].weight.register_hook(hook)
+    model.stem.fc1.weight.register_hook(hook)
     return model
 
 
@@ -111,7 +111,7 @@ def test_skip_policy_records_the_skipped_step_and_holds_the_schedule():
     skipped = [r.step for r in result.records if r.skipped]
     assert skipped == [3]
     bad = result.records[3]
-    assert bad.first_nonfinite.kind == "gradient" and bad.first_nonfinite.layer == "stem.0"
+    assert bad.first_nonfinite.kind == "gradient" and bad.first_nonfinite.layer == "stem.fc1"
     # step schedule: /10 every 8//3 = 2 scheduler steps; the skipped step does not advance it
     lrs = [r.lr for r in result.records]
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001, 0.0001])
@@ -128,13 +128,13 @@ def test_stop_policy_saves_and_names_the_first_bad_layer(tmp_path):
     result = _fit_module(_poison(4), steps=10, on_nonfinite="stop", out=str(tmp_path))
     assert result.stopped == "nonfinite"
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["first_nonfinite"]["layer"] == "stem.0" and summary["first_nonfinite"]["step"] == 4
-    assert "stem.0" in summary["stop_reason"] and "batch" in summary["stop_reason"]
+    assert summary["first_nonfinite"]["layer"] == "stem.fc1" and summary["first_nonfinite"]["step"] == 4
+    assert "stem.fc1" in summary["stop_reason"] and "batch" in summary["stop_reason"]
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 4
 
 
 def test_raise_policy_raises_one_sentence():
-    with pytest.raises(NonFiniteError, match="NaN/Inf at step 1: first in the gradient of layer stem.0"):
+    with pytest.raises(NonFiniteError, match="NaN/Inf at step 1: first in the gradient of layer stem.fc1"):
         _fit_module(_poison(1), steps=5, on_nonfinite="raise")
 
 
@@ -148,11 +148,11 @@ def test_a_nan_in_the_forward_pass_is_located_even_on_an_undetailed_step():
         # the 4th forward and its replay (the loop re-runs a bad batch with the hooks on)
         return output * math.nan if calls["n"] in (4, 5) else output
 
-    model.blocks[0].conv2.register_forward_hook(poison_output)
+    model.blocks[0].fc2.register_forward_hook(poison_output)
     result = _fit_module(model, steps=6, on_nonfinite="stop", detail_every=10)
     event = result.records[-1].first_nonfinite
     assert result.stopped == "nonfinite" and result.records[-1].step == 3
-    assert (event.kind, event.layer) == ("forward", "blocks.0.conv2")
+    assert (event.kind, event.layer) == ("forward", "blocks.0.fc2")
 
 
 def test_gradient_accumulation_counts_optimizer_steps_and_batches():

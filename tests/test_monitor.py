@@ -292,7 +292,7 @@ def test_every_n_records_every_nth_step_and_jsonl_sink_matches(tmp_path):
     log = read_jsonl(path)
     assert [r.step for r in log.records] == [0, 3, 6]
     assert log.records[-1].layers["head"].grad_norm == mon.records[-1].layers["head"].grad_norm
-    assert [layer.name for layer in log.meta.layers if layer.role == "weight"][0] == "stem.0"
+    assert [layer.name for layer in log.meta.layers if layer.role == "weight"][0] == "stem.fc1"
     assert log.meta.config == {"lr": 0.05}
 
 
@@ -323,7 +323,7 @@ def test_fp16_grad_scaler_skipped_step_is_recorded_and_norms_are_unscaled(device
                 loss = F.cross_entropy(model(x), y)
             scaler.scale(loss).backward()
             if inject:
-                model.blocks[0].conv1.weight.grad[0, 0] = float("inf")
+                model.blocks[0].fc1.weight.grad[0, 0] = float("inf")
             scaler.unscale_(opt)
             expected = own_grad_norm(model.head)
             mon.step(loss=loss)
@@ -338,8 +338,8 @@ def test_fp16_grad_scaler_skipped_step_is_recorded_and_norms_are_unscaled(device
             assert all(a.mean is not None and math.isfinite(a.mean) for a in record.activations.values())
     bad = mon.records[1]
     assert bad.first_nonfinite.kind == "gradient"
-    assert bad.first_nonfinite.layer == "blocks.0.conv1"
-    assert bad.layers["blocks.0.conv1"].grad_nonfinite == 1
+    assert bad.first_nonfinite.layer == "blocks.0.fc1"
+    assert bad.layers["blocks.0.fc1"].grad_nonfinite == 1
 
 
 def test_scaled_gradients_can_be_unscaled_by_the_monitor():

@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ["gradhealth", "gradhealth.layers", "gradhealth.models", "gradhealth.monitor", "gradhealth.errors",
            "gradhealth.remedies", "gradhealth.report", "gradhealth.diagnose.findings", "gradhealth.diagnose.rules",
-           "gradhealth.diagnose.theory", "gradhealth.train.loop", "gradhealth.checkup"]
+           "gradhealth.diagnose.theory", "gradhealth.train.loop", "gradhealth.checkup", "gradhealth.vocabulary"]
 
 
 @pytest.mark.parametrize("module_name", MODULES)

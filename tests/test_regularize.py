@@ -79,7 +79,7 @@ def test_decay_groups_split_weights_from_biases_norms_prelu_and_gains():
 
 
 def test_decay_groups_of_a_residual_net_with_gains():
-    model = gradhealth.create_model("mlp:depth=6,width=8,in_features=4,num_classes=2,residual=true,residual_gain=true")
+    model = gradhealth.create_model("mlp:depth=6,width=8,in_features=4,num_classes=2,residual=true,rezero=true")
     decay, no_decay = param_groups_for_decay(model, 1e-4)
     linears = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
     assert {id(p) for p in decay["params"]} == {id(p) for p in linears}

@@ -358,7 +358,7 @@ def test_relu_units_behind_a_large_negative_bias_are_dead(tmp_path):
     model = gradhealth.create_model("mlp:depth=6,width=64,activation=relu,init=he")
     with torch.no_grad():
         for block in model.blocks:
-            block.conv1.bias.fill_(-30.0)
+            block.fc1.bias.fill_(-30.0)
     result = fit(TrainConfig(model="custom", data="digits", steps=10, detail_every=1), model=model, progress=False)
     finding = by_kind(roundtrip(RunLog(result.meta, result.records), tmp_path), "dead_units")
     assert finding is not None and any("act1" in layer for layer in finding.layers)

@@ -10,11 +10,15 @@ import torch
 
 import gradhealth
 from gradhealth.errors import ConfigError
-from gradhealth.models.spec import load_factory, parse_spec, split_top_level
+from gradhealth.models import resolve_spec
+from gradhealth.models.spec import load_factory, split_spec, split_top_level
 
 
 def test_spec_values_take_the_builders_types():
-    name, kwargs = parse_spec("mlp:depth=30,width=64,activation=sigmoid,init=normal(1.0),residual=false")
+    spec = "mlp:depth=30,width=64,activation=sigmoid,init=normal(1.0),residual=false"
+    assert split_spec(spec) == ("mlp", {"depth": "30", "width": "64", "activation": "sigmoid", "init": "normal(1.0)",
+                                        "residual": "false"})
+    name, kwargs = resolve_spec(spec)
     assert name == "mlp"
     assert kwargs == {"depth": 30, "width": 64, "activation": "sigmoid", "init": "normal(1.0)", "residual": False}
 
@@ -23,12 +27,12 @@ def test_spec_builds_the_model_it_describes():
     model = gradhealth.create_model("mlp:depth=5,width=12,activation=tanh,residual=true,init=constant(0.5)")
     assert model.depth == 5 and model.residual
     assert (model.head.weight == 0.5).all()
-    assert isinstance(model.stem[2], torch.nn.Tanh)
+    assert isinstance(model.stem.act1, torch.nn.Tanh)
 
 
 def test_tuples_and_split_inside_brackets():
     assert split_top_level("a=normal(0.1),b=(1,2),c=3") == ["a=normal(0.1)", "b=(1,2)", "c=3"]
-    _, kwargs = parse_spec("imagenet_resnet:layers=(1,1,1,1),num_classes=5")
+    _, kwargs = resolve_spec("imagenet_resnet:layers=(1,1,1,1),num_classes=5")
     assert kwargs["layers"] == (1, 1, 1, 1)
     assert gradhealth.create_model("imagenet_resnet:layers=1-1-1-1,num_classes=5")(torch.randn(2, 3, 32, 32)).shape == (2, 5)
 

@@ -14,6 +14,7 @@ from scipy import integrate, optimize, special
 from gradhealth.cli import main
 from gradhealth.diagnose import theory as T
 from gradhealth.errors import ConfigError
+from gradhealth.vocabulary import INIT_ALIASES, INIT_SCHEMES
 
 # independent reference activations (phi, phi') for the quadrature oracle
 REFERENCE = {
@@ -224,13 +225,17 @@ def test_sigma_w_of_init_formulas():
         T.sigma_w_of_init("lecun", "relu")
 
 
+@pytest.mark.parametrize("name", [*INIT_SCHEMES, *INIT_ALIASES])
+def test_every_init_name_has_a_sigma_w_or_says_why_not(name):
+    scale = T.sigma_w_of_init(name, "relu", fan_in=64)
+    assert scale == T.sigma_w_of_init(INIT_ALIASES.get(name, name), "relu", fan_in=64)
+    assert (scale.sigma_w is not None and scale.sigma_w > 0) or (scale.sigma_w is None and scale.note)
+
+
 def test_sigma_w_of_init_matches_torch_inits():
     torch = pytest.importorskip("torch")
     from gradhealth.layers import apply_init
-    from gradhealth.layers import init as layer_init
 
-    assert set(T._INITS) == set(layer_init.INIT_SCHEMES)
-    assert T._INIT_ALIASES == layer_init._ALIASES
     torch.manual_seed(0)
     fan_in = 256
     for act, module in (("tanh", torch.nn.Tanh()), ("relu", torch.nn.ReLU())):

@@ -57,11 +57,12 @@ def theory_at_init(spec: str, init: str | None, log: RunLog) -> dict[str, Any] |
     Other models have no closed-form prediction here, so they get none (not a guess).
     """
     from gradhealth.diagnose import theory
-    from gradhealth.models.spec import is_file_spec, parse_spec
+    from gradhealth.models import resolve_spec
+    from gradhealth.vocabulary import is_file_spec
 
     if is_file_spec(spec):
         return None
-    name, kwargs = parse_spec(spec)
+    name, kwargs = resolve_spec(spec)
     if name != "mlp" or kwargs.get("norm", "none") != "none":
         return None
     from gradhealth.models import model_options

@@ -19,7 +19,9 @@ import numpy as np
 
 from gradhealth.diagnose.catalogue import RELU_FAMILY, SATURATING_ACTIVATIONS, remedies_for
 from gradhealth.diagnose.findings import SEVERITIES, Diagnosis, Finding
+from gradhealth.errors import ConfigError
 from gradhealth.monitor.records import RunLog, StepRecord
+from gradhealth.vocabulary import TRUE_WORDS, split_spec
 
 __all__ = [
     "diagnose_log", "run_context", "layer_roles", "weight_layers", "gradient_profile",
@@ -71,8 +73,6 @@ DEGRADATION_MARGIN = 0.1
 SKIPPED_OK_FRACTION = 0.05
 
 _NORM_NAME = re.compile(r"(?:^|[._])(?:bn|ln|gn)\d*(?:$|[._])|norm", re.IGNORECASE)
-_SPEC_OPTION = re.compile(r"(\w+)=([^,()]*(?:\([^()]*\))?)")
-_TRUE = {"true", "yes", "1", "on"}
 
 
 # ---- reading a log -------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def _ordered(names: Sequence[str], log: RunLog) -> list[str]:
 
 
 def _as_bool(value: Any) -> bool | None:
-    return None if value is None else (value if isinstance(value, bool) else str(value).lower() in _TRUE)
+    return None if value is None else (value if isinstance(value, bool) else str(value).lower() in TRUE_WORDS)
 
 
 def run_context(log: RunLog, context: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -115,8 +115,11 @@ def run_context(log: RunLog, context: dict[str, Any] | None = None) -> dict[str,
     ``meta.config``, then the activations in ``meta.layers``, then ``context``, which wins."""
     config = dict(log.meta.config)
     spec = str(log.meta.model or config.get("model") or "")
-    name, _, rest = spec.partition(":")
-    facts: dict[str, Any] = {key: value.strip() for key, value in _SPEC_OPTION.findall(rest)}
+    try:
+        name, options = split_spec(spec)
+    except ConfigError:  # a file.py:factory spec, or one the log's writer mangled: no options to read
+        name, options = spec.partition(":")[0], {}
+    facts: dict[str, Any] = dict(options)
     facts.update({k: v for k, v in config.items() if k != "model" and v is not None})
     acts = [layer.activation for layer in log.meta.layers if layer.role == "activation" and layer.activation]
     if acts:

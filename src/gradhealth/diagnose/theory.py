@@ -33,6 +33,7 @@ from numpy.polynomial.legendre import leggauss
 from scipy import optimize, special
 
 from gradhealth.errors import ConfigError, unknown_name
+from gradhealth.vocabulary import GAIN_NAMES, INIT_ALIASES, INIT_SCHEMES, canonical_activation, nonlinearity_gain
 
 __all__ = [
     "ACTIVATIONS", "CRITICAL_TOLERANCE", "MEASURED_TOLERANCE", "Prediction", "InitScale",
@@ -58,8 +59,7 @@ _sig = special.expit
 
 def _activation(name: str, slope: float) -> tuple[str, Fn, Fn]:
     """(canonical name, phi, phi') with PyTorch's defaults: ELU alpha = 1, exact (erf) GELU."""
-    key = {"swish": "silu", "linear": "identity", "none": "identity", "leakyrelu": "leaky_relu"}.get(
-        str(name).lower().replace("-", "_"), str(name).lower().replace("-", "_"))
+    key = canonical_activation(name)
     pdf = lambda x: np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
     table: dict[str, tuple[Fn, Fn]] = {
         "sigmoid": (_sig, lambda x: _sig(x) * (1 - _sig(x))),
@@ -362,16 +362,55 @@ class InitScale:
     note: str
 
 
-# torch.nn.init.calculate_gain by the gain names of gradhealth.layers.activations (gelu/silu/elu use relu's)
-_GAIN = {"sigmoid": 1.0, "tanh": 5.0 / 3, "relu": math.sqrt(2.0), "gelu": math.sqrt(2.0), "silu": math.sqrt(2.0),
-         "elu": math.sqrt(2.0), "identity": 1.0}
-# the names and aliases of gradhealth.layers.init (kept in step with it by a test)
-_INIT_ALIASES = {"xavier": "xavier_uniform", "glorot": "xavier_uniform", "glorot_uniform": "xavier_uniform",
-                 "glorot_normal": "xavier_normal", "he": "kaiming_normal", "kaiming": "kaiming_normal",
-                 "he_normal": "kaiming_normal", "he_uniform": "kaiming_uniform", "he_fan_out": "kaiming_normal_fan_out",
-                 "torch": "default", "pytorch": "default"}
-_INITS = ("default", "constant", "normal", "uniform", "xavier_uniform", "xavier_normal", "kaiming_uniform",
-          "kaiming_normal", "kaiming_uniform_fan_out", "kaiming_normal_fan_out", "orthogonal", "lsuv", "fixup")
+@dataclass(frozen=True)
+class _Layer:
+    """What an init scheme's weight variance depends on: its number, the gain, the fans, phi."""
+
+    arg: float | None
+    gain: float
+    n_in: float
+    n_out: float
+    activation: str
+    phi: Fn
+
+    def scale(self) -> float:
+        return 1.0 if self.arg is None else self.arg
+
+
+def _xavier(x: _Layer) -> InitScale:
+    return InitScale(x.scale() * math.sqrt(2 * x.n_in / (x.n_in + x.n_out)), 0.0,
+                     "xavier: Var = gain^2 2/(fan_in + fan_out).")
+
+
+def _kaiming(x: _Layer) -> InitScale:
+    return InitScale(x.scale() * x.gain, 0.0, f"kaiming: sigma_w = gain = {x.gain:.4g} for {x.activation}.")
+
+
+def _kaiming_fan_out(x: _Layer) -> InitScale:
+    return InitScale(x.scale() * x.gain * math.sqrt(x.n_in / x.n_out), 0.0,
+                     f"kaiming: sigma_w = gain = {x.gain:.4g} for {x.activation}.")
+
+
+# sigma_w = sqrt(fan_in Var(W)) per scheme of gradhealth.vocabulary.INIT_SCHEMES (see sigma_w_of_init)
+_SIGMA_W: dict[str, Callable[[_Layer], InitScale]] = {
+    "default": lambda x: InitScale(math.sqrt(1 / 3), math.sqrt(1 / (3 * x.n_in)),
+                                   "PyTorch's default: kaiming_uniform with a=sqrt(5), biases U(+-1/sqrt(fan_in))."),
+    "constant": lambda x: InitScale(None, 0.0, "constant weights are not random: every unit computes the same "
+                                               "thing, so mean-field theory does not apply."),
+    "normal": lambda x: InitScale(x.scale() * math.sqrt(x.n_in), 0.0, "normal(std): sigma_w = std sqrt(fan_in)."),
+    "uniform": lambda x: InitScale(x.scale() * math.sqrt(x.n_in / 3), 0.0, "uniform(b): Var = b^2/3."),
+    "xavier_uniform": _xavier,
+    "xavier_normal": _xavier,
+    "kaiming_uniform": _kaiming,
+    "kaiming_normal": _kaiming,
+    "kaiming_uniform_fan_out": _kaiming_fan_out,
+    "kaiming_normal_fan_out": _kaiming_fan_out,
+    "orthogonal": lambda x: InitScale(x.gain if x.arg is None else x.arg, 0.0, "orthogonal(gain): sigma_w = gain."),
+    "lsuv": lambda x: InitScale(1 / math.sqrt(gaussian_expectation(lambda v: x.phi(v) ** 2, 1.0)), 0.0,
+                                "LSUV rescales each layer to unit output variance."),
+    "fixup": lambda x: InitScale(None, 0.0, "fixup scales residual branches by depth; predict a residual net with "
+                                            "branch_scale instead."),
+}
 
 
 def sigma_w_of_init(init: str, activation: str, arg: float | None = None, *, fan_in: int | None = None,
@@ -396,11 +435,11 @@ def sigma_w_of_init(init: str, activation: str, arg: float | None = None, *, fan
             arg = float(raw) if raw.strip() else arg
         except ValueError:
             raise ConfigError(f"the number in init {init!r} is not a number.") from None
-    name = _INIT_ALIASES.get(text.strip(), text.strip())
-    if name not in _INITS:
-        raise unknown_name("init", init, _INITS + tuple(_INIT_ALIASES))
+    name = INIT_ALIASES.get(text.strip(), text.strip())
+    if name not in INIT_SCHEMES:
+        raise unknown_name("init", init, INIT_SCHEMES + tuple(INIT_ALIASES))
     act, phi, _ = _activation(activation, negative_slope)
-    gain = math.sqrt(2.0 / (1 + negative_slope**2)) if act == "leaky_relu" else _GAIN[act]
+    gain = nonlinearity_gain(GAIN_NAMES[act], negative_slope)
     if name in ("normal", "uniform", "default") and fan_in is None:
         raise ConfigError(f"init {name} depends on the layer size: give fan_in (the layer's input width, "
                           "--fan-in on the command line).")
@@ -410,31 +449,7 @@ def sigma_w_of_init(init: str, activation: str, arg: float | None = None, *, fan
         raise ConfigError(f"the scale in init {init!r} must be a finite positive number, not {arg:g}.")
     # xavier and fan_out modes only see the ratio fan_in / fan_out: 1 for a constant-width net
     n_in = float(fan_in or 1)
-    n_out = float(fan_out or n_in)
-    if name == "constant":
-        return InitScale(None, 0.0, "constant weights are not random: every unit computes the same thing, "
-                                    "so mean-field theory does not apply.")
-    if name == "fixup":
-        return InitScale(None, 0.0, "fixup scales residual branches by depth; predict a residual net with "
-                                    "branch_scale instead.")
-    if name == "default":
-        return InitScale(math.sqrt(1 / 3), math.sqrt(1 / (3 * n_in)),
-                         "PyTorch's default: kaiming_uniform with a=sqrt(5), biases U(+-1/sqrt(fan_in)).")
-    if name == "lsuv":
-        return InitScale(1 / math.sqrt(gaussian_expectation(lambda x: phi(x) ** 2, 1.0)), 0.0,
-                         "LSUV rescales each layer to unit output variance.")
-    if name == "normal":
-        return InitScale((1.0 if arg is None else arg) * math.sqrt(n_in), 0.0,
-                         "normal(std): sigma_w = std sqrt(fan_in).")
-    if name == "uniform":
-        return InitScale((1.0 if arg is None else arg) * math.sqrt(n_in / 3), 0.0, "uniform(b): Var = b^2/3.")
-    if name.startswith("xavier"):
-        return InitScale((1.0 if arg is None else arg) * math.sqrt(2 * n_in / (n_in + n_out)), 0.0,
-                         "xavier: Var = gain^2 2/(fan_in + fan_out).")
-    if name == "orthogonal":
-        return InitScale(gain if arg is None else arg, 0.0, "orthogonal(gain): sigma_w = gain.")
-    scale = (1.0 if arg is None else arg) * gain * (math.sqrt(n_in / n_out) if name.endswith("fan_out") else 1.0)
-    return InitScale(scale, 0.0, f"kaiming: sigma_w = gain = {gain:.4g} for {act}.")
+    return _SIGMA_W[name](_Layer(arg, gain, n_in, float(fan_out or n_in), act, phi))
 
 
 def compare_with_measured(prediction: Prediction, measured_norms: list[float]) -> dict[str, Any]:

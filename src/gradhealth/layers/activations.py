@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.errors import unknown_name
+from gradhealth.vocabulary import ACTIVATION_NAMES, GAIN_NAMES, canonical_activation
 
 __all__ = [
     "SATURATION_FRACTION",
@@ -119,23 +120,21 @@ def _prelu(num_parameters: int = 1, init: float = 0.25) -> nn.Module:
     return nn.PReLU(num_parameters=num_parameters, init=init)
 
 
-ACTIVATIONS: dict[str, ActivationRule] = {
-    r.name: r
-    for r in [
-        ActivationRule("sigmoid", nn.Sigmoid, saturated=_sigmoid_flat, gain="sigmoid"),
-        ActivationRule("tanh", nn.Tanh, saturated=_tanh_flat, gain="tanh"),
-        ActivationRule("relu", nn.ReLU, saturated=_relu_flat, dead=_relu_dead, gain="relu", zero_is_off=True),
-        ActivationRule(
-            "leaky_relu", nn.LeakyReLU, saturated=_leaky_flat, dead=_leaky_dead, gain="leaky_relu"
-        ),
-        ActivationRule("prelu", _prelu, saturated=_leaky_flat, dead=_leaky_dead, gain="leaky_relu"),
-        ActivationRule("gelu", nn.GELU, saturated=_gelu_flat, gain="relu", uses_input=True),
-        ActivationRule("silu", nn.SiLU, saturated=_silu_flat, gain="relu", uses_input=True),
-        ActivationRule("elu", nn.ELU, saturated=_elu_flat, gain="relu"),
-        ActivationRule("identity", nn.Identity, gain="linear"),
-    ]
+# how each named activation is built and measured; its name and init gain come from the vocabulary
+_BUILD_AND_MASKS: dict[str, dict] = {
+    "sigmoid": dict(module=nn.Sigmoid, saturated=_sigmoid_flat),
+    "tanh": dict(module=nn.Tanh, saturated=_tanh_flat),
+    "relu": dict(module=nn.ReLU, saturated=_relu_flat, dead=_relu_dead, zero_is_off=True),
+    "leaky_relu": dict(module=nn.LeakyReLU, saturated=_leaky_flat, dead=_leaky_dead),
+    "prelu": dict(module=_prelu, saturated=_leaky_flat, dead=_leaky_dead),
+    "gelu": dict(module=nn.GELU, saturated=_gelu_flat, uses_input=True),
+    "silu": dict(module=nn.SiLU, saturated=_silu_flat, uses_input=True),
+    "elu": dict(module=nn.ELU, saturated=_elu_flat),
+    "identity": dict(module=nn.Identity),
 }
-_ALIASES = {"swish": "silu", "leakyrelu": "leaky_relu", "none": "identity", "linear": "identity"}
+ACTIVATIONS: dict[str, ActivationRule] = {
+    name: ActivationRule(name, gain=GAIN_NAMES[name], **_BUILD_AND_MASKS[name]) for name in ACTIVATION_NAMES
+}
 
 # Module types found in arbitrary user models, mapped to the rule that measures them (the
 # bounded ones are not offered by name: no network of the material uses them).
@@ -155,8 +154,7 @@ _RULE_BY_TYPE: dict[type[nn.Module], ActivationRule] = {
 
 def get_act(name: str) -> ActivationRule:
     """The rule (constructor, masks, init gain) of an activation given by name."""
-    key = str(name).lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
+    key = canonical_activation(name)
     if key not in ACTIVATIONS:
         raise unknown_name("activation", name, ACTIVATIONS)
     return ACTIVATIONS[key]

@@ -7,76 +7,18 @@ leaves normalization layers at weight 1, bias 0. A scheme may carry one number i
 """
 from __future__ import annotations
 
-import math
-import re
-
 import torch
 from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError, unknown_name
 from gradhealth.layers.activations import rule_for_module
+from gradhealth.vocabulary import INIT_DEFAULT_ARG, INIT_SCHEMES, nonlinearity_gain, parse_init
 
 __all__ = ["INIT_SCHEMES", "parse_init", "apply_init", "weight_layers", "zero_init_last", "infer_nonlinearity"]
-
-INIT_SCHEMES = (
-    "default",
-    "constant",
-    "normal",
-    "uniform",
-    "xavier_uniform",
-    "xavier_normal",
-    "kaiming_uniform",
-    "kaiming_normal",
-    "kaiming_uniform_fan_out",
-    "kaiming_normal_fan_out",
-    "orthogonal",
-    "lsuv",
-    "fixup",
-)
-_ALIASES = {
-    "xavier": "xavier_uniform",
-    "glorot": "xavier_uniform",
-    "glorot_uniform": "xavier_uniform",
-    "glorot_normal": "xavier_normal",
-    "he": "kaiming_normal",
-    "kaiming": "kaiming_normal",
-    "he_normal": "kaiming_normal",
-    "he_uniform": "kaiming_uniform",
-    "he_fan_out": "kaiming_normal_fan_out",
-    "torch": "default",
-    "pytorch": "default",
-}
-# The defaults of torch.nn.init where it has one (normal_ std=1, constant needs a value: 1).
-_DEFAULT_ARG = {"constant": 1.0, "normal": 1.0, "uniform": 1.0}
 
 # LSUV (Mishkin & Matas 2016): rescale until the output variance is within this of 1.
 _LSUV_TOLERANCE = 0.1
 _LSUV_MAX_ITERS = 10
-
-_SPEC = re.compile(r"^\s*([A-Za-z_]+)\s*(?:\(\s*([^()]*?)\s*\))?\s*$")
-
-
-def parse_init(spec: str) -> tuple[str, float | None]:
-    """``"constant(5)"`` -> ``("constant", 5.0)``; ``"he"`` -> ``("kaiming_normal", None)``."""
-    match = _SPEC.match(str(spec))
-    if not match:
-        raise ConfigError(f"cannot read init {spec!r}; write a name, optionally with one number: 'normal(0.02)'.")
-    name = match.group(1).lower()
-    name = _ALIASES.get(name, name)
-    if name not in INIT_SCHEMES:
-        raise unknown_name("init", match.group(1), INIT_SCHEMES + tuple(_ALIASES))
-    arg = match.group(2)
-    if arg in (None, ""):
-        return name, None
-    try:
-        value = float(arg)
-    except ValueError:
-        raise ConfigError(f"the number in init {spec!r} is not a number.") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"the number in init {spec!r} must be finite.")
-    if name in ("normal", "uniform") and value <= 0:
-        raise ConfigError(f"init {name} needs a positive scale, not {value}.")
-    return name, value
 
 
 def weight_layers(model: nn.Module) -> list[nn.Module]:
@@ -112,6 +54,10 @@ def zero_init_last(model: nn.Module) -> int:
     return count
 
 
+# apply_init's flag of the same name hides the function inside it
+_zero_init_last = zero_init_last
+
+
 def _residual_blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if getattr(m, "residual", False) and hasattr(m, "branch_layers")]
 
@@ -127,11 +73,11 @@ def _classifier(model: nn.Module) -> nn.Module | None:
 @torch.no_grad()
 def _init_weight(weight: Tensor, name: str, arg: float | None, nonlinearity: str, slope: float) -> None:
     if name == "constant":
-        nn.init.constant_(weight, _DEFAULT_ARG["constant"] if arg is None else arg)
+        nn.init.constant_(weight, INIT_DEFAULT_ARG["constant"] if arg is None else arg)
     elif name == "normal":
-        nn.init.normal_(weight, 0.0, _DEFAULT_ARG["normal"] if arg is None else arg)
+        nn.init.normal_(weight, 0.0, INIT_DEFAULT_ARG["normal"] if arg is None else arg)
     elif name == "uniform":
-        bound = _DEFAULT_ARG["uniform"] if arg is None else arg
+        bound = INIT_DEFAULT_ARG["uniform"] if arg is None else arg
         nn.init.uniform_(weight, -bound, bound)
     elif name in ("xavier_uniform", "xavier_normal"):
         gain = 1.0 if arg is None else arg
@@ -143,7 +89,7 @@ def _init_weight(weight: Tensor, name: str, arg: float | None, nonlinearity: str
         if arg is not None:
             weight.mul_(arg)
     elif name in ("orthogonal", "lsuv"):
-        gain = nn.init.calculate_gain(nonlinearity, slope) if arg is None else arg
+        gain = nonlinearity_gain(nonlinearity, slope) if arg is None else arg
         nn.init.orthogonal_(weight, gain=gain if name == "orthogonal" else 1.0)
     else:  # pragma: no cover - parse_init only lets the names above through
         raise unknown_name("init", name, INIT_SCHEMES)
@@ -212,12 +158,12 @@ def apply_init(
     scheme: str,
     *,
     data: Tensor | None = None,
-    zero_last: bool = False,
+    zero_init_last: bool = False,
 ) -> nn.Module:
     """Re-initialize ``model`` in place by a named scheme and return it.
 
     ``lsuv`` needs ``data``, a batch of real inputs. ``fixup`` needs residual blocks.
-    ``zero_last`` additionally zeroes the last layer of each residual branch.
+    ``zero_init_last`` additionally zeroes the last layer of each residual branch.
     """
     name, arg = parse_init(scheme)
     if name == "lsuv" and data is None:
@@ -242,6 +188,6 @@ def apply_init(
                     layer.bias.zero_()
     if name == "lsuv":
         _lsuv(model, data)
-    if zero_last:
-        zero_init_last(model)
+    if zero_init_last:
+        _zero_init_last(model)
     return model

@@ -4,12 +4,9 @@ from __future__ import annotations
 from torch import nn
 
 from gradhealth.errors import ConfigError, unknown_name
+from gradhealth.vocabulary import NORMS, canonical_norm
 
 __all__ = ["NORMS", "create_norm", "default_groups"]
-
-NORMS = ("none", "batch", "layer", "group")
-_ALIASES = {"bn": "batch", "batchnorm": "batch", "ln": "layer", "layernorm": "layer",
-            "gn": "group", "groupnorm": "group", "identity": "none"}
 
 
 def default_groups(channels: int, preferred: int = 32) -> int:
@@ -26,8 +23,7 @@ def create_norm(name: str | None, num_features: int, dims: int = 0, groups: int 
     ``layer`` on a feature map normalizes each example over channels and positions together
     (GroupNorm with one group), which is what LayerNorm means for convolutions.
     """
-    key = "none" if name is None else str(name).lower()
-    key = _ALIASES.get(key, key)
+    key = canonical_norm(name)
     if key not in NORMS:
         raise unknown_name("normalization", name, NORMS)
     if dims not in (0, 1, 2):

@@ -1,7 +1,9 @@
 """Models by name: ``create_model("resnet20")``, ``create_model("mlp:depth=30,activation=sigmoid")``.
 
 An entry is a builder plus the arguments that define it (``resnet56`` = CifarResNet with depth 56);
-everything else the builder takes can be set by keyword or in a spec string.
+everything else the builder takes can be set by keyword or in a spec string. Each family registers
+its entries at the bottom of its own file (``mlp.py``, ``convnet.py``, ``resnet.py``); this module
+holds only the registry and ``create_model``, which checks a spec's options against the builder.
 """
 from __future__ import annotations
 
@@ -14,10 +16,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError, unknown_name
-from gradhealth.layers import apply_init
-from gradhealth.layers.init import zero_init_last as zero_residual_branches
+from gradhealth.layers import init as layer_init
+from gradhealth.models.spec import is_file_spec, load_factory, parse_value, split_spec
 
-__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry", "model_options"]
+__all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry", "model_options",
+           "resolve_spec"]
+
+# what create_model takes for every model, besides the builder's own options
+_CREATE_OPTIONS = ("init", "zero_init_last")
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,37 @@ def model_options(name: str) -> dict[str, inspect.Parameter]:
     return get_entry(name).options()
 
 
+def _typed(entry: ModelEntry, raw: dict[str, str]) -> dict[str, Any]:
+    """A spec's value texts as the types of the builder's defaults; unknown keys are left as text."""
+    options = entry.options()
+    typed: dict[str, Any] = {}
+    for key, text in raw.items():
+        if key == "zero_init_last":
+            typed[key] = parse_value(key, text, False)
+        elif key in options:
+            default = options[key].default
+            typed[key] = parse_value(key, text, None if default is inspect.Parameter.empty else default)
+        else:
+            typed[key] = text
+    return typed
+
+
+def _check_options(entry: ModelEntry, keys: Any) -> None:
+    options = entry.options()
+    unknown = [k for k in keys if k not in options and k not in _CREATE_OPTIONS]
+    if unknown:
+        raise ConfigError(f"model {entry.name!r} has no option {unknown[0]!r}; "
+                          f"it accepts: {', '.join([*options, *_CREATE_OPTIONS])}.")
+
+
+def resolve_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name:key=value,..."`` -> ``(name, {key: value})``, typed like the builder's defaults and checked."""
+    name, raw = split_spec(spec)
+    entry = get_entry(name)
+    _check_options(entry, raw)
+    return name, _typed(entry, raw)
+
+
 def create_model(
     name: str,
     *,
@@ -89,8 +126,6 @@ def create_model(
     init otherwise); ``init_data`` is the batch LSUV needs; ``zero_init_last`` zeroes the last
     layer of every residual branch.
     """
-    from gradhealth.models.spec import is_file_spec, load_factory, parse_spec
-
     if is_file_spec(name):
         factory = load_factory(name)
         try:
@@ -98,26 +133,21 @@ def create_model(
         except (Exception, SystemExit) as exc:  # the user's factory failed: say which, not a traceback
             raise ConfigError(f"calling {name} failed: {type(exc).__name__}: {exc}.") from exc
     else:
-        base, spec_kwargs = parse_spec(name)
-        merged = {**spec_kwargs, **kwargs}
+        base, raw = split_spec(name)
+        entry = get_entry(base)
+        merged = {**_typed(entry, raw), **kwargs}
+        _check_options(entry, merged)
         named = merged.pop("init", None)
         if named is not None and init is not None and str(named) != str(init):
             # silently keeping one of the two would train a model other than the one asked for
             raise ConfigError(f"{name!r} names init={named} and init={init} was given as well; give one of them.")
         init = named if named is not None else init
         zero_init_last = bool(merged.pop("zero_init_last", zero_init_last))
-        entry = get_entry(base)
-        options = entry.options()
-        unknown = sorted(set(merged) - set(options))
-        if unknown:
-            raise ConfigError(
-                f"model {base!r} has no option {unknown[0]!r}; it accepts: {', '.join(options) or 'nothing'}."
-            )
         model = entry.builder(**{**entry.fixed, **merged})
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{name!r} did not build an nn.Module but a {type(model).__name__}.")
     if init is not None:
-        apply_init(model, init, data=init_data, zero_last=zero_init_last)
+        layer_init.apply_init(model, init, data=init_data, zero_init_last=zero_init_last)
     elif zero_init_last:
-        zero_residual_branches(model)
+        layer_init.zero_init_last(model)
     return model

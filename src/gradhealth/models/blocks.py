@@ -1,8 +1,8 @@
-"""Plain and residual blocks for Linear (dims=0), Conv1d (dims=1) and Conv2d (dims=2) features.
+"""Plain and residual convolution blocks for Conv1d (dims=1) and Conv2d (dims=2) features.
 
-Every block keeps its skip path in plain sight in ``forward`` (``identity = x ... out += identity``)
+Every block keeps its skip path in plain sight in ``forward`` (``identity = x ... out = out + identity``)
 and uses torchvision's attribute names (conv1, bn1, ..., downsample), so an ImageNet ResNet built
-from them has torchvision's state_dict keys. In an MLP block ``conv1`` is a Linear layer.
+from them has torchvision's state_dict keys. The MLP's blocks (fc1, norm1, ...) are in ``mlp.py``.
 
 Shortcuts when the shape changes (He et al. 2015, section 4.2):
 ``zeropad`` (option A: subsample and pad channels with zeros, no parameters),
@@ -11,7 +11,8 @@ Shortcuts when the shape changes (He et al. 2015, section 4.2):
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ from gradhealth.layers import create_act, create_norm
 
 __all__ = [
     "SHORTCUTS",
-    "make_layer",
+    "make_weight_layer",
+    "make_stem",
     "ZeroPadShortcut",
     "make_shortcut",
     "BasicBlock",
@@ -37,14 +39,30 @@ __all__ = [
 SHORTCUTS = ("auto", "identity", "zeropad", "projection")
 
 
-def make_layer(dims: int, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1, bias: bool = False) -> nn.Module:
-    """The weight layer of a block: Linear for dims=0, else a same-padded convolution."""
+def make_weight_layer(dims: int, in_ch: int, out_ch: int, kernel: int = 3, stride: int = 1,
+                      bias: bool = False) -> nn.Module:
+    """One weight layer: Linear for dims=0, else a same-padded convolution."""
     if dims == 0:
         return nn.Linear(in_ch, out_ch, bias=bias)
     if dims not in (1, 2):
         raise ConfigError(f"dims must be 0 (Linear), 1 (Conv1d) or 2 (Conv2d), not {dims!r}.")
     conv = nn.Conv1d if dims == 1 else nn.Conv2d
     return conv(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=bias)
+
+
+def make_stem(count: int, layer: Callable[[int], nn.Module], norm: Callable[[], nn.Module],
+              act: Callable[[], nn.Module], preact: bool, names: tuple[str, str]) -> nn.Sequential:
+    """``count`` single weight layers before the blocks, named ``{names[0]}1``, ``{names[1]}1``, ``act1``, ...
+
+    Each is followed by norm-act, except the last of a pre-activation net: its first block
+    normalizes and activates its input itself.
+    """
+    parts: list[tuple[str, nn.Module]] = []
+    for index in range(1, count + 1):
+        parts.append((f"{names[0]}{index}", layer(index)))
+        if not preact or index < count:
+            parts += [(f"{names[1]}{index}", norm()), (f"act{index}", act())]
+    return nn.Sequential(OrderedDict(parts))
 
 
 class ZeroPadShortcut(nn.Module):
@@ -81,7 +99,7 @@ def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int, dims: int, no
     changes = in_ch != out_ch or (stride != 1 and dims > 0)
     if kind == "projection" or (kind == "auto" and changes):
         return nn.Sequential(
-            make_layer(dims, in_ch, out_ch, kernel=1, stride=stride, bias=norm == "none"),
+            make_weight_layer(dims, in_ch, out_ch, kernel=1, stride=stride, bias=norm == "none"),
             create_norm(norm, out_ch, dims),
         )
     if not changes:
@@ -94,28 +112,28 @@ def make_shortcut(kind: str, in_ch: int, out_ch: int, stride: int, dims: int, no
     return ZeroPadShortcut(in_ch, out_ch, stride, dims)
 
 
+def _require_conv(block: type, dims: int) -> None:
+    if dims not in (1, 2):
+        raise ConfigError(f"{block.__name__} is a convolution block for dims 1 or 2, not {dims!r}; "
+                          "an MLP's blocks are gradhealth.models.mlp.MLPBlock and PreActMLPBlock.")
+
+
 class _Block(nn.Module):
-    """What all blocks share: the residual switch, the optional gain, zero-init of the branch."""
+    """What all blocks share: the residual switch, the ReZero switch, zero-init of the branch."""
 
     expansion = 1
     residual: bool
+    rezero: bool
 
-    def _setup_skip(self, residual: bool, residual_gain: bool) -> None:
+    def _setup_skip(self, residual: bool, rezero: bool) -> None:
         self.residual = residual
         # ReZero / SkipInit: a learned scalar on the branch, starting at 0 so the block starts as identity
-        self.gain = nn.Parameter(torch.zeros(())) if residual and residual_gain else None
-
-    def _add(self, out: Tensor, identity: Tensor) -> Tensor:
-        if not self.residual:
-            return out
-        if self.gain is not None:
-            return identity + self.gain * out
-        out += identity
-        return out
+        self.rezero = residual and rezero
+        self.gain = nn.Parameter(torch.zeros(())) if self.rezero else None
 
     def branch_layers(self) -> list[nn.Module]:
         """The weight layers of the residual branch F, input to output (for Fixup)."""
-        return [m for name, m in self.named_children() if name.startswith("conv")]
+        return [m for m in self.children() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
 
     def _last_norm(self) -> nn.Module | None:
         return None
@@ -146,19 +164,20 @@ class BasicBlock(_Block):
         norm: str = "batch",
         shortcut: str = "auto",
         residual: bool = True,
-        residual_gain: bool = False,
+        rezero: bool = False,
         bias: bool | None = None,
     ):
         super().__init__()
+        _require_conv(type(self), dims)
         bias = norm == "none" if bias is None else bias
-        self.conv1 = make_layer(dims, in_ch, out_ch, 3, stride, bias)
+        self.conv1 = make_weight_layer(dims, in_ch, out_ch, 3, stride, bias)
         self.bn1 = create_norm(norm, out_ch, dims)
         self.act1 = create_act(activation)
-        self.conv2 = make_layer(dims, out_ch, out_ch, 3, 1, bias)
+        self.conv2 = make_weight_layer(dims, out_ch, out_ch, 3, 1, bias)
         self.bn2 = create_norm(norm, out_ch, dims)
         self.downsample = make_shortcut(shortcut, in_ch, out_ch, stride, dims, norm) if residual else None
         self.act2 = create_act(activation)
-        self._setup_skip(residual, residual_gain)
+        self._setup_skip(residual, rezero)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x
@@ -166,7 +185,10 @@ class BasicBlock(_Block):
         out = self.bn2(self.conv2(out))
         if self.downsample is not None:
             identity = self.downsample(x)
-        out = self._add(out, identity)
+        if self.rezero:
+            out = self.gain * out
+        if self.residual:
+            out = out + identity
         return self.act2(out)
 
     def _last_norm(self) -> nn.Module | None:
@@ -178,7 +200,7 @@ class PlainBlock(BasicBlock):
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, dims: int = 2, **kwargs):
         kwargs.pop("residual", None)
-        kwargs.pop("residual_gain", None)
+        kwargs.pop("rezero", None)
         super().__init__(in_ch, out_ch, stride, dims, residual=False, **kwargs)
 
 
@@ -199,19 +221,20 @@ class PreActBlock(_Block):
         norm: str = "batch",
         shortcut: str = "auto",
         residual: bool = True,
-        residual_gain: bool = False,
+        rezero: bool = False,
         bias: bool | None = None,
     ):
         super().__init__()
+        _require_conv(type(self), dims)
         bias = norm == "none" if bias is None else bias
         self.bn1 = create_norm(norm, in_ch, dims)
         self.act1 = create_act(activation)
-        self.conv1 = make_layer(dims, in_ch, out_ch, 3, stride, bias)
+        self.conv1 = make_weight_layer(dims, in_ch, out_ch, 3, stride, bias)
         self.bn2 = create_norm(norm, out_ch, dims)
         self.act2 = create_act(activation)
-        self.conv2 = make_layer(dims, out_ch, out_ch, 3, 1, bias)
+        self.conv2 = make_weight_layer(dims, out_ch, out_ch, 3, 1, bias)
         self.downsample = make_shortcut(shortcut, in_ch, out_ch, stride, dims, norm) if residual else None
-        self._setup_skip(residual, residual_gain)
+        self._setup_skip(residual, rezero)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x
@@ -220,7 +243,11 @@ class PreActBlock(_Block):
             identity = self.downsample(x if isinstance(self.downsample, ZeroPadShortcut) else pre)
         out = self.conv1(pre)
         out = self.conv2(self.act2(self.bn2(out)))
-        return self._add(out, identity)
+        if self.rezero:
+            out = self.gain * out
+        if self.residual:
+            out = out + identity
+        return out
 
 
 class Bottleneck(_Block):
@@ -238,23 +265,24 @@ class Bottleneck(_Block):
         norm: str = "batch",
         shortcut: str = "auto",
         residual: bool = True,
-        residual_gain: bool = False,
+        rezero: bool = False,
         bias: bool | None = None,
     ):
         super().__init__()
+        _require_conv(type(self), dims)
         bias = norm == "none" if bias is None else bias
         out_ch = planes * self.expansion
-        self.conv1 = make_layer(dims, in_ch, planes, 1, 1, bias)
+        self.conv1 = make_weight_layer(dims, in_ch, planes, 1, 1, bias)
         self.bn1 = create_norm(norm, planes, dims)
         self.act1 = create_act(activation)
-        self.conv2 = make_layer(dims, planes, planes, 3, stride, bias)
+        self.conv2 = make_weight_layer(dims, planes, planes, 3, stride, bias)
         self.bn2 = create_norm(norm, planes, dims)
         self.act2 = create_act(activation)
-        self.conv3 = make_layer(dims, planes, out_ch, 1, 1, bias)
+        self.conv3 = make_weight_layer(dims, planes, out_ch, 1, 1, bias)
         self.bn3 = create_norm(norm, out_ch, dims)
         self.downsample = make_shortcut(shortcut, in_ch, out_ch, stride, dims, norm) if residual else None
         self.act3 = create_act(activation)
-        self._setup_skip(residual, residual_gain)
+        self._setup_skip(residual, rezero)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x
@@ -263,7 +291,10 @@ class Bottleneck(_Block):
         out = self.bn3(self.conv3(out))
         if self.downsample is not None:
             identity = self.downsample(x)
-        out = self._add(out, identity)
+        if self.rezero:
+            out = self.gain * out
+        if self.residual:
+            out = out + identity
         return self.act3(out)
 
     def _last_norm(self) -> nn.Module | None:
@@ -285,23 +316,24 @@ class PreActBottleneck(_Block):
         norm: str = "batch",
         shortcut: str = "auto",
         residual: bool = True,
-        residual_gain: bool = False,
+        rezero: bool = False,
         bias: bool | None = None,
     ):
         super().__init__()
+        _require_conv(type(self), dims)
         bias = norm == "none" if bias is None else bias
         out_ch = planes * self.expansion
         self.bn1 = create_norm(norm, in_ch, dims)
         self.act1 = create_act(activation)
-        self.conv1 = make_layer(dims, in_ch, planes, 1, 1, bias)
+        self.conv1 = make_weight_layer(dims, in_ch, planes, 1, 1, bias)
         self.bn2 = create_norm(norm, planes, dims)
         self.act2 = create_act(activation)
-        self.conv2 = make_layer(dims, planes, planes, 3, stride, bias)
+        self.conv2 = make_weight_layer(dims, planes, planes, 3, stride, bias)
         self.bn3 = create_norm(norm, planes, dims)
         self.act3 = create_act(activation)
-        self.conv3 = make_layer(dims, planes, out_ch, 1, 1, bias)
+        self.conv3 = make_weight_layer(dims, planes, out_ch, 1, 1, bias)
         self.downsample = make_shortcut(shortcut, in_ch, out_ch, stride, dims, norm) if residual else None
-        self._setup_skip(residual, residual_gain)
+        self._setup_skip(residual, rezero)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x
@@ -311,7 +343,11 @@ class PreActBottleneck(_Block):
         out = self.conv1(pre)
         out = self.conv2(self.act2(self.bn2(out)))
         out = self.conv3(self.act3(self.bn3(out)))
-        return self._add(out, identity)
+        if self.rezero:
+            out = self.gain * out
+        if self.residual:
+            out = out + identity
+        return out
 
 
 BLOCKS: dict[str, type[_Block]] = {

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError
 from gradhealth.layers import create_act, create_norm
+from gradhealth.models._registry import register_model
 from gradhealth.models._validate import require_positive
 from gradhealth.models.blocks import PreActBlock, PreActBottleneck, get_block
 
@@ -54,7 +55,7 @@ class CifarResNet(nn.Module):
         norm: str = "batch",
         activation: str = "relu",
         base_width: int = 16,
-        residual_gain: bool = False,
+        rezero: bool = False,
     ):
         super().__init__()
         require_positive(depth=depth, in_chans=in_chans, num_classes=num_classes, base_width=base_width)
@@ -67,7 +68,7 @@ class CifarResNet(nn.Module):
         preact = block_cls in (PreActBlock, PreActBottleneck)
         self.depth, self.residual = depth, residual
         kw = dict(dims=2, activation=activation, norm=norm, shortcut=shortcut, residual=residual,
-                  residual_gain=residual_gain)
+                  rezero=rezero)
 
         self.conv1 = nn.Conv2d(in_chans, base_width, 3, padding=1, bias=False)
         # a pre-activation net normalizes inside its first block instead
@@ -108,7 +109,7 @@ class ImageNetResNet(nn.Module):
         norm: str = "batch",
         activation: str = "relu",
         base_width: int = 64,
-        residual_gain: bool = False,
+        rezero: bool = False,
     ):
         super().__init__()
         layers = tuple(int(n) for n in layers)
@@ -119,7 +120,7 @@ class ImageNetResNet(nn.Module):
         preact = block_cls in (PreActBlock, PreActBottleneck)
         self.residual = residual
         kw = dict(dims=2, activation=activation, norm=norm, shortcut=shortcut, residual=residual,
-                  residual_gain=residual_gain)
+                  rezero=rezero)
 
         self.conv1 = nn.Conv2d(in_chans, base_width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = create_norm(norm, base_width, 2)
@@ -151,3 +152,27 @@ def imagenet_block(depth: int, preact: bool) -> str:
     kind = "basic" if depth < 50 else "bottleneck"
     return ("preact" if kind == "basic" else "preact_bottleneck") if preact else kind
 
+
+
+register_model("cifar_resnet", CifarResNet)
+register_model("imagenet_resnet", ImageNetResNet)
+for _depth in (20, 32, 44, 56, 110, 1202):
+    register_model(f"resnet{_depth}", CifarResNet, f"CIFAR ResNet-{_depth} (He et al. 2015, option A)", depth=_depth)
+for _depth in (20, 32, 44, 56, 110):
+    register_model(f"plain{_depth}", CifarResNet, f"CIFAR plain-{_depth}: ResNet-{_depth} without skips",
+                   depth=_depth, residual=False)
+for _depth in (20, 56, 110):
+    register_model(f"preact_resnet{_depth}", CifarResNet, f"CIFAR pre-activation ResNet-{_depth} (He et al. 2016)",
+                   depth=_depth, block="preact")
+for _depth in (164, 1001):
+    register_model(f"preact_resnet{_depth}", CifarResNet,
+                   f"CIFAR pre-activation bottleneck ResNet-{_depth} (He et al. 2016)",
+                   depth=_depth, block="preact_bottleneck", shortcut="auto")
+for _depth, _layers in IMAGENET_LAYERS.items():
+    register_model(f"resnet{_depth}", ImageNetResNet, f"ImageNet ResNet-{_depth} (torchvision layout)",
+                   layers=_layers, block=imagenet_block(_depth, preact=False))
+    register_model(f"preact_resnet{_depth}", ImageNetResNet, f"ImageNet pre-activation ResNet-{_depth}",
+                   layers=_layers, block=imagenet_block(_depth, preact=True))
+for _depth in (18, 34):
+    register_model(f"plain{_depth}", ImageNetResNet, f"ImageNet plain-{_depth}: ResNet-{_depth} without skips",
+                   layers=IMAGENET_LAYERS[_depth], block="basic", residual=False)

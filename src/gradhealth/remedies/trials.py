@@ -30,10 +30,10 @@ import torch
 
 from gradhealth.errors import GradHealthError
 from gradhealth.layers.init import parse_init
-from gradhealth.models import model_options
-from gradhealth.models.spec import is_file_spec, parse_spec, split_top_level
+from gradhealth.models import model_options, resolve_spec
 from gradhealth.monitor.records import RunLog
 from gradhealth.train.config import TrainConfig
+from gradhealth.vocabulary import is_file_spec, split_top_level
 
 __all__ = ["Trial", "TrialResult", "plan_trials", "run_trials", "health_score", "BALANCE_CAP"]
 
@@ -131,7 +131,7 @@ def plan_trials(config: TrainConfig) -> list[Trial]:
     init = config.init
     in_spec = not is_file_spec(config.model)
     if in_spec:
-        name, kwargs = parse_spec(config.model)
+        name, kwargs = resolve_spec(config.model)
         options = {k: p.default for k, p in model_options(name).items()}
         options.update(kwargs)
         trials += _spec_trials(options)

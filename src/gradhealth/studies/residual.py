@@ -1,9 +1,9 @@
 """Residual connections: plain nets degrade with depth, their residual twins do not.
 
 Twins differ by the skip connection alone (same layers, same parameter names, see
-:mod:`gradhealth.models.twins`): ReLU + BatchNorm MLPs and CIFAR-style conv nets (He et al. 2015,
-option A) at increasing depth, trained for the same steps. The residual twins start each block at
-the identity (``zero_init_last``, Goyal et al. 2017). A sigmoid MLP shows the gradient itself:
+:mod:`gradhealth.models.mlp` and :mod:`gradhealth.models.convnet`): ReLU + BatchNorm MLPs and
+CIFAR-style conv nets (He et al. 2015, option A) at increasing depth, trained for the same steps.
+The residual twins start each block at the identity (``zero_init_last``, Goyal et al. 2017). A sigmoid MLP shows the gradient itself:
 plain, with post-activation skips (v1) and with pre-activation skips (v2, He et al. 2016).
 With ``--data cifar10:DIR`` in full size the conv nets follow the paper's CIFAR-10 recipe.
 """

@@ -9,7 +9,7 @@ from torch import nn
 
 from gradhealth.errors import ConfigError
 from gradhealth.models import create_model, get_entry
-from gradhealth.models.spec import is_file_spec, load_factory, parse_spec
+from gradhealth.models.spec import is_file_spec, load_factory, split_spec
 from gradhealth.train.config import TrainConfig
 
 __all__ = ["pick_device", "data_kwargs_for", "build_model", "input_mismatch", "check_outputs", "autocast_dtype"]
@@ -32,7 +32,7 @@ def data_kwargs_for(spec: str, implied: dict[str, Any]) -> dict[str, Any]:
         accepted = set(params)
         set_by_user: set[str] = set()
     else:
-        name, set_by_user_kwargs = parse_spec(spec)
+        name, set_by_user_kwargs = split_spec(spec)
         accepted = set(get_entry(name).options())
         set_by_user = set(set_by_user_kwargs)
     return {k: v for k, v in implied.items() if k in accepted and k not in set_by_user}
