@@ -21,7 +21,8 @@ from gradhealth.errors import ConfigError
 from gradhealth.monitor.records import LayerStats, RunLog, RunMeta, StepRecord, write_jsonl
 from gradhealth.report import figures
 from gradhealth.report.console import depth_rows, print_diagnosis
-from gradhealth.report.html import Section, Table, findings_section, render_html, run_sections, write_report
+from gradhealth.report.html import (Section, Table, findings_section, render_html, run_details_table, run_sections,
+                                    write_report)
 
 os.environ.setdefault("MPLCONFIGDIR", "/tmp/mpl")
 
@@ -146,6 +147,21 @@ def test_update_ratio_stats_match_numpy_percentiles():
     assert series_ids(fig.svg) == ["0"] and len(legend_ids(fig.svg)) == 3  # median, band, 1e-3 guide
 
 
+def test_update_ratio_chart_draws_ratios_logged_on_detailed_steps_only():
+    # the monitor measures update ratios on detailed steps only (every 10th): the chart must join
+    # and mark those points, not leave every one isolated between missing steps
+    log = make_log(steps=45, nonfinite_step=None)
+    for record in log.records:
+        if record.step % 10:
+            for stats in record.layers.values():
+                stats.update_ratio = None
+    fig = figures.update_ratio_chart(log)
+    pieces = path_points(series_path(fig.svg, 0))
+    assert [len(p) for p in pieces] == [5]  # steps 0, 10, 20, 30, 40 in one joined line
+    group = re.search(r'id="[^"]*-series-0">(.*?)</g>\s*</g>', fig.svg, re.S).group(1)
+    assert len(re.findall(r"<use ", group)) == 5  # a marker on each
+
+
 def test_generic_line_and_bar_charts():
     fig = figures.line_chart({"plain": ([10, 20, 30, 40], [1e-3, 1e-6, 0.0, math.nan]),
                               "residual": ([10, 20, 30, 40], [1, 1, 1, 1])},
@@ -242,6 +258,16 @@ def test_run_sections_without_optional_measurements():
     plain = RunLog(RunMeta(), [StepRecord(step=0, loss=1.0), StepRecord(step=1, loss=0.5)])
     titles = [s.title for s in run_sections(plain, None)]
     assert titles == ["Gradients", "Loss", "Run details"]
+
+
+def test_run_details_name_the_data_the_training_loop_logs_in_the_config():
+    # the training loop's log leaves meta.data empty and carries the data set in its config
+    log = make_log()
+    log.meta.data, log.meta.config = None, {**log.meta.config, "data": "digits"}
+    rows = dict((key, value) for key, value in run_details_table(log).rows)
+    assert rows["data"] == "digits" and rows["config: data"] == "digits"
+    log.meta.config = {}
+    assert dict((key, value) for key, value in run_details_table(log).rows)["data"] == "–"
 
 
 def test_write_report_is_atomic(tmp_path, monkeypatch):

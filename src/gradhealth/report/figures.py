@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 UPDATE_RATIO_GUIDE = 1e-3
+# past this many points a marker per point is clutter: the line alone shows them
+MAX_MARKED_POINTS = 200
 
 
 # ---- shared drawing helpers ----------------------------------------------------------------------
@@ -302,14 +304,17 @@ def update_ratio_chart(runs: Runs) -> Figure:
     with figure_style():
         fig, ax = new_figure()
         for index, (label, log) in enumerate(runs.items()):
-            steps, low, median, high = update_ratio_stats(log)
+            # ratios exist on detailed steps only (every detail_every-th): join the steps that have
+            # one and mark them, rather than leaving NaN gaps that isolate every point
+            kept = [point for point in zip(*update_ratio_stats(log)) if not math.isnan(point[2])]
+            steps, low, median, high = (list(column) for column in zip(*kept)) if kept else ([], [], [], [])
             color = PALETTE[index % len(PALETTE)]
-            ax.plot(steps, median, color=color, lw=1.6, label="median over layers" if single else mpl_text(label),
-                    gid=f"series-{index}")
+            ax.plot(steps, median, color=color, lw=1.6, marker="o" if len(steps) <= MAX_MARKED_POINTS else None,
+                    ms=3, label="median over layers" if single else mpl_text(label), gid=f"series-{index}")
             # a long run's band as vectors is 2 points per step; as a picture it stays small
             ax.fill_between(steps, low, high, color=color, alpha=0.18, lw=0, rasterized=len(steps) > 500,
                             label="10th to 90th percentile" if single else "_nolegend_")
-            has_data |= any(not math.isnan(v) for v in median)
+            has_data |= bool(steps)
         ax.axhline(UPDATE_RATIO_GUIDE, color="#555555", ls="--", lw=1, label="1e-3 rule of thumb")
         _log_y(ax, has_data)
         ax.set_xlabel("optimizer step")

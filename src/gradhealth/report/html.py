@@ -16,6 +16,7 @@ from typing import Any
 
 from gradhealth import __version__
 from gradhealth.diagnose.findings import Diagnosis, Finding
+from gradhealth.diagnose.rules import data_name
 from gradhealth.monitor.records import RunLog
 from gradhealth.report import figures
 from gradhealth.report.format import abbreviate_layers, flatten_config, format_percent, format_value
@@ -254,7 +255,7 @@ def run_details_table(log: RunLog) -> Table:
     skipped = sum(r.skipped for r in records)
     rows: list[list[Any]] = [
         ["model", meta.model or "–"],
-        ["data", meta.data or "–"],
+        ["data", data_name(log) or "–"],
         ["logged steps", f"{len(records)} (step {records[0].step} to {records[-1].step})"],
         ["skipped steps", skipped],
         ["layers", ", ".join(f"{n} {role}" for role, n in roles.items()) or "not recorded"],
