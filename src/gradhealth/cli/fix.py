@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gradhealth.checkup import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_STEPS
-    from gradhealth.remedies.trials import plan_trials, run_trials
+    from gradhealth.trials import plan_trials, run_trials
     from gradhealth.train.config import TrainConfig
 
     if args.workers is not None and args.workers <= 0:
