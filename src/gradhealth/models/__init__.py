@@ -26,8 +26,12 @@ __all__ = [
     "PreActBottleneck",
     "ZeroPadShortcut",
     "TwinNet",
+    "mlp",
+    "convnet",
     "CifarResNet",
     "ImageNetResNet",
+    "IMAGENET_LAYERS",
+    "imagenet_block",
 ]
 
 register_model("mlp", mlp)

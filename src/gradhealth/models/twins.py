@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError
 from gradhealth.layers import create_act, create_norm
-from gradhealth.models._validate import require_positive
+from gradhealth.validate import require_positive
 from gradhealth.models.blocks import PreActBlock, get_block, make_layer
 
 __all__ = ["TwinNet", "mlp", "convnet"]

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import signal
 import threading
 import time
@@ -36,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from gradhealth.errors import ConfigError, Interrupted, NonFiniteError
+from gradhealth.io import write_json_atomic
 from gradhealth.monitor.monitor import GradientMonitor
 from gradhealth.monitor.records import NonFiniteEvent, RunMeta, StepRecord, read_jsonl, write_jsonl
 from gradhealth.monitor.sinks import TensorBoardSink
@@ -427,7 +426,7 @@ class _Run:
             "config": self.config.to_json(),
         }
         if self.writes:
-            _write_json(self.out / "summary.json", summary)
+            write_json_atomic(self.out / "summary.json", summary, strict=True)
         return TrainResult(self.model, records, self.monitor.meta, summary, self.out)
 
     @contextlib.contextmanager
@@ -455,22 +454,3 @@ def _describe(event: NonFiniteEvent) -> str:
              "forward": "in the output of", "gradient": "in the gradient of"}.get(event.kind, event.kind)
     layer = f" layer {event.layer}" if event.layer else ""
     return f"first {where}{layer} (batch {event.batch})"
-
-
-def _strict(value: Any) -> Any:
-    """NaN/Inf become null so the file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(_strict(obj), indent=2, allow_nan=False, default=str))
-    os.replace(tmp, path)
-
