@@ -19,7 +19,7 @@ from gradhealth.cli import main
 from gradhealth.diagnose.findings import Diagnosis
 from gradhealth.errors import ConfigError
 from gradhealth.monitor.records import LayerStats, RunLog, RunMeta, StepRecord, write_jsonl
-from gradhealth.report import figures
+from gradhealth.report import charts, figures
 from gradhealth.report.console import depth_rows, print_diagnosis
 from gradhealth.report.html import (Section, Table, findings_section, render_html, run_details_table, run_sections,
                                     write_report)
@@ -163,20 +163,20 @@ def test_update_ratio_chart_draws_ratios_logged_on_detailed_steps_only():
 
 
 def test_generic_line_and_bar_charts():
-    fig = figures.line_chart({"plain": ([10, 20, 30, 40], [1e-3, 1e-6, 0.0, math.nan]),
+    fig = charts.line_chart({"plain": ([10, 20, 30, 40], [1e-3, 1e-6, 0.0, math.nan]),
                               "residual": ([10, 20, 30, 40], [1, 1, 1, 1])},
                              title="First/last gradient ratio", xlabel="depth", ylabel="ratio", logy=True,
                              caption="Plain nets lose the gradient with depth.", guides={"no change": 1.0})
     assert series_ids(fig.svg) == ["0", "1"] and len(legend_ids(fig.svg)) == 3
     assert fig.caption.startswith("Plain nets")
     assert "1 NaN/Inf point is marked" in fig.caption and "1 zero or missing point is left" in fig.caption
-    bars = figures.bar_chart(["a", "b", "c"], {"x": [1, 2, 3], "y": [2, math.inf, 1]}, title="t", ylabel="v")
+    bars = charts.bar_chart(["a", "b", "c"], {"x": [1, 2, 3], "y": [2, math.inf, 1]}, title="t", ylabel="v")
     assert re.findall(r'-series-(\d+)-bar-(\d+)"', bars.svg) == [(s, b) for s in "01" for b in "012"]
     assert "1 NaN/Inf value has no bar" in bars.caption
     with pytest.raises(ConfigError, match="one y per x"):
-        figures.line_chart({"a": ([1, 2], [1])}, title="t", xlabel="x", ylabel="y")
+        charts.line_chart({"a": ([1, 2], [1])}, title="t", xlabel="x", ylabel="y")
     with pytest.raises(ConfigError, match="one value per category"):
-        figures.bar_chart(["a"], {"x": [1, 2]}, title="t", ylabel="v")
+        charts.bar_chart(["a"], {"x": [1, 2]}, title="t", ylabel="v")
 
 
 def test_svg_is_standalone_scalable_and_free_of_prolog_and_comments():
