@@ -155,7 +155,7 @@ def test_study_command_refuses_bad_names_and_values(capsys):
     assert main(["study", "nope", "--size", "tiny"]) == 2
     assert "unknown study 'nope'; choose one of: all, clipping" in capsys.readouterr().err
     assert main(["study", "vanishing", "--size", "tiny", "--seeds", "0"]) == 2
-    assert "--seeds must be at least 1" in capsys.readouterr().err
+    assert "--seeds must be a positive integer" in capsys.readouterr().err
 
 
 # ---- the CIFAR-10 recipe --------------------------------------------------------------------------
