@@ -150,7 +150,7 @@ def test_a_log_diagnosis_names_the_data_set_of_the_run(tmp_path, capsys):
     (["train", "mlp", "--data", "synthetic:in=64,in=32", "--steps", "1"], "was given in twice"),
     (["train", "good.py:", "--steps", "1"], "write path/to/file.py:factory"),
     (["train", "good.py:build,depth=3", "--steps", "1"], "write path/to/file.py:factory"),
-    (["train", "mlp", "--epochs", "inf"], "epochs must be a finite positive number"),
+    (["train", "mlp", "--epochs", "inf"], "epochs must be a positive finite number"),
     (["train", "mlp", "--seed", "99999999999999999999", "--steps", "1"], "seed must be below 2**63"),
     (["train", "mlp", "--device", "cuda:abc", "--steps", "1"], "device must be auto, cpu, cuda or cuda:N"),
     (["list-models", "zzz*"], "no model matches 'zzz*'"),

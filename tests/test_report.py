@@ -19,9 +19,10 @@ from gradhealth.cli import main
 from gradhealth.diagnose.findings import Diagnosis
 from gradhealth.errors import ConfigError
 from gradhealth.monitor.records import LayerStats, RunLog, RunMeta, StepRecord, write_jsonl
-from gradhealth.report import figures
+from gradhealth.report import charts, figures
 from gradhealth.report.console import depth_rows, print_diagnosis
-from gradhealth.report.html import Section, Table, findings_section, render_html, run_sections, write_report
+from gradhealth.report.html import (Section, Table, findings_section, render_html, run_details_table, run_sections,
+                                    write_report)
 
 os.environ.setdefault("MPLCONFIGDIR", "/tmp/mpl")
 
@@ -146,21 +147,36 @@ def test_update_ratio_stats_match_numpy_percentiles():
     assert series_ids(fig.svg) == ["0"] and len(legend_ids(fig.svg)) == 3  # median, band, 1e-3 guide
 
 
+def test_update_ratio_chart_draws_ratios_logged_on_detailed_steps_only():
+    # the monitor measures update ratios on detailed steps only (every 10th): the chart must join
+    # and mark those points, not leave every one isolated between missing steps
+    log = make_log(steps=45, nonfinite_step=None)
+    for record in log.records:
+        if record.step % 10:
+            for stats in record.layers.values():
+                stats.update_ratio = None
+    fig = figures.update_ratio_chart(log)
+    pieces = path_points(series_path(fig.svg, 0))
+    assert [len(p) for p in pieces] == [5]  # steps 0, 10, 20, 30, 40 in one joined line
+    group = re.search(r'id="[^"]*-series-0">(.*?)</g>\s*</g>', fig.svg, re.S).group(1)
+    assert len(re.findall(r"<use ", group)) == 5  # a marker on each
+
+
 def test_generic_line_and_bar_charts():
-    fig = figures.line_chart({"plain": ([10, 20, 30, 40], [1e-3, 1e-6, 0.0, math.nan]),
+    fig = charts.line_chart({"plain": ([10, 20, 30, 40], [1e-3, 1e-6, 0.0, math.nan]),
                               "residual": ([10, 20, 30, 40], [1, 1, 1, 1])},
                              title="First/last gradient ratio", xlabel="depth", ylabel="ratio", logy=True,
                              caption="Plain nets lose the gradient with depth.", guides={"no change": 1.0})
     assert series_ids(fig.svg) == ["0", "1"] and len(legend_ids(fig.svg)) == 3
     assert fig.caption.startswith("Plain nets")
     assert "1 NaN/Inf point is marked" in fig.caption and "1 zero or missing point is left" in fig.caption
-    bars = figures.bar_chart(["a", "b", "c"], {"x": [1, 2, 3], "y": [2, math.inf, 1]}, title="t", ylabel="v")
+    bars = charts.bar_chart(["a", "b", "c"], {"x": [1, 2, 3], "y": [2, math.inf, 1]}, title="t", ylabel="v")
     assert re.findall(r'-series-(\d+)-bar-(\d+)"', bars.svg) == [(s, b) for s in "01" for b in "012"]
     assert "1 NaN/Inf value has no bar" in bars.caption
     with pytest.raises(ConfigError, match="one y per x"):
-        figures.line_chart({"a": ([1, 2], [1])}, title="t", xlabel="x", ylabel="y")
+        charts.line_chart({"a": ([1, 2], [1])}, title="t", xlabel="x", ylabel="y")
     with pytest.raises(ConfigError, match="one value per category"):
-        figures.bar_chart(["a"], {"x": [1, 2]}, title="t", ylabel="v")
+        charts.bar_chart(["a"], {"x": [1, 2]}, title="t", ylabel="v")
 
 
 def test_svg_is_standalone_scalable_and_free_of_prolog_and_comments():
@@ -242,6 +258,16 @@ def test_run_sections_without_optional_measurements():
     plain = RunLog(RunMeta(), [StepRecord(step=0, loss=1.0), StepRecord(step=1, loss=0.5)])
     titles = [s.title for s in run_sections(plain, None)]
     assert titles == ["Gradients", "Loss", "Run details"]
+
+
+def test_run_details_name_the_data_the_training_loop_logs_in_the_config():
+    # the training loop's log leaves meta.data empty and carries the data set in its config
+    log = make_log()
+    log.meta.data, log.meta.config = None, {**log.meta.config, "data": "digits"}
+    rows = dict((key, value) for key, value in run_details_table(log).rows)
+    assert rows["data"] == "digits" and rows["config: data"] == "digits"
+    log.meta.config = {}
+    assert dict((key, value) for key, value in run_details_table(log).rows)["data"] == "–"
 
 
 def test_write_report_is_atomic(tmp_path, monkeypatch):

@@ -17,7 +17,8 @@ from gradhealth.cli import main
 from gradhealth.diagnose.theory import predict
 from gradhealth.remedies.schedules import default_milestones
 from gradhealth.studies import cifar, list_studies, residual, run_study
-from gradhealth.studies.base import Claim, StudyResult, resolve_seeds, spread, strict
+from gradhealth.io import strict_json
+from gradhealth.studies.base import Claim, StudyResult, resolve_seeds, spread
 
 _RESULTS: dict[str, StudyResult] = {}
 
@@ -123,7 +124,7 @@ def test_helpers_seeds_spread_and_strict_json():
                                   "std": pytest.approx(math.sqrt(2)), "min": 1.0, "max": 3.0}
     assert spread([10.0, 1000.0], log=True)["mean"] == pytest.approx(100.0)
     assert spread([0.0, 0.0], log=True)["mean"] == 0.0
-    assert strict({"a": math.inf, "b": (1, math.nan), "c": np.float32(0.5)}) == {"a": None, "b": [1, None], "c": 0.5}
+    assert strict_json({"a": math.inf, "b": (1, math.nan), "c": np.float32(0.5)}) == {"a": None, "b": [1, None], "c": 0.5}
     assert Claim("x", False, {"v": math.nan}).to_json() == {"text": "x", "holds": False, "evidence": {"v": None}}
 
 
@@ -154,7 +155,7 @@ def test_study_command_refuses_bad_names_and_values(capsys):
     assert main(["study", "nope", "--size", "tiny"]) == 2
     assert "unknown study 'nope'; choose one of: all, clipping" in capsys.readouterr().err
     assert main(["study", "vanishing", "--size", "tiny", "--seeds", "0"]) == 2
-    assert "--seeds must be at least 1" in capsys.readouterr().err
+    assert "--seeds must be a positive integer" in capsys.readouterr().err
 
 
 # ---- the CIFAR-10 recipe --------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from gradhealth.remedies.trials import BASELINE, apply_trial, health_score, plan_trials, run_trials
+from gradhealth.trials import BASELINE, apply_trial, health_score, plan_trials, run_trials
 from gradhealth.train.config import TrainConfig
 
 DEEP_SIGMOID = TrainConfig(model="mlp:depth=16,width=32,activation=sigmoid,init=xavier", data="digits", steps=25)

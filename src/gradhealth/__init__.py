@@ -32,7 +32,7 @@ _LAZY = {
     "create_clipper": "gradhealth.remedies",
     "create_scheduler": "gradhealth.remedies",
     "create_optimizer": "gradhealth.remedies",
-    "run_trials": "gradhealth.remedies.trials",
+    "run_trials": "gradhealth.trials",
 }
 
 __all__ = [

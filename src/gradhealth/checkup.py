@@ -20,7 +20,7 @@ from gradhealth.train.loop import TrainResult, fit
 __all__ = ["DEFAULT_MODEL", "DEFAULT_DATA", "DEFAULT_STEPS", "Checkup", "checkup", "theory_at_init"]
 
 DEFAULT_MODEL = "mlp:depth=20,width=64,activation=sigmoid,init=xavier_normal,residual=false"
-DEFAULT_DATA = "digits"
+DEFAULT_DATA = TrainConfig.data
 # enough optimizer steps to see the loss and the update ratios move, few enough for seconds on a CPU
 DEFAULT_STEPS = 60
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from gradhealth import __version__
 from gradhealth.errors import GradHealthError
 
+__all__ = ["COMMANDS", "build_parser", "main"]
+
 # sub-command modules, each with add_parser(subparsers) and run(args) -> int
 COMMANDS = [
     "gradhealth.cli.list_models",

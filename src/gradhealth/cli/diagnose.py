@@ -13,13 +13,17 @@ from pathlib import Path
 
 from gradhealth.diagnose.findings import FINDING_KINDS
 from gradhealth.cli.checks import agc_head, given_or, writable_folder
+from gradhealth.cli.defaults import TRAIN_DEFAULTS
 from gradhealth.errors import ConfigError
+from gradhealth.io import write_json_atomic
 
 EXIT_FOUND = 3
 
 # How a MODEL is run (option -> default): the parser's defaults, and what --from-log must leave alone
-RUN_DEFAULTS = {"data": None, "steps": None, "lr": 0.1, "optimizer": "sgd", "batch_size": 64, "init": None,
-                "clip": "none", "clip_value": None, "clip_head": None, "seed": 0}
+# (data and steps default to None: a MODEL run falls back on checkup's own defaults)
+RUN_DEFAULTS = {"data": None, "steps": None,
+                **{key: TRAIN_DEFAULTS[key] for key in ("lr", "optimizer", "batch_size", "init", "clip", "clip_value",
+                                                        "clip_head", "seed")}}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -104,9 +108,7 @@ def write_outputs(out: Path, log, diagnosis) -> None:
     out.mkdir(parents=True, exist_ok=True)
     extra = [s for s in [theory_section(diagnosis.extra.get("theory") or {})] if s is not None]
     write_report(out / "report.html", run_page(log, diagnosis, f"gradhealth diagnosis: {diagnosis.model or 'run'}", extra))
-    tmp = out / ".findings.json.tmp"
-    tmp.write_text(json.dumps(diagnosis.to_json(), indent=2, default=str))
-    tmp.replace(out / "findings.json")
+    write_json_atomic(out / "findings.json", diagnosis.to_json())
 
 
 def _print_theory(theory) -> None:

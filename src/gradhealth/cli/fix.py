@@ -7,7 +7,10 @@ import math
 from pathlib import Path
 
 from gradhealth.cli.checks import given_or, writable_folder
+from gradhealth.cli.defaults import TRAIN_DEFAULTS
 from gradhealth.errors import ConfigError
+from gradhealth.io import write_json_atomic
+from gradhealth.validate import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,13 +23,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per trial (default 60)")
     p.add_argument("--only", default="", help="comma-separated remedy keys to try (default: all that apply)")
     p.add_argument("--workers", type=int, default=None, help="trials side by side (default: CPU cores)")
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--optimizer", default="sgd")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
+    p.add_argument("--optimizer", default=TRAIN_DEFAULTS["optimizer"])
+    p.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
     p.add_argument("--init")
     p.add_argument("--clip-head", help="the classifier head the AGC trial leaves unclipped, by module name "
                                        "(for models without get_classifier())")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", type=Path, help="folder for trials.json and report.html")
     p.set_defaults(run=run)
@@ -34,11 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gradhealth.checkup import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_STEPS
-    from gradhealth.remedies.trials import plan_trials, run_trials
+    from gradhealth.trials import plan_trials, run_trials
     from gradhealth.train.config import TrainConfig
 
-    if args.workers is not None and args.workers <= 0:
-        raise ConfigError(f"--workers must be a positive integer, not {args.workers}.")
+    if args.workers is not None:
+        positive_int("--workers", args.workers)
     if args.out is not None:
         writable_folder(args.out)
     config = TrainConfig(model=given_or(args.model, DEFAULT_MODEL), data=given_or(args.data, DEFAULT_DATA),
@@ -77,9 +80,7 @@ def _write(out: Path, payload: dict) -> None:
     from gradhealth.report.html import render_html, write_report
 
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".trials.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(out / "trials.json")
+    write_json_atomic(out / "trials.json", payload)
     page = render_html(f"gradhealth remedy trials: {payload['model']}", [trials_section(payload["trials"])],
                        subtitle=f"{payload['data']} · {payload['steps']} steps per trial")
     write_report(out / "report.html", page)

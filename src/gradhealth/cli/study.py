@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gradhealth.cli.checks import writable_folder
 from gradhealth.errors import ConfigError
+from gradhealth.validate import positive_int
 
 SIZES = ("tiny", "quick", "full")
 
@@ -45,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     names = list_studies() if args.name == "all" else [args.name]
     for name in names:
         get_study(name)  # unknown names fail here, before anything trains
-    if args.seeds is not None and args.seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, not {args.seeds}.")
+    if args.seeds is not None:
+        positive_int("--seeds", args.seeds)
     size = args.size or "full"
     out = args.out if args.out is not None else Path("study") / ("" if args.name == "all" else args.name)
     writable_folder(out)

@@ -7,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from dataclasses import fields
+
 from gradhealth.cli.checks import agc_head, writable_folder
+from gradhealth.cli.defaults import DEFAULT_STEPS, TRAIN_DEFAULTS
 from gradhealth.errors import ConfigError, GradHealthError
 
 CLIP_MODES = ("none", "norm", "value", "agc", "autoclip")
@@ -20,43 +23,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "path/to/file.py:factory) and record per-layer gradient health. "
                     "Under torchrun, runs data-parallel (gloo on CPU, nccl on GPU).")
     p.add_argument("model", help="registered name, spec string, or file.py:factory")
-    p.add_argument("--data", default="digits", help="digits, digits-image, mnist1d, mnist1d-seq, "
+    p.add_argument("--data", default=TRAIN_DEFAULTS["data"], help="digits, digits-image, mnist1d, mnist1d-seq, "
                    "synthetic:in=64,classes=10,n=4096, synthetic-image:chans=3,size=32, cifar10:DIR "
-                   "(default: digits)")
+                   f"(default: {TRAIN_DEFAULTS['data']})")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimizer steps (default 100)")
+    length.add_argument("--steps", type=int, help=f"optimizer steps (default {DEFAULT_STEPS})")
     length.add_argument("--epochs", type=float, help="passes over the training data")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--optimizer", default="sgd", help="sgd, adam, adamw")
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--batch-size", type=int, default=TRAIN_DEFAULTS["batch_size"])
+    p.add_argument("--accumulate", type=int, default=TRAIN_DEFAULTS["accumulate"], help="micro-batches per optimizer step")
+    p.add_argument("--optimizer", default=TRAIN_DEFAULTS["optimizer"], help="sgd, adam, adamw")
+    p.add_argument("--lr", type=float, default=TRAIN_DEFAULTS["lr"])
     p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9; adam/adamw use betas)")
     p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--l2-mode", default="decoupled", choices=("decoupled", "penalty"),
+    p.add_argument("--weight-decay", type=float, default=TRAIN_DEFAULTS["weight_decay"])
+    p.add_argument("--l2-mode", default=TRAIN_DEFAULTS["l2_mode"], choices=("decoupled", "penalty"),
                    help="weight decay in the optimizer (decoupled) or as a loss penalty")
-    p.add_argument("--l1", type=float, default=0.0, help="L1 penalty weight")
-    p.add_argument("--schedule", default="constant",
+    p.add_argument("--l1", type=float, default=TRAIN_DEFAULTS["l1"], help="L1 penalty weight")
+    p.add_argument("--schedule", default=TRAIN_DEFAULTS["schedule"],
                    help="constant, step, multistep, exponential, cosine, warmup_cosine, onecycle")
     p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--clip", default="none", help=", ".join(CLIP_MODES))
+    p.add_argument("--clip", default=TRAIN_DEFAULTS["clip"], help=", ".join(CLIP_MODES))
     p.add_argument("--clip-value", type=float, help="threshold (norm/value), lambda (agc), percentile (autoclip)")
     p.add_argument("--clip-head", help="agc: the classifier head to leave unclipped, by module name (for models "
                                        "without get_classifier())")
-    p.add_argument("--amp", default="none", help="none, bf16, fp16")
+    p.add_argument("--amp", default=TRAIN_DEFAULTS["amp"], help="none, bf16, fp16")
     p.add_argument("--init", help="re-initialize: he, xavier, normal(0.02), constant(5), orthogonal, lsuv, fixup ...")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--monitor-every", type=int, default=1, help="record every K optimizer steps")
-    p.add_argument("--detail-every", type=int, default=None,
+    p.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"])
+    p.add_argument("--monitor-every", type=int, default=TRAIN_DEFAULTS["monitor_every"], help="record every K optimizer steps")
+    p.add_argument("--detail-every", type=int, default=TRAIN_DEFAULTS["detail_every"],
                    help="every K steps also weight norms, update ratios and activation health "
                         "(default 10 x --monitor-every)")
     p.add_argument("--no-activations", action="store_true", help="do not hook activation modules")
-    p.add_argument("--on-nonfinite", default="stop",
-                   help="on NaN/Inf: stop (default: save a checkpoint and a report), skip the step, or raise")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate on the validation split every K steps")
-    p.add_argument("--checkpoint-every", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--on-nonfinite", default=TRAIN_DEFAULTS["on_nonfinite"],
+                   help="on NaN/Inf: stop (save a checkpoint and a report), skip the step, or raise "
+                        f"(default: {TRAIN_DEFAULTS['on_nonfinite']})")
+    p.add_argument("--eval-every", type=int, default=TRAIN_DEFAULTS["eval_every"], help="evaluate on the validation split every K steps")
+    p.add_argument("--checkpoint-every", type=int, default=TRAIN_DEFAULTS["checkpoint_every"])
+    p.add_argument("--device", default=TRAIN_DEFAULTS["device"])
+    p.add_argument("--num-workers", type=int, default=TRAIN_DEFAULTS["num_workers"])
     p.add_argument("--out", default="run", help="output folder (default: ./run)")
     p.add_argument("--resume", help="checkpoint to resume from (e.g. run/checkpoints/last.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace the run OUT already holds")
@@ -67,17 +71,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace):
     from gradhealth.train.config import TrainConfig
 
-    return TrainConfig(
-        model=args.model, data=args.data, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
-        accumulate=args.accumulate, optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-        nesterov=args.nesterov, weight_decay=args.weight_decay, l2_mode=args.l2_mode, l1=args.l1,
-        schedule=args.schedule, warmup_steps=args.warmup_steps, clip=args.clip, clip_value=args.clip_value,
-        clip_head=agc_head(args.clip, args.clip_head),
-        amp=args.amp, init=args.init, seed=args.seed, monitor_every=args.monitor_every, detail_every=args.detail_every,
-        activations=not args.no_activations, on_nonfinite=args.on_nonfinite, eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every, device=args.device, num_workers=args.num_workers,
-        out=args.out, resume=args.resume, tensorboard=args.tensorboard,
-    )
+    # every option is named for its TrainConfig field; --no-activations is the one negated flag
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values.update(clip_head=agc_head(args.clip, args.clip_head), activations=not args.no_activations)
+    return TrainConfig(**values)
 
 
 def run(args: argparse.Namespace) -> int:

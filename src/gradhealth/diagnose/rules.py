@@ -12,6 +12,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from statistics import fmean, median
 from typing import Any
 
@@ -24,7 +25,7 @@ from gradhealth.monitor.records import RunLog, StepRecord
 from gradhealth.vocabulary import TRUE_WORDS, split_spec
 
 __all__ = [
-    "diagnose_log", "run_context", "layer_roles", "weight_layers", "gradient_profile",
+    "diagnose_log", "run_context", "data_name", "layer_roles", "weight_layers", "gradient_profile",
     "find_vanishing_gradient", "find_exploding_gradient", "find_nonfinite", "find_saturation",
     "find_dead_units", "find_lr_too_high", "find_lr_too_low", "find_degradation",
 ]
@@ -84,6 +85,13 @@ def _finite(value: float | None) -> bool:
 def _num(value: float) -> float:
     """Four significant digits: evidence for people, still a plain JSON number."""
     return float(f"{value:.4g}")
+
+
+def data_name(log: RunLog) -> str | None:
+    """The data set the run trained on: the meta line's own field, else the run's config (the
+    training loop logs it there)."""
+    data = log.meta.data or (log.meta.config or {}).get("data")
+    return data if isinstance(data, str) else None
 
 
 def layer_roles(log: RunLog) -> dict[str, str]:
@@ -272,44 +280,84 @@ def _early_grad_weight_ratio(log: RunLog) -> dict[str, Any] | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Sign:
+    """One sign of an exploding gradient: a clause for the explanation, a title, its evidence
+    (under ``key``), the step it shows from and the layers it names."""
+
+    clause: str
+    title: str
+    key: str
+    evidence: Any
+    step: int | None
+    layers: list[str] = field(default_factory=list)
+
+
+def _growth_toward_input(p: dict[str, Any] | None) -> _Sign | None:
+    """Early gradient norms growing geometrically toward the input (the depth profile)."""
+    if not (p and p["first_last_ratio"] and p["first_last_ratio"] > EXPLODING_RATIO and (p["decay_factor"] or 0) > 1):
+        return None
+    last = p["grad_norms"][-1]
+    return _Sign(f"each layer toward the input multiplies the gradient by about {p['decay_factor']:.2g}, "
+                 f"so the first layer gets {p['first_last_ratio']:.2g}x the last one's",
+                 f"early layers get {p['first_last_ratio']:.1e}x the last layer's gradient",
+                 "profile", {k: v for k, v in p.items() if k != "step"}, p["step"],
+                 [n for n, g in zip(p["layers"], p["grad_norms"]) if g > EXPLODING_RATIO * last])
+
+
+def _init_scale(log: RunLog) -> _Sign | None:
+    """Gradients far larger than their weights from the first records: the init scale."""
+    early = _early_grad_weight_ratio(log)
+    if not early:
+        return None
+    return _Sign(f"at step {early['step']} the gradients are already {early['median_grad_weight_ratio']:.2g}x "
+                 "their layers' weights (median over the weight layers)",
+                 f"gradients {early['median_grad_weight_ratio']:.1e}x the weights at step {early['step']}",
+                 "early_grad_weight_ratio", early, early["step"], early["layers"])
+
+
+def _rising_grad_norm(log: RunLog) -> _Sign | None:
+    """The global gradient norm rising from third to third of the run."""
+    norms = [(r.step, r.global_grad_norm) for r in log.records if not r.skipped and _finite(r.global_grad_norm)]
+    thirds = _rising_thirds([g for _, g in norms])
+    if not thirds:
+        return None
+    return _Sign(f"the global gradient norm rises over the run (medians of its thirds: {thirds})",
+                 f"global gradient norm up {thirds[2] / thirds[0]:.0f}x over the run",
+                 "global_grad_norm_thirds", thirds, next(s for s, g in norms if g >= GRAD_GROWTH * thirds[0]))
+
+
+def _diverging_loss(log: RunLog) -> _Sign | None:
+    """A loss that ends far above where it started, or grows and then turns non-finite."""
+    diverged = _loss_divergence(log.records)
+    if not diverged:
+        return None
+    return _Sign("the loss diverges" + (" and then turns non-finite" if "nonfinite_step" in diverged else ""),
+                 "the loss diverges", "loss", diverged, diverged["step"])
+
+
+def _went_nonfinite(log: RunLog) -> bool:
+    """Whether any record holds a NaN/Inf event or a non-finite loss."""
+    return any(r.first_nonfinite is not None or (r.loss is not None and not math.isfinite(r.loss))
+               for r in log.records)
+
+
 def find_exploding_gradient(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
     """Growth toward the input, gradients far larger than the weights from the start, a global
     gradient norm rising over the run, or a diverging loss."""
     ctx, p = run_context(log, context), gradient_profile(log)
-    signs, titles, evidence, layers, step = [], [], {}, [], None
-    if p and p["first_last_ratio"] and p["first_last_ratio"] > EXPLODING_RATIO and (p["decay_factor"] or 0) > 1:
-        signs.append(f"each layer toward the input multiplies the gradient by about {p['decay_factor']:.2g}, "
-                     f"so the first layer gets {p['first_last_ratio']:.2g}x the last one's")
-        titles.append(f"early layers get {p['first_last_ratio']:.1e}x the last layer's gradient")
-        evidence["profile"] = {k: v for k, v in p.items() if k != "step"}
-        last = p["grad_norms"][-1]
-        layers, step = [n for n, g in zip(p["layers"], p["grad_norms"]) if g > EXPLODING_RATIO * last], p["step"]
-    early = _early_grad_weight_ratio(log)
-    if early:
-        signs.append(f"at step {early['step']} the gradients are already {early['median_grad_weight_ratio']:.2g}x "
-                     "their layers' weights (median over the weight layers)")
-        titles.append(f"gradients {early['median_grad_weight_ratio']:.1e}x the weights at step {early['step']}")
-        evidence["early_grad_weight_ratio"] = early
-        layers = layers or early["layers"]
-        step = step if step is not None else early["step"]
-    norms = [(r.step, r.global_grad_norm) for r in log.records if not r.skipped and _finite(r.global_grad_norm)]
-    thirds = _rising_thirds([g for _, g in norms])
-    if thirds:
-        signs.append(f"the global gradient norm rises over the run (medians of its thirds: {thirds})")
-        titles.append(f"global gradient norm up {thirds[2] / thirds[0]:.0f}x over the run")
-        evidence["global_grad_norm_thirds"] = thirds
-        step = step if step is not None else next(s for s, g in norms if g >= GRAD_GROWTH * thirds[0])
-    diverged = _loss_divergence(log.records)
-    if diverged:
-        signs.append("the loss diverges" + (" and then turns non-finite" if "nonfinite_step" in diverged else ""))
-        titles.append("the loss diverges")
-        evidence["loss"] = diverged
-        step = step if step is not None else diverged["step"]
+    # the order ranks the signs: the first names the title, the step and the layers
+    signs = [s for s in (_growth_toward_input(p), _init_scale(log), _rising_grad_norm(log), _diverging_loss(log))
+             if s is not None]
     if not signs:
         return None
-    evidence["signs"] = signs
+    evidence: dict[str, Any] = {s.key: s.evidence for s in signs}
+    evidence["signs"] = [s.clause for s in signs]
+    layers = next((s.layers for s in signs if s.layers), [])
+    step = next((s.step for s in signs if s.step is not None), None)
+    early = evidence.get("early_grad_weight_ratio")
     init = f" (here init={ctx['init']})" if ctx.get("init") else ""
-    text = ("The gradient explodes: " + "; ".join(signs) + ". Backpropagation multiplies the gradient by "
+    text = ("The gradient explodes: " + "; ".join(evidence["signs"]) + ". Backpropagation multiplies the gradient by "
             "one factor per layer (the chain rule); when those factors exceed 1, because the weights were "
             f"initialized too large{init} or a learning rate too large lets them grow, the product grows "
             "geometrically: updates become huge, the loss diverges and can overflow to Inf/NaN.")
@@ -319,11 +367,10 @@ def find_exploding_gradient(log: RunLog, context: dict[str, Any] | None = None) 
                  "forward activation, which grow in opposite directions, so it is huge in every layer rather "
                  "than growing toward the input.")
         ctx = {**ctx, "cause": "init_scale"}
-    went_nonfinite = any(r.first_nonfinite is not None or (r.loss is not None and not math.isfinite(r.loss))
-                         for r in log.records)
-    severe = diverged or (early and (went_nonfinite or early["median_grad_weight_ratio"] > EARLY_GRAD_WEIGHT_RATIO * SEVERE_RATIO))
+    severe = "loss" in evidence or (early is not None and (
+        _went_nonfinite(log) or early["median_grad_weight_ratio"] > EARLY_GRAD_WEIGHT_RATIO * SEVERE_RATIO))
     return _finding("exploding_gradient", "error" if severe else "warning",
-                    "Exploding gradient: " + titles[0], text, ctx,
+                    "Exploding gradient: " + signs[0].title, text, ctx,
                     layers=layers, step=step, evidence=evidence)
 
 
@@ -543,5 +590,4 @@ def diagnose_log(log: RunLog, *, compare: Sequence[RunLog] = (),
     steps = [r.step for r in log.records]
     # a log that counts from step 0 has covered max + 1 steps
     total = (max(steps) + (0 in steps)) if steps else 0
-    data = log.meta.data or (log.meta.config or {}).get("data")
-    return Diagnosis(findings, model=ctx["model"], data=data if isinstance(data, str) else None, steps=total)
+    return Diagnosis(findings, model=ctx["model"], data=data_name(log), steps=total)

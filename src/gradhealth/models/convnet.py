@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from gradhealth.errors import ConfigError
 from gradhealth.layers import create_act, create_norm
 from gradhealth.models._registry import register_model
-from gradhealth.models._validate import require_positive
+from gradhealth.validate import require_positive
 from gradhealth.models.blocks import BasicBlock, PreActBlock, make_stem, make_weight_layer
 
 __all__ = ["ConvNet", "convnet"]

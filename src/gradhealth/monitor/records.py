@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gradhealth.errors import RecordError
+from gradhealth.io import atomic_write
 
 __all__ = [
     "LayerStats",
@@ -298,11 +299,11 @@ class JsonlWriter:
 def write_jsonl(path: str | os.PathLike, records: Iterable[StepRecord], meta: RunMeta | None = None) -> Path:
     """Write a whole log at once (to a temp file, then renamed, so a reader never sees half)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with JsonlWriter(tmp, meta) as writer:
+    with atomic_write(path) as handle:
+        if meta is not None:
+            handle.write(_dumps(meta_to_json(meta)) + "\n")
         for record in records:
-            writer.write(record)
-    os.replace(tmp, path)
+            handle.write(_dumps(record_to_json(record)) + "\n")
     return path
 
 
@@ -365,13 +366,10 @@ def write_csv(path: str | os.PathLike | io.TextIOBase, records: Iterable[StepRec
                        **{f"act_{k}": v for k, v in asdict(a).items()}}
 
     if isinstance(path, (str, os.PathLike)):
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        with atomic_write(path, newline="") as handle:
             writer = csv.DictWriter(handle, columns)
             writer.writeheader()
             writer.writerows(rows())
-        os.replace(tmp, target)
     else:
         writer = csv.DictWriter(path, columns)
         writer.writeheader()

@@ -26,6 +26,7 @@ from gradhealth.errors import ConfigError, unknown_name
 from gradhealth.remedies._clip_base import ClipResult, GradClipper, Parameters, global_norm, grads_of, scale_grads_
 from gradhealth.remedies.agc import AdaptiveGradClipper, resolve_head
 from gradhealth.remedies.autoclip import AUTOCLIP_HISTORY, AutoClipper
+from gradhealth.validate import positive_number
 
 __all__ = [
     "CLIP_MODES",
@@ -92,12 +93,6 @@ class ValueClipper(GradClipper):
         return ClipResult(pre, global_norm(grads), finite & (largest > self.value))
 
 
-def _positive(mode: str, what: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"the {what} of clip mode {mode!r} must be a positive finite number, not {value!r}.")
-    return float(value)
-
-
 def create_clipper(
     mode: str,
     value: float | None = None,
@@ -128,7 +123,7 @@ def create_clipper(
         if value is not None and percentile is not None and value != percentile:
             raise ConfigError(f"autoclip got two percentiles, value={value!r} and percentile={percentile!r}; give one.")
         given = percentile if percentile is not None else value
-        pct = DEFAULT_CLIP_VALUES["autoclip"] if given is None else _positive(mode, "percentile", given)
+        pct = DEFAULT_CLIP_VALUES["autoclip"] if given is None else positive_number(f"the percentile of clip mode {mode!r}", given)
         if pct > 100:
             raise ConfigError(f"the autoclip percentile must be in (0, 100], not {pct!r}.")
         if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= _MAX_HISTORY:
@@ -137,7 +132,7 @@ def create_clipper(
             )
         return AutoClipper(pct, history)
     knob = {"norm": "max norm", "value": "max value", "agc": "clip factor"}[mode]
-    chosen = DEFAULT_CLIP_VALUES[mode] if value is None else _positive(mode, knob, value)
+    chosen = DEFAULT_CLIP_VALUES[mode] if value is None else positive_number(f"the {knob} of clip mode {mode!r}", value)
     if mode == "norm":
         return NormClipper(chosen)
     if mode == "value":

@@ -15,13 +15,13 @@ optimizer's lr; momentum is cycled only when the optimizer has momentum or betas
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from torch.optim import Optimizer
 from torch.optim import lr_scheduler as sched
 
 from gradhealth.errors import ConfigError, unknown_name
+from gradhealth.validate import non_negative_number, positive_number
 
 __all__ = ["SCHEDULES", "create_scheduler", "default_warmup_steps", "default_milestones"]
 
@@ -45,14 +45,6 @@ def _whole(what: str, value: object, low: int, high: int | None = None) -> int:
         where = f"in [{low}, {high})" if high is not None else f">= {low}"
         raise ConfigError(f"{what} must be a whole number of steps {where}, not {value!r}.")
     return value
-
-
-def _positive(what: str, value: object, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-        value < 0 if allow_zero else value <= 0
-    ):
-        raise ConfigError(f"{what} must be a finite number {'>= 0' if allow_zero else '> 0'}, not {value!r}.")
-    return float(value)
 
 
 def default_warmup_steps(total_steps: int) -> int:
@@ -98,8 +90,8 @@ def create_scheduler(
             raise ConfigError(f"{option} is not used by the {name!r} schedule; drop it or choose "
                               f"{' or '.join(repr(s) for s in _USES[option])}.")
     if gamma is not None:
-        gamma = _positive("gamma", gamma)
-    min_lr = _positive("min_lr", min_lr, allow_zero=True)
+        gamma = positive_number("gamma", gamma)
+    min_lr = non_negative_number("min_lr", min_lr)
     if name in _USES["min_lr"] and any(min_lr > group["lr"] for group in optimizer.param_groups):
         raise ConfigError(
             f"min_lr {min_lr:g} is above the optimizer's learning rate; a decay must end below where it starts."
@@ -126,7 +118,7 @@ def create_scheduler(
         ramp = sched.LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
         decay = sched.CosineAnnealingLR(optimizer, T_max=total_steps - warmup, eta_min=min_lr)
         return sched.SequentialLR(optimizer, [ramp, decay], milestones=[warmup])
-    peak = [group["lr"] for group in optimizer.param_groups] if max_lr is None else _positive("max_lr", max_lr)
+    peak = [group["lr"] for group in optimizer.param_groups] if max_lr is None else positive_number("max_lr", max_lr)
     # OneCycleLR would otherwise cycle a plain SGD's momentum from 0 up to 0.95
     has_momentum = any(group.get("momentum", 0) > 0 or "betas" in group for group in optimizer.param_groups)
     return sched.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, cycle_momentum=has_momentum)

@@ -2,13 +2,12 @@
 
 Matplotlib loads only when a figure is drawn and rich only when the terminal view prints.
 """
+from gradhealth.report.charts import bar_chart, line_chart
 from gradhealth.report.console import print_diagnosis
 from gradhealth.report.figures import (
     Figure,
-    bar_chart,
     grad_heatmap,
     grad_vs_depth,
-    line_chart,
     loss_curves,
     update_ratio_chart,
 )

@@ -5,7 +5,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gradhealth.report.figures import line_chart
+from gradhealth.report.charts import line_chart
 from gradhealth.report.html import Section, Table
 
 __all__ = ["theory_section", "trials_section", "trials_table", "trials_loss_chart"]

@@ -1,16 +1,16 @@
-"""One function per figure of a report; each reads records only and returns a ``Figure`` (SVG).
+"""One function per figure of a run's report; each reads records only and returns a ``Figure`` (SVG).
 
 Runs are given as ``{label: RunLog}``; a single ``RunLog`` is accepted too. Layers are drawn in
 forward order, input first. A value that cannot be drawn (NaN, Inf, zero or missing on a log
 axis) becomes a gap, NaN/Inf are marked with a cross, and the caption says how many there were.
+The generic charts (lines, bars, ratios) that studies share are in ``report/charts.py``.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 
-from gradhealth.errors import ConfigError
 from gradhealth.monitor.records import RunLog
+from gradhealth.report.draw import count_phrase, gap_note, integer_x, legend_below, log_y, mark_bottom, mark_top
 from gradhealth.report.series import (
     METRIC_LABELS,
     Runs,
@@ -40,8 +40,6 @@ __all__ = [
     "grad_heatmap",
     "loss_curves",
     "update_ratio_chart",
-    "line_chart",
-    "bar_chart",
     "as_runs",
     "weight_layers",
     "pick_record",
@@ -51,84 +49,8 @@ __all__ = [
 ]
 
 UPDATE_RATIO_GUIDE = 1e-3
-
-
-# ---- shared drawing helpers ----------------------------------------------------------------------
-
-_PLURAL_VERBS = {"is": "are", "has": "have"}
-
-
-def _count(n: int, noun: str, verb: str = "is") -> str:
-    """ "1 value is" / "3 values are": ``noun`` is the singular."""
-    if n == 1:
-        return f"{n} {noun} {verb}"
-    plural = noun + ("es" if noun.endswith("s") else "s")
-    return f"{n} {plural} {_PLURAL_VERBS[verb]}"
-
-
-def _gap_note(nonfinite: int, missing: int, what: str) -> str:
-    parts = []
-    if nonfinite:
-        parts.append(f"{_count(nonfinite, 'NaN/Inf ' + what)} marked × at the top")
-    if missing:
-        parts.append(f"{_count(missing, 'zero or missing ' + what)} left as gaps")
-    if not parts:
-        return ""
-    text = "; ".join(parts)
-    return " " + text[0].upper() + text[1:] + "."
-
-
-def _mark_top(ax, xs: Sequence[float], color: str, label: str | None = None) -> None:
-    """Crosses along the top edge at ``xs``: where a value was NaN/Inf and has no height to draw."""
-    from matplotlib.transforms import blended_transform_factory
-
-    transform = blended_transform_factory(ax.transData, ax.transAxes)
-    ax.plot(xs, [0.96] * len(xs), transform=transform, ls="none", marker="x", ms=7, mew=1.8,
-            color=color, clip_on=False, label=label if label else "_nolegend_")
-
-
-def _mark_bottom(ax, xs: Sequence[float], label: str) -> None:
-    from matplotlib.transforms import blended_transform_factory
-
-    transform = blended_transform_factory(ax.transData, ax.transAxes)
-    ax.plot(xs, [0.03] * len(xs), transform=transform, ls="none", marker="|", ms=9, mew=1.4,
-            color="#777777", clip_on=False, label=label)
-
-
-def _log_y(ax, has_data: bool) -> None:
-    ax.set_yscale("log")
-    if not has_data:
-        ax.set_ylim(1e-3, 1.0)
-        ax.text(0.5, 0.5, "no finite positive values to draw", transform=ax.transAxes,
-                ha="center", va="center", color="#555555")
-
-
-def _log_x(ax, xs: list[float]) -> None:
-    """A log x axis; a short sweep (depths 2, 4, ... 64) gets its own values as plain tick labels."""
-    from matplotlib.ticker import NullFormatter
-
-    ax.set_xscale("log")
-    if 0 < len(xs) <= 12:
-        ax.set_xticks(xs, [f"{x:g}" for x in xs])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def _legend(fig, ax) -> None:
-    """Legend under the plot: it never covers the data and does not squeeze the axes on a phone."""
-    handles, labels = ax.get_legend_handles_labels()
-    if not handles:
-        return
-    longest = max(len(label) for label in labels)
-    ncols = 1 if longest > 30 else min(len(labels), 2 if longest > 18 else 4)
-    legend = fig.legend(handles, labels, loc="outside lower center", ncols=ncols, frameon=False)
-    for index, text in enumerate(legend.get_texts()):
-        text.set_gid(f"legend-{index}")
-
-
-def _integer_x(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+# past this many points a marker per point is clutter: the line alone shows them
+MAX_MARKED_POINTS = 200
 
 
 def _step_phrase(step: str | int, steps: set[int]) -> str:
@@ -158,23 +80,23 @@ def grad_vs_depth(runs: Runs, step: str | int = "first", *, metric: str = "grad_
                     label=mpl_text(label), gid=f"series-{index}")
             bad = [x for x, v in enumerate(raw) if is_nonfinite(v)]
             if bad:
-                _mark_top(ax, bad, color)
+                mark_top(ax, bad, color)
             nonfinite += len(bad)
             missing += sum(1 for v in raw if not is_nonfinite(v) and math.isnan(finite_positive(v)))
             has_data |= any(not math.isnan(y) for y in ys)
-        _log_y(ax, has_data)
-        _integer_x(ax)
+        log_y(ax, has_data)
+        integer_x(ax)
         ax.set_xlabel("weight layer index (0 = input side)")
         ax.set_ylabel(f"{METRIC_LABELS[metric]} (log scale)")
         phrase = _step_phrase(step, steps)
         title = f"{METRIC_LABELS[metric].capitalize()} vs depth, {phrase}"
         ax.set_title(title)
         if len(runs) > 1:
-            _legend(fig, ax)
+            legend_below(fig, ax)
         caption = (f"Each line is one run's per-layer {METRIC_LABELS[metric]} at the {phrase}, input on the left: "
                    "a line that falls toward the left means gradients vanish before they reach the early "
                    "layers, one that rises means they explode."
-                   + _gap_note(nonfinite, missing, "value"))
+                   + gap_note(nonfinite, missing, "value"))
         return to_figure(fig, title, caption)
 
 
@@ -228,9 +150,9 @@ def grad_heatmap(log: RunLog, metric: str = "grad_norm") -> Figure:
                    "dark rows at the bottom mean the early layers get vanishing gradients, and bright cells "
                    "spreading over time mean gradients grow.")
         if bad.any():
-            caption += f" {_count(int(bad.sum()), 'red cell')} NaN/Inf."
+            caption += f" {count_phrase(int(bad.sum()), 'red cell')} NaN/Inf."
         if missing:
-            caption += f" {_count(missing, 'grey cell')} zero or not measured."
+            caption += f" {count_phrase(missing, 'grey cell')} zero or not measured."
         return to_figure(fig, title, caption)
 
 
@@ -275,23 +197,23 @@ def loss_curves(runs: Runs, *, logy: bool | None = None) -> Figure:
             nonfinite.extend(x for x, v in zip(xs, raw) if is_nonfinite(v))
             missing += sum(1 for v, y in zip(raw, ys) if math.isnan(y) and not is_nonfinite(v))
         if nonfinite:
-            _mark_top(ax, nonfinite, BAD_COLOR, "NaN/Inf loss")
+            mark_top(ax, nonfinite, BAD_COLOR, "NaN/Inf loss")
         if skipped:
-            _mark_bottom(ax, skipped, "skipped step")
+            mark_bottom(ax, skipped, "skipped step")
         if logy:
-            _log_y(ax, any(v > 0 for v in finite))
+            log_y(ax, any(v > 0 for v in finite))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss (log scale)" if logy else "loss")
         title = "Loss"
         ax.set_title(title)
-        _legend(fig, ax)
+        legend_below(fig, ax)
         has_val = any(style == "--" for *_, style in curves)
         shown = "Training loss (solid) and validation loss (dashed)" if has_val else "Training loss"
         caption = (f"{shown} per step: a flat curve means the network is not learning, a jump or a cross "
                    "means the step blew up.")
         if skipped:
-            caption += f" {_count(len(skipped), 'skipped optimizer step')} ticked along the bottom."
-        return to_figure(fig, title, caption + _gap_note(len(nonfinite), missing, "loss"))
+            caption += f" {count_phrase(len(skipped), 'skipped optimizer step')} ticked along the bottom."
+        return to_figure(fig, title, caption + gap_note(len(nonfinite), missing, "loss"))
 
 
 def update_ratio_chart(runs: Runs) -> Figure:
@@ -302,101 +224,25 @@ def update_ratio_chart(runs: Runs) -> Figure:
     with figure_style():
         fig, ax = new_figure()
         for index, (label, log) in enumerate(runs.items()):
-            steps, low, median, high = update_ratio_stats(log)
+            # ratios exist on detailed steps only (every detail_every-th): join the steps that have
+            # one and mark them, rather than leaving NaN gaps that isolate every point
+            kept = [point for point in zip(*update_ratio_stats(log)) if not math.isnan(point[2])]
+            steps, low, median, high = (list(column) for column in zip(*kept)) if kept else ([], [], [], [])
             color = PALETTE[index % len(PALETTE)]
-            ax.plot(steps, median, color=color, lw=1.6, label="median over layers" if single else mpl_text(label),
-                    gid=f"series-{index}")
+            ax.plot(steps, median, color=color, lw=1.6, marker="o" if len(steps) <= MAX_MARKED_POINTS else None,
+                    ms=3, label="median over layers" if single else mpl_text(label), gid=f"series-{index}")
             # a long run's band as vectors is 2 points per step; as a picture it stays small
             ax.fill_between(steps, low, high, color=color, alpha=0.18, lw=0, rasterized=len(steps) > 500,
                             label="10th to 90th percentile" if single else "_nolegend_")
-            has_data |= any(not math.isnan(v) for v in median)
+            has_data |= bool(steps)
         ax.axhline(UPDATE_RATIO_GUIDE, color="#555555", ls="--", lw=1, label="1e-3 rule of thumb")
-        _log_y(ax, has_data)
+        log_y(ax, has_data)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("‖Δw‖ / ‖w‖ (log scale)")
         title = "Update-to-weight ratio"
         ax.set_title(title)
-        _legend(fig, ax)
+        legend_below(fig, ax)
         caption = ("Median ratio of each weight layer's update to its weights per step (band: 10th to 90th "
                    "percentile over layers): near 1e-3 is the usual healthy scale, far below means the "
                    "learning rate is too low or gradients vanished, far above means steps are too large.")
         return to_figure(fig, title, caption)
-
-
-# ---- generic charts for studies ------------------------------------------------------------------
-
-def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str,
-               xlabel: str, ylabel: str, logy: bool = False, logx: bool = False, caption: str = "",
-               guides: Mapping[str, float] | None = None, markers: bool = True) -> Figure:
-    """One line per ``{label: (xs, ys)}``; ``guides`` are labelled horizontal reference lines."""
-    nonfinite = missing = 0
-    has_data = False
-    with figure_style():
-        fig, ax = new_figure()
-        for index, (label, (xs, ys)) in enumerate(series.items()):
-            if len(xs) != len(ys):
-                raise ConfigError(f"series {label!r} has {len(xs)} x values but {len(ys)} y values; "
-                                  "give one y per x.")
-            clean = [finite_positive(y) if logy else (y if y is not None and math.isfinite(y) else math.nan)
-                     for y in ys]
-            color = PALETTE[index % len(PALETTE)]
-            ax.plot(xs, clean, color=color, lw=1.6, marker="o" if markers and len(xs) <= 60 else None, ms=3.5,
-                    label=mpl_text(label), gid=f"series-{index}")
-            bad = [x for x, y in zip(xs, ys) if is_nonfinite(y)]
-            if bad:
-                _mark_top(ax, bad, color)
-            nonfinite += len(bad)
-            missing += sum(1 for y, c in zip(ys, clean) if math.isnan(c) and not is_nonfinite(y))
-            has_data |= any(not math.isnan(c) for c in clean)
-        _add_guides(ax, guides)
-        if logy:
-            _log_y(ax, has_data)
-        if logx:
-            _log_x(ax, sorted({float(x) for xs, _ in series.values() for x in xs if x is not None and x > 0}))
-        ax.set_xlabel(mpl_text(xlabel, 80))
-        ax.set_ylabel(mpl_text(ylabel, 80))
-        ax.set_title(mpl_text(title, 90))
-        if len(series) > 1 or guides:
-            _legend(fig, ax)
-        return to_figure(fig, title, caption + _gap_note(nonfinite, missing, "point"))
-
-
-def bar_chart(categories: Sequence[str], series: Mapping[str, Sequence[float]], *, title: str,
-              xlabel: str = "", ylabel: str, logy: bool = False, caption: str = "",
-              guides: Mapping[str, float] | None = None) -> Figure:
-    """Grouped bars: one group per category, one bar per ``{label: values}`` (a value per category)."""
-    nonfinite = 0
-    width = 0.8 / max(len(series), 1)
-    with figure_style():
-        fig, ax = new_figure()
-        ax.grid(axis="x", visible=False)
-        for index, (label, values) in enumerate(series.items()):
-            if len(values) != len(categories):
-                raise ConfigError(f"series {label!r} has {len(values)} values for {len(categories)} "
-                                  "categories; give one value per category.")
-            clean = [finite_positive(v) if logy else (v if v is not None and math.isfinite(v) else math.nan)
-                     for v in values]
-            offset = (index - (len(series) - 1) / 2) * width
-            bars = ax.bar([c + offset for c in range(len(categories))], [0 if math.isnan(v) else v for v in clean],
-                          width=width * 0.95, color=PALETTE[index % len(PALETTE)], label=mpl_text(label))
-            for position, bar in enumerate(bars):
-                bar.set_gid(f"series-{index}-bar-{position}")
-            nonfinite += sum(1 for v in values if is_nonfinite(v))
-        _add_guides(ax, guides)
-        if logy:
-            ax.set_yscale("log")
-        rotate = len(categories) > 6 or max((len(str(c)) for c in categories), default=0) > 10
-        ax.set_xticks(range(len(categories)), [mpl_text(c, 24) for c in categories],
-                      rotation=30 if rotate else 0, ha="right" if rotate else "center")
-        ax.set_xlabel(mpl_text(xlabel, 80))
-        ax.set_ylabel(mpl_text(ylabel, 80))
-        ax.set_title(mpl_text(title, 90))
-        if len(series) > 1 or guides:
-            _legend(fig, ax)
-        note = f" {_count(nonfinite, 'NaN/Inf value', 'has')} no bar." if nonfinite else ""
-        return to_figure(fig, title, caption + note)
-
-
-def _add_guides(ax, guides: Mapping[str, float] | None) -> None:
-    for index, (label, value) in enumerate((guides or {}).items()):
-        ax.axhline(value, color="#555555", ls=("--", ":", "-.")[index % 3], lw=1, label=mpl_text(label))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Any
 
 from gradhealth import __version__
 from gradhealth.diagnose.findings import Diagnosis, Finding
+from gradhealth.diagnose.rules import data_name
+from gradhealth.io import write_text_atomic
 from gradhealth.monitor.records import RunLog
 from gradhealth.report import figures
 from gradhealth.report.format import abbreviate_layers, flatten_config, format_percent, format_value
@@ -254,7 +255,7 @@ def run_details_table(log: RunLog) -> Table:
     skipped = sum(r.skipped for r in records)
     rows: list[list[Any]] = [
         ["model", meta.model or "–"],
-        ["data", meta.data or "–"],
+        ["data", data_name(log) or "–"],
         ["logged steps", f"{len(records)} (step {records[0].step} to {records[-1].step})"],
         ["skipped steps", skipped],
         ["layers", ", ".join(f"{n} {role}" for role, n in roles.items()) or "not recorded"],
@@ -264,18 +265,5 @@ def run_details_table(log: RunLog) -> Table:
 
 
 def write_report(path: str | os.PathLike, html_text: str) -> Path:
-    """Write the page via a temp file in the same folder and ``os.replace``: never a half-written report."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp makes the file private (0600); a report is meant to be opened and shared like any page
-    mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(html_text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write the page atomically: never a half-written report."""
+    return write_text_atomic(path, html_text)

@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gradhealth.errors import ConfigError, unknown_name
+from gradhealth.io import strict_json
 from gradhealth.monitor.records import RunLog
 from gradhealth.report.html import Section
 from gradhealth.report.svg import Figure
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from gradhealth.train.data import DataBundle
     from gradhealth.train.loop import TrainResult
 
-__all__ = ["SIZES", "Claim", "StudyResult", "pick_size", "resolve_seeds", "strict", "train", "run_config",
+__all__ = ["SIZES", "Claim", "StudyResult", "pick_size", "resolve_seeds", "train", "run_config",
            "load_bundle", "grad_norms", "mean_profile", "first_last", "decay_factor", "final_loss", "run_entry",
            "spread", "show_spread", "has_images"]
 
@@ -52,7 +53,7 @@ class Claim:
     evidence: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "holds": bool(self.holds), "evidence": strict(self.evidence)}
+        return {"text": self.text, "holds": bool(self.holds), "evidence": strict_json(self.evidence)}
 
 
 @dataclass
@@ -72,7 +73,7 @@ class StudyResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "title": self.title, "claims": [c.to_json() for c in self.claims],
-                "results": strict(self.results)}
+                "results": strict_json(self.results)}
 
 
 def pick_size(presets: Mapping[str, T], size: str) -> T:
@@ -94,21 +95,6 @@ def resolve_seeds(size: str, seeds: int | Sequence[int] | None) -> list[int]:
     if not chosen or any(s < 0 for s in chosen):
         raise ConfigError(f"seeds must be a non-empty list of non-negative integers, not {seeds!r}.")
     return chosen
-
-
-def strict(value: Any) -> Any:
-    """A copy that ``json.dumps(..., allow_nan=False)`` accepts: NaN/Inf become null, tuples lists."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict(v) for v in value]
-    if hasattr(value, "item"):  # numpy and torch scalars
-        return strict(value.item())
-    return str(value)
 
 
 # ---- running ------------------------------------------------------------------------------------

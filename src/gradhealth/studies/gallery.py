@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gradhealth.errors import ConfigError
+from gradhealth.io import write_text_atomic
 from gradhealth.report.svg import Figure
 from gradhealth.studies.base import StudyResult
 
@@ -53,8 +54,6 @@ def write_gallery(source: StudyResult | Sequence[StudyResult] | str | os.PathLik
         if study.key_figure is None:
             continue
         path = target / f"{study.name}.svg"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(standalone_svg(study.key_figure), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, standalone_svg(study.key_figure))
         written.append(path)
     return written

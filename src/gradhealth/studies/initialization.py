@@ -15,7 +15,8 @@ from gradhealth.monitor.records import RunLog
 from gradhealth.report.html import Section, Table
 from gradhealth.studies.base import (Claim, StudyResult, final_loss, first_last, grad_norms, pick_size, resolve_seeds,
                                      run_entry, show_spread, spread, train)
-from gradhealth.studies.charts import loss_chart, ratio_chart
+from gradhealth.report.charts import ratio_chart
+from gradhealth.studies.charts import loss_chart
 
 NAME = "init"
 TITLE = "Weight initialization"

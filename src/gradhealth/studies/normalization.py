@@ -14,7 +14,8 @@ from typing import Any
 from gradhealth.report.html import Section, Table
 from gradhealth.studies.base import (Claim, StudyResult, final_loss, first_last, grad_norms, has_images, pick_size,
                                      resolve_seeds, run_config, run_entry, show_spread, spread)
-from gradhealth.studies.charts import loss_chart, ratio_chart
+from gradhealth.report.charts import ratio_chart
+from gradhealth.studies.charts import loss_chart
 
 NAME = "normalization"
 TITLE = "Normalization"

@@ -9,15 +9,15 @@ import html
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from gradhealth import __version__
+from gradhealth.io import strict_json, write_text_atomic
 from gradhealth.report.format import format_value
 from gradhealth.report.html import Section, render_html, write_report
-from gradhealth.studies.base import StudyResult, strict
+from gradhealth.studies.base import StudyResult
 
 __all__ = ["results_document", "study_page", "write_outputs", "evidence_html"]
 
@@ -76,25 +76,12 @@ def study_page(results: Sequence[StudyResult], *, title: str, subtitle: str = ""
 
 def results_document(results: Sequence[StudyResult], **facts: Any) -> dict[str, Any]:
     """results.json as a dict: run facts (size, data, seeds ...), a claim count, each study's results."""
-    return strict({
+    return strict_json({
         "gradhealth": __version__, **facts,
         "claims_hold": sum(c.holds for s in results for c in s.claims),
         "claims_total": sum(len(s.claims) for s in results),
         "studies": {s.name: s.to_json() for s in results},
     })
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_outputs(folder: str | os.PathLike, results: Sequence[StudyResult], *, title: str, subtitle: str = "",
@@ -104,7 +91,7 @@ def write_outputs(folder: str | os.PathLike, results: Sequence[StudyResult], *, 
 
     folder = Path(folder)
     json_path, html_path = folder / "results.json", folder / "report.html"
-    _write_text(json_path, json.dumps(results_document(results, **facts), indent=1, allow_nan=False))
+    write_text_atomic(json_path, json.dumps(results_document(results, **facts), indent=1, allow_nan=False))
     write_report(html_path, study_page(results, title=title, subtitle=subtitle))
     write_gallery(results, folder / "figures")
     return json_path, html_path

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gradhealth.report.figures import line_chart
+from gradhealth.report.charts import line_chart
 from gradhealth.report.html import Section, Table
 from gradhealth.studies.base import (Claim, StudyResult, final_loss, pick_size, resolve_seeds, run_config, run_entry,
                                      show_spread, spread)

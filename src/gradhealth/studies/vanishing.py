@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from gradhealth.diagnose.theory import MEASURED_TOLERANCE, predict, sigma_w_of_init
-from gradhealth.report.figures import bar_chart, line_chart
+from gradhealth.report.charts import bar_chart, line_chart
 from gradhealth.report.html import Section, Table
 from gradhealth.studies.charts import paired_chart
 from gradhealth.studies.base import (Claim, StudyResult, decay_factor, first_last, grad_norms, mean_profile,

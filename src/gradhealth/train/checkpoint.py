@@ -12,7 +12,6 @@ import contextlib
 import os
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,12 @@ import torch
 from torch import nn
 
 from gradhealth.errors import CheckpointError
+from gradhealth.io import atomic_write, temp_prefix
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_checkpoint", "restore_checkpoint",
            "capture_rng_state", "restore_rng_state", "unwrap_model"]
 
 FORMAT = {"name": "gradhealth", "version": 1}
-
-
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -40,53 +36,31 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
-        tmp = tempfile.NamedTemporaryFile(dir=folder, prefix=_temp_prefix(path), suffix=".tmp", delete=False)
     except OSError as err:
-        raise CheckpointError(f"cannot write a checkpoint in {str(folder)!r} ({err}); "
-                              "choose a writable --out.") from None
+        raise _unwritable(folder, err) from None
+    opened = False
     try:
-        with tmp:
-            torch.save(state, tmp)
-            tmp.flush()
-            os.fsync(tmp.fileno())  # the bytes are on disk before the name points at them
-        os.chmod(tmp.name, 0o666 & ~_umask())  # temp files are private (0600); checkpoints are not
-        os.replace(tmp.name, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp.name)
-        if isinstance(err, OSError):
-            raise CheckpointError(f"writing checkpoint {str(path)!r} failed ({err}); "
-                                  "the previous one is unchanged.") from None
-        raise
-    _fsync_dir(folder)  # makes the rename itself durable
+        with atomic_write(path, "wb", durable=True) as handle:
+            opened = True
+            torch.save(state, handle)
+    except OSError as err:
+        if not opened:  # the temp file could not even be created
+            raise _unwritable(folder, err) from None
+        raise CheckpointError(f"writing checkpoint {str(path)!r} failed ({err}); "
+                              "the previous one is unchanged.") from None
     return path
 
 
+def _unwritable(folder: Path, err: OSError) -> CheckpointError:
+    return CheckpointError(f"cannot write a checkpoint in {str(folder)!r} ({err}); choose a writable --out.")
+
+
 def _remove_stale_temps(path: Path) -> None:
-    prefix = _temp_prefix(path)
+    prefix = temp_prefix(path)
     for entry in path.parent.iterdir():
         if entry.name.startswith(prefix) and entry.name.endswith(".tmp") and entry.is_file():
             with contextlib.suppress(OSError):
                 entry.unlink()
-
-
-def _umask() -> int:
-    """The process umask, read without setting it (os.umask would briefly change it for all threads)."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    return 0o022
-
-
-def _fsync_dir(folder: Path) -> None:
-    # not possible on every platform (Windows) or file system; the data itself is already synced
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:

@@ -1,17 +1,19 @@
 """Everything one training run needs to know, validated once, JSON-able for checkpoints and logs."""
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from gradhealth.errors import ConfigError, unknown_name
+from gradhealth.validate import non_negative_int, non_negative_number, positive_int, positive_number
 
-__all__ = ["TrainConfig", "AMP_MODES", "NONFINITE_POLICIES"]
+__all__ = ["TrainConfig", "AMP_MODES", "NONFINITE_POLICIES", "DEFAULT_STEPS"]
 
 AMP_MODES = ("none", "bf16", "fp16")
 NONFINITE_POLICIES = ("raise", "skip", "stop")
+# the run length when neither steps nor epochs is given
+DEFAULT_STEPS = 100
 
 
 @dataclass
@@ -62,30 +64,23 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.steps is None and self.epochs is None:
-            self.steps = 100
+            self.steps = DEFAULT_STEPS
         if self.steps is not None:
-            _positive_int("steps", self.steps)
-        if self.epochs is not None and not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs)
-                                            and self.epochs > 0):
-            raise ConfigError(f"epochs must be a finite positive number, not {self.epochs!r}.")
+            positive_int("steps", self.steps)
+        if self.epochs is not None:
+            positive_number("epochs", self.epochs)
         for name in ("batch_size", "accumulate", "monitor_every"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         if self.detail_every is not None:
-            _positive_int("detail_every", self.detail_every)
+            positive_int("detail_every", self.detail_every)
         for name in ("eval_every", "checkpoint_every", "num_workers", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, not {value!r}.")
+            non_negative_int(name, getattr(self, name))
         if self.seed >= 2**63:  # torch.manual_seed takes a 64-bit signed integer
             raise ConfigError(f"seed must be below 2**63, not {self.seed}.")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"the learning rate must be a positive number, not {self.lr!r}.")
+        positive_number("the learning rate", self.lr)
         for name in ("weight_decay", "l1", "momentum"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name} must be a non-negative number, not {value!r}.")
+            if getattr(self, name) is not None:
+                non_negative_number(name, getattr(self, name))
         if self.amp not in AMP_MODES:
             raise unknown_name("AMP mode", self.amp, AMP_MODES)
         if self.on_nonfinite not in NONFINITE_POLICIES:
@@ -106,7 +101,3 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, not {value!r}.")

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from gradhealth.errors import ConfigError, DataError, unknown_name
+from gradhealth.validate import positive_int
 
 __all__ = ["DATASETS", "DataBundle", "load_data", "split_indices", "EpochShuffleSampler", "make_loader"]
 
@@ -294,8 +295,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, 
     The loader has its own generator, so starting an epoch never draws from torch's global RNG and a
     resumed run's global random stream matches an uninterrupted one.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ConfigError(f"batch size must be a positive integer, not {batch_size!r}.")
+    positive_int("batch size", batch_size)
     if num_workers < 0:
         raise ConfigError(f"num_workers must be 0 (load in this process) or more, not {num_workers}.")
     if sampler is not None and shuffle:

@@ -1,15 +1,16 @@
 """``fit()``: training with the material's remedies, in the order that keeps each of them honest.
 
-One optimizer step::
+One optimizer step (``_Run._one_step``; each line is a stage of its own, named on the right)::
 
     forward (autocast) -> loss (+ L1/L2 penalties) -> backward       x accumulate micro-batches
-    -> scaler.unscale_        gradients at their true scale before anyone looks at them
-    -> non-finite check       agreed by all ranks, so they all take the same branch
+                                                                      _forward_backward
+    -> scaler.unscale_        gradients at their true scale before anyone looks at them   _unscale
+    -> non-finite check       agreed by all ranks, so they all take the same branch       _nonfinite_agreed
     -> monitor.step           pre-clip norms: what the model really produced
-    -> clip -> monitor.after_clip
-    -> optimizer step         (GradScaler may skip it when it finds inf/NaN)
+    -> clip -> monitor.after_clip                                                         _clip
+    -> optimizer step         (GradScaler may skip it when it finds inf/NaN)              _optimizer_step
     -> scheduler step         only if the optimizer stepped, so the schedule stays in step
-    -> zero_grad -> monitor.end_step
+    -> zero_grad -> monitor.end_step -> progress, checkpoints                             _after_step
 
 Files (rank 0 only) in ``out``: ``metrics.jsonl`` (the monitor's records), ``checkpoints/last.pt``
 (and ``best.pt`` by validation loss), ``summary.json``.
@@ -18,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
 import signal
 import threading
 import time
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from gradhealth.errors import ConfigError, Interrupted, NonFiniteError
+from gradhealth.io import write_json_atomic
 from gradhealth.monitor.monitor import GradientMonitor
 from gradhealth.monitor.records import NonFiniteEvent, RunMeta, StepRecord, read_jsonl, write_jsonl
 from gradhealth.monitor.sinks import TensorBoardSink
@@ -276,11 +276,41 @@ class _Run:
         return result
 
     def _one_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
-        c = self.config
+        """One optimizer step, stage by stage in the order of the module docstring."""
+        metrics = self._maybe_evaluate()
+        loss_mean, train_acc, last_batch = self._forward_backward(batches)
+        self._unscale()
+        bad = self._nonfinite_agreed(loss_mean)
+        if bad:
+            self._capture_first_nonfinite(*last_batch)
+        metrics["train_acc"] = train_acc
+        self.monitor.step(loss=loss_mean, force=bad, metrics=metrics, batch=self.batch_index)
+        self._clip()
+        if bad:
+            self._non_finite()
+            return
+        self.consecutive_skips = 0
+        stepped = self._optimizer_step()
+        if stepped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        record = self.monitor.end_step(skipped=not stepped)
+        self.step += 1
+        self._after_step(record)
+
+    def _maybe_evaluate(self) -> dict[str, Any]:
+        """The validation metrics when this step is an evaluation step (they join the step's record)."""
         metrics: dict[str, Any] = {}
-        if c.eval_every and self.step % c.eval_every == 0:
+        if self.config.eval_every and self.step % self.config.eval_every == 0:
             self.last_val = self.evaluate()
             metrics.update(self.last_val)
+        return metrics
+
+    def _forward_backward(self, batches: Iterator[tuple[Tensor, Tensor]]
+                          ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """Forward, loss and backward over the micro-batches: the mean loss, the training accuracy
+        and the last batch (replayed when the step turns out non-finite)."""
+        c = self.config
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
@@ -295,45 +325,43 @@ class _Run:
             loss_sum += loss
             correct += right
             seen += len(y)
+        return loss_sum / c.accumulate, correct.double() / max(seen, 1), (x, y)
+
+    def _unscale(self) -> None:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        loss_mean = loss_sum / c.accumulate
+
+    def _nonfinite_agreed(self, loss_mean: Tensor) -> bool:
+        """Whether the loss or a gradient is NaN/Inf on any rank (all ranks then take the same branch)."""
         finite = torch.isfinite(loss_mean)
         if self.scaler is None:
             # under fp16 an inf gradient is GradScaler's business: it skips the step and lowers the scale
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if grads:
                 finite = finite & all_finite(grads)
-        bad = agree_any(~finite, self.dist, self.device)
-        if bad:
-            # run the last batch forward again with the hooks on, so the record names the first
-            # layer whose output went NaN/Inf (the hooks only watch detailed steps otherwise)
-            with self.monitor.capture(), torch.no_grad():
-                self._loss(x, y)
-        metrics["train_acc"] = correct.double() / max(seen, 1)
-        self.monitor.step(loss=loss_mean, force=bad, metrics=metrics, batch=self.batch_index)
+        return agree_any(~finite, self.dist, self.device)
+
+    def _capture_first_nonfinite(self, x: Tensor, y: Tensor) -> None:
+        # run the last batch forward again with the hooks on, so the record names the first
+        # layer whose output went NaN/Inf (the hooks only watch detailed steps otherwise)
+        with self.monitor.capture(), torch.no_grad():
+            self._loss(x, y)
+
+    def _clip(self) -> None:
         if self.clipper.mode != "none":
             # with no clipping the gradients after it are those the monitor has just measured
             self.clipper(self.model.parameters())
             self.monitor.after_clip()
-        if bad:
-            self._non_finite()
-            return
-        self.consecutive_skips = 0
-        if self.scaler is not None:
-            scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            stepped = self.scaler.get_scale() >= scale
-        else:
+
+    def _optimizer_step(self) -> bool:
+        """The optimizer step; False when GradScaler skipped it (it lowered the scale on inf/NaN)."""
+        if self.scaler is None:
             self.optimizer.step()
-            stepped = True
-        if stepped:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        record = self.monitor.end_step(skipped=not stepped)
-        self.step += 1
-        self._after_step(record)
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale
 
     def _after_step(self, record: StepRecord | None) -> None:
         if record is not None:
@@ -398,7 +426,7 @@ class _Run:
             "config": self.config.to_json(),
         }
         if self.writes:
-            _write_json(self.out / "summary.json", summary)
+            write_json_atomic(self.out / "summary.json", summary, strict=True)
         return TrainResult(self.model, records, self.monitor.meta, summary, self.out)
 
     @contextlib.contextmanager
@@ -426,22 +454,3 @@ def _describe(event: NonFiniteEvent) -> str:
              "forward": "in the output of", "gradient": "in the gradient of"}.get(event.kind, event.kind)
     layer = f" layer {event.layer}" if event.layer else ""
     return f"first {where}{layer} (batch {event.batch})"
-
-
-def _strict(value: Any) -> Any:
-    """NaN/Inf become null so the file is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(_strict(obj), indent=2, allow_nan=False, default=str))
-    os.replace(tmp, path)
-
