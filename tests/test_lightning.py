@@ -1,11 +1,17 @@
-"""The Lightning callback records the same per-layer norms as the monitor, pre- and post-clip."""
+"""The Lightning callback records the same per-layer norms as the monitor, pre- and post-clip, logs them and diagnoses the run."""
 from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 lightning = pytest.importorskip("lightning")  # a dev dependency: installed by `make test`
+
+from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 import gradhealth  # noqa: E402
 from gradhealth.integrations.lightning import GradHealthCallback  # noqa: E402
@@ -46,3 +52,35 @@ def test_callback_records_pre_and_post_clip_norms_in_a_trainer(tmp_path):
     assert all(r.layers["net.head"].update_ratio > 0 for r in records)
     assert all(r.loss is not None for r in records)
     assert [r.step for r in read_jsonl(tmp_path / "metrics.jsonl").records] == [0, 1, 2, 3]
+    # no logger: the diagnosis goes to default_root_dir
+    assert json.loads((tmp_path / "findings.json").read_text())["steps"] == 4
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_callback_logs_norms_to_the_trainers_logger_and_writes_the_run_files_in_its_folder(tmp_path, capsys):
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 3, (64,)))
+    module = TinyModule()
+    callback = GradHealthCallback(detail_every=4)
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = lightning.Trainer(max_steps=4, accelerator="cpu", logger=logger, log_every_n_steps=2,
+                                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                                gradient_clip_val=0.05, default_root_dir=tmp_path, callbacks=[callback])
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    folder = Path(logger.log_dir)
+    records = callback.records
+    with open(folder / "metrics.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("gradhealth/grad_norm")]
+    # every second step, as log_every_n_steps says: the records of steps 1 and 3
+    assert [int(row["step"]) for row in rows] == [1, 3]
+    for row in rows:
+        record = records[int(row["step"])]
+        assert float(row["gradhealth/grad_norm"]) == pytest.approx(module.seen[record.step], rel=1e-6)
+        assert float(row["gradhealth/grad_norm_post_clip"]) <= 0.05 + 1e-6
+        for name, stats in record.layers.items():
+            assert float(row[f"gradhealth/grad_norm/{name}"]) == pytest.approx(stats.grad_norm, rel=1e-6)
+    assert [r.step for r in read_jsonl(folder / "metrics.jsonl").records] == [0, 1, 2, 3]
+    findings = json.loads((folder / "findings.json").read_text())
+    assert findings["verdict"] == callback.diagnosis.verdict
+    assert (folder / "report.html").is_file()
+    assert f"gradhealth: {findings['verdict']}" in capsys.readouterr().out
