@@ -314,6 +314,11 @@ def markdown_section(result: dict) -> str:
             rows.append([LABELS[config], "", "did not run", "", "", why])
         lines += [harness.markdown_table(["tool", "steps/rep", "ms/step (median)", "time vs baseline",
                                           "per-rep range", "note"], rows), ""]
+    machine = result["machine"]
+    load = (machine.get("load_average_at_start") or [0.0])[0]
+    if load > machine["usable_cores"]:
+        lines += [f"Measured on a shared machine under load (load average {load:.1f} on {machine['usable_cores']} "
+                  "cores at the start): the per-repetition range beside each median says how far to trust it.", ""]
     caps = result["capabilities"]
     lines += ["### What each tool gives", "",
               harness.markdown_table(["quantity", *caps["tools"]], caps["rows"]), "",
