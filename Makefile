@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_VENV := .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.installed
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 
 .PHONY: install browser demo test bench clean
@@ -29,8 +32,20 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+# The benchmarks run in their own .venv-bench, which adds the peers they measure (the `bench`
+# extra, see pyproject.toml) with --no-deps so that BackPACK's declared torchvision stays out;
+# `make test` does not need any of it.
+$(BENCH_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/pip install --quiet -c constraints.txt torch
+	$(BENCH_BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BENCH_BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['bench']))" > $(BENCH_VENV)/bench-requirements.txt
+	$(BENCH_BIN)/pip install --quiet --no-deps -c constraints.txt -r $(BENCH_VENV)/bench-requirements.txt
+	$(BENCH_BIN)/python -c "import backpack, cockpit, lightning.pytorch"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) .cache build src/*.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) .cache build src/*.egg-info

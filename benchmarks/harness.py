@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import gc
 import inspect
 import json
+import math
 import os
 import platform
 import shlex
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -182,6 +186,116 @@ def monitor_kwargs(wanted: dict) -> dict:
 
     accepted = inspect.signature(GradientMonitor).parameters
     return {k: v for k, v in wanted.items() if k in accepted}
+
+
+# ---- one training step, and the measuring tools the benchmarks put on it ----------------------
+
+def make_batch(batch: int, input_shape: Sequence[int], device: torch.device,
+               num_classes: int = 10) -> tuple[Tensor, Tensor]:
+    """A fixed random batch (seeded) and class labels: the same data for every candidate."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, *input_shape, generator=gen).to(device)
+    y = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
+    return x, y
+
+
+def new_optimizer(model: nn.Module) -> torch.optim.Optimizer:
+    # plain SGD without momentum: the only setting in which Cockpit's Alpha quantity runs its fast path
+    return torch.optim.SGD(model.parameters(), lr=0.01)
+
+
+def plain_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Callable[[], None]:
+    """Forward, cross-entropy, backward, SGD step: the unmeasured step every figure is a ratio to."""
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def every_multiple(steps: int, period: int) -> int:
+    """``steps`` rounded up to a multiple of ``period``."""
+    return -(-steps // period) * period
+
+
+def monitor_candidate(name: str, label: str, model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                      steps: int, wanted: dict) -> tuple[Candidate, Callable[[], None]]:
+    """GradientMonitor used as its docstring says (``mon.step(loss=loss)`` after backward, the
+    optimizer attached), and the function that takes it off.
+
+    A monitor whose work repeats every N steps (``every``, ``detail_every``) is timed over
+    ``steps`` rounded up to a multiple of N per repetition, so that every repetition holds the
+    same number of recorded and detailed steps (any N consecutive steps hold exactly one).
+    """
+    from gradhealth.monitor import GradientMonitor
+
+    mon = GradientMonitor(model, optimizer=opt, **monitor_kwargs(wanted))
+    mon.attach()
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        mon.step(loss=loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    period = math.lcm(mon.every, getattr(mon, "detail_every", 1))
+    return Candidate(name, step, label, steps=every_multiple(steps, period)), mon.detach
+
+
+def lightning_grad_norm_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Callable[[], None]:
+    """A step that calls ``lightning.pytorch.utilities.grad_norm(model, norm_type=2)`` after backward."""
+    from lightning.pytorch.utilities import grad_norm
+
+    latest: list[dict] = []
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        latest[:] = [grad_norm(model, norm_type=2)]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+class HistogramHooks:
+    """What wandb.watch(log="gradients", log_freq=1) computes for every parameter on every step.
+
+    Per gradient, in the hook that autograd calls when it is ready: a copy, a check for finite
+    values, min and max read on the host, a 64-bin ``torch.histc`` between them, and the counts
+    and bin edges moved to the host (wandb then logs them; that upload is not measured here).
+    """
+
+    def __init__(self, model: nn.Module, bins: int = 64):
+        self.bins = bins
+        self.latest: dict[str, tuple[list[float], list[float]]] = {}
+        self.handles = [
+            p.register_hook(functools.partial(self._on_grad, name))
+            for name, p in model.named_parameters() if p.requires_grad
+        ]
+
+    def _on_grad(self, name: str, grad: Tensor) -> None:
+        flat = grad.detach().clone().reshape(-1).float()
+        finite = torch.isfinite(flat)
+        if flat.numel() == 0 or not bool(finite.any()):
+            return
+        if not bool(finite.all()):
+            flat = flat[finite]
+        low, high = flat.min().item(), flat.max().item()
+        if low == high:
+            self.latest[name] = ([float(flat.numel())], [low, high])
+            return
+        counts = torch.histc(flat, bins=self.bins, min=low, max=high).cpu().tolist()
+        edges = torch.linspace(low, high, self.bins + 1).tolist()
+        self.latest[name] = (counts, edges)
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def linear_fit(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float]:

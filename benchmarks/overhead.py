@@ -2,8 +2,7 @@
 
 Two models: the CIFAR ResNet-56 (3x32x32 input) and a 50-layer ReLU MLP
 (``mlp:depth=50,width=256``, 64 input features). One step is forward + cross-entropy + backward
-+ SGD (lr 0.01, no momentum: the only setting in which Cockpit's Alpha quantity runs its fast
-path). Each configuration has its own copy of the model (same initial weights), optimizer and
++ SGD (lr 0.01, no momentum). Each configuration has its own copy of the model (same initial weights), optimizer and
 instrumentation, set up once; all are timed interleaved in one process:
 
 * ``baseline``: no measurement;
@@ -16,9 +15,10 @@ instrumentation, set up once; all are timed interleaved in one process:
 * ``lightning_grad_norm``: ``lightning.pytorch.utilities.grad_norm(model, norm_type=2)`` every step;
 * ``wandb_hist``: what ``wandb.watch(model, log="gradients", log_freq=1)`` computes, without
   wandb's upload: a hook on every parameter that histograms its gradient into 64 bins each step
-  and moves the histogram to the host (``HistogramHooks`` below);
-* ``cockpit``: Cockpit's "economy" configuration (run with ``--only cockpit`` from an
-  environment where ``cockpit-for-pytorch`` imports; it is not a dependency of gradhealth).
+  and moves the histogram to the host (``harness.HistogramHooks``).
+
+Cockpit and the other peers side by side with the monitor, on the MLP and Cockpit's CIFAR-10 net:
+``peers.py``.
 
 Figure: overhead % = (median over repetitions of the paired ratio candidate / baseline - 1) * 100.
 Goals on CPU: at most 3 % at every=1, at most 1 % at every=10. ``--only profile`` measures
@@ -27,19 +27,15 @@ where the monitor's time goes instead, per part, by timing each of its hooks (``
     python benchmarks/overhead.py                   # -> benchmarks/results/overhead.json
     python benchmarks/overhead.py --only profile    # -> benchmarks/results/overhead_profile.json
     python benchmarks/overhead.py --quick
-    PYTHONPATH=src /path/to/cockpit-venv/bin/python benchmarks/overhead.py --only cockpit
 """
 from __future__ import annotations
 
 import copy
-import functools
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,7 +61,6 @@ LABELS = {
     "monitor_detail1_noact": "GradientMonitor, every=1, detail_every=1, activations=False",
     "lightning_grad_norm": "Lightning grad_norm(model, 2) every step",
     "wandb_hist": "wandb.watch-style 64-bin gradient histograms every step",
-    "cockpit": "Cockpit, economy configuration",
 }
 MAIN_CONFIGS = ("baseline", "monitor_every1", "monitor_every10", "monitor_detail1", "monitor_detail1_noact",
                 "lightning_grad_norm", "wandb_hist")
@@ -87,162 +82,32 @@ def model_settings(quick: bool) -> dict[str, dict]:
     return models
 
 
-def make_batch(s: dict, device: torch.device) -> tuple[Tensor, Tensor]:
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(s["batch"], *s["input"], generator=gen).to(device)
-    y = torch.randint(0, 10, (s["batch"],), generator=gen).to(device)
-    return x, y
-
-
-def new_optimizer(model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=0.01)
-
-
-# ---- the reference tools -------------------------------------------------------------------
-
-class HistogramHooks:
-    """What wandb.watch(log="gradients", log_freq=1) computes for every parameter on every step.
-
-    Per gradient, in the hook that autograd calls when it is ready: a copy, a check for finite
-    values, min and max read on the host, a 64-bin ``torch.histc`` between them, and the counts
-    and bin edges moved to the host (wandb then logs them; that upload is not measured here).
-    """
-
-    def __init__(self, model: nn.Module, bins: int = 64):
-        self.bins = bins
-        self.latest: dict[str, tuple[list[float], list[float]]] = {}
-        self.handles = [
-            p.register_hook(functools.partial(self._on_grad, name))
-            for name, p in model.named_parameters() if p.requires_grad
-        ]
-
-    def _on_grad(self, name: str, grad: Tensor) -> None:
-        flat = grad.detach().clone().reshape(-1).float()
-        finite = torch.isfinite(flat)
-        if flat.numel() == 0 or not bool(finite.any()):
-            return
-        if not bool(finite.all()):
-            flat = flat[finite]
-        low, high = flat.min().item(), flat.max().item()
-        if low == high:
-            self.latest[name] = ([float(flat.numel())], [low, high])
-            return
-        counts = torch.histc(flat, bins=self.bins, min=low, max=high).cpu().tolist()
-        edges = torch.linspace(low, high, self.bins + 1).tolist()
-        self.latest[name] = (counts, edges)
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def plain_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Callable[[], None]:
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
-def every_multiple(steps: int, period: int) -> int:
-    return -(-steps // period) * period
-
-
-def build_candidate(config: str, template: nn.Module, x: Tensor, y: Tensor, steps: int,
-                    use_converter: bool = False) -> tuple[harness.Candidate, Callable[[], None]]:
-    """A candidate with its own model copy, and a function that takes its instrumentation off.
-
-    A monitor whose work repeats every N steps (``every``, ``detail_every``) is timed over
-    ``steps`` rounded up to a multiple of N per repetition, so that every repetition holds the
-    same number of recorded and detailed steps (any N consecutive steps hold exactly one).
-    """
+def build_candidate(config: str, template: nn.Module, x: Tensor, y: Tensor,
+                    steps: int) -> tuple[harness.Candidate, Callable[[], None]]:
+    """A candidate with its own model copy, and a function that takes its instrumentation off."""
     model = copy.deepcopy(template)
-    opt = new_optimizer(model)
+    opt = harness.new_optimizer(model)
     if config == "baseline":
-        return harness.Candidate(config, plain_step(model, opt, x, y), LABELS[config]), lambda: None
+        return harness.Candidate(config, harness.plain_step(model, opt, x, y), LABELS[config]), lambda: None
     if config.startswith("monitor"):
-        from gradhealth.monitor import GradientMonitor
-
-        kwargs = harness.monitor_kwargs(MONITOR_KWARGS[config])
-        mon = GradientMonitor(model, optimizer=opt, **kwargs)
-        mon.attach()
-
-        def step() -> None:
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            mon.step(loss=loss)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        period = math.lcm(mon.every, getattr(mon, "detail_every", 1))
-        return harness.Candidate(config, step, LABELS[config], steps=every_multiple(steps, period)), mon.detach
+        return harness.monitor_candidate(config, LABELS[config], model, opt, x, y, steps, MONITOR_KWARGS[config])
     if config == "lightning_grad_norm":
-        from lightning.pytorch.utilities import grad_norm
-
-        latest: list[dict] = []
-
-        def step() -> None:
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            latest[:] = [grad_norm(model, norm_type=2)]
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        return harness.Candidate(config, step, LABELS[config]), lambda: None
+        return harness.Candidate(config, harness.lightning_grad_norm_step(model, opt, x, y), LABELS[config]), lambda: None
     if config == "wandb_hist":
-        hooks = HistogramHooks(model)
-        return harness.Candidate(config, plain_step(model, opt, x, y), LABELS[config]), hooks.remove
-    if config == "cockpit":
-        return cockpit_candidate(model, opt, x, y, use_converter)
+        hooks = harness.HistogramHooks(model)
+        return harness.Candidate(config, harness.plain_step(model, opt, x, y), LABELS[config]), hooks.remove
     raise SystemExit(f"error: unknown configuration {config!r}.")
-
-
-def cockpit_candidate(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, use_converter: bool):
-    """Cockpit's economy configuration, used as its README shows (BackPACK-extended model and loss).
-
-    ``use_converter``: BackPACK's torch.fx converter, which it needs for graphs with in-place
-    residual additions.
-    """
-    from backpack import extend
-    from cockpit import Cockpit
-    from cockpit.utils.configuration import configuration
-
-    model = extend(model, use_converter=use_converter)
-    loss_fn = extend(nn.CrossEntropyLoss())
-    individual_loss_fn = nn.CrossEntropyLoss(reduction="none")
-    cockpit = Cockpit(model.parameters(), quantities=configuration("economy"))
-    counter = [0]
-
-    def step() -> None:
-        global_step = counter[0]
-        out = model(x)
-        loss = loss_fn(out, y)
-        losses = individual_loss_fn(out, y)
-        info = {"batch_size": x.shape[0], "individual_losses": losses, "loss": loss, "optimizer": opt}
-        with cockpit(global_step, info=info):
-            loss.backward(create_graph=cockpit.create_graph(global_step))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        counter[0] += 1
-        # Cockpit keeps every tracked value in memory; drop the old ones so memory stays flat
-        if len(cockpit.output) > 4:
-            for key in sorted(cockpit.output)[:-2]:
-                del cockpit.output[key]
-
-    return harness.Candidate("cockpit", step, LABELS["cockpit"]), lambda: None
 
 
 # ---- measuring -----------------------------------------------------------------------------
 
-def run_model(name: str, s: dict, configs: list[str], device: torch.device, use_converter: bool = False) -> dict:
+def run_model(name: str, s: dict, configs: list[str], device: torch.device) -> dict:
     torch.manual_seed(0)
     template = gradhealth.create_model(s["spec"]).to(device)
-    x, y = make_batch(s, device)
+    x, y = harness.make_batch(s["batch"], s["input"], device)
     candidates, removers = [], []
     for config in configs:
-        cand, remove = build_candidate(config, template, x, y, s["steps"], use_converter)
+        cand, remove = build_candidate(config, template, x, y, s["steps"])
         candidates.append(cand)
         removers.append(remove)
     print(f"{name}: batch {s['batch']}, {s['reps']} reps x {s['steps']} steps, configs {', '.join(configs)}",
@@ -266,37 +131,15 @@ def run_model(name: str, s: dict, configs: list[str], device: torch.device, use_
 
 # ---- command line --------------------------------------------------------------------------
 
-def run_third_party(model_name: str, s: dict, configs: list[str], device: torch.device) -> dict:
-    """Cockpit as its README uses it, then with BackPACK's converter; a tool that cannot run is a result."""
-    errors = []
-    for use_converter in (False, True):
-        try:
-            outcome = run_model(model_name, s, configs, device, use_converter)
-        except Exception as exc:  # noqa: BLE001 - any failure of the third-party tool is the finding
-            how = "extend(model, use_converter=True)" if use_converter else "extend(model)"
-            errors.append(f"with {how}: {type(exc).__name__}: {str(exc).strip()}"[:300])
-            continue
-        outcome["use_converter"] = use_converter
-        if errors:
-            outcome["first_try_error"] = errors[0]
-        return outcome
-    return {"settings": s, "error": "; ".join(errors)}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = harness.base_parser(__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("cockpit", "profile"), default=None,
-                        help="cockpit: only baseline against Cockpit (from an environment that has "
-                             "cockpit-for-pytorch); profile: where the monitor's time goes")
+    parser.add_argument("--only", choices=("profile",), default=None,
+                        help="profile: where the monitor's time goes")
     parser.add_argument("--model", choices=("resnet56", "mlp50"), action="append", help="default: both")
     args = parser.parse_args(argv)
     device = harness.resolve_device(args.device)
     threads = harness.set_threads(args.threads)
     settings = model_settings(args.quick)
-    if args.only == "cockpit":
-        # Cockpit's steps take tens of times longer: fewer of them, still >= 5 repetitions in a full run
-        for s in settings.values():
-            s.update(reps=3 if args.quick else 5, steps=1 if args.quick else 2, warmup=1, rep_warmup=1)
     for s in settings.values():
         if args.reps:
             s["reps"] = args.reps
@@ -325,28 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         del result["models"]
         harness.write_result(name, result, args.out)
         return 0
-    configs = list(MAIN_CONFIGS) if args.only is None else ["baseline", "cockpit"]
-    if args.only == "cockpit":
-        try:
-            import backpack  # noqa: F401
-            import cockpit  # noqa: F401
-        except Exception as exc:  # noqa: BLE001 - any failure to import is the finding
-            result["error"] = f"cockpit-for-pytorch does not import: {type(exc).__name__}: {exc}"
-            harness.write_result(name, result, args.out)
-            return 0  # that it does not import is the result, recorded in the JSON
-        import importlib.metadata as md
-
-        result["versions"] = {pkg: md.version(pkg) for pkg in ("cockpit-for-pytorch", "backpack-for-pytorch")}
+    configs = list(MAIN_CONFIGS)
     for model_name in args.model or list(settings):
-        s = settings[model_name]
-        if args.only is None:
-            result["models"][model_name] = run_model(model_name, s, configs, device)
-        else:
-            outcome = run_third_party(model_name, s, configs, device)
-            result["models"][model_name] = outcome
-            if "error" in outcome:
-                print(f"{model_name}: failed: {outcome['error']}", file=sys.stderr)
-                continue
+        result["models"][model_name] = run_model(model_name, settings[model_name], configs, device)
         for config, row in result["models"][model_name]["results"].items():
             print(f"{model_name} {config}: {row['median_ms']:.1f} ms/step, overhead {row['overhead_pct']:+.2f} %",
                   file=sys.stderr)
@@ -360,8 +184,8 @@ def _fmt_pct(value: float) -> str:
     return f"{value:+.1f} %"
 
 
-def markdown_section(result: dict, cockpit: dict | None = None, profile: dict | None = None) -> str:
-    """The BENCHMARKS.md section: one table per model, Cockpit's rows merged in, then the profile."""
+def markdown_section(result: dict, profile: dict | None = None) -> str:
+    """The BENCHMARKS.md section: one table per model, then the profile."""
     lines = [
         "## Overhead: what measuring gradients costs per training step",
         "",
@@ -387,40 +211,16 @@ def markdown_section(result: dict, cockpit: dict | None = None, profile: dict | 
                          "" if config == "baseline" else _fmt_pct(r["overhead_pct"]),
                          "" if config == "baseline" else f"{(r['ratio_min'] - 1) * 100:+.1f} to {(r['ratio_max'] - 1) * 100:+.1f} %",
                          goal])
-        cm = (cockpit or {}).get("models", {}).get(model_name)
-        if cm and "results" in cm:
-            r = cm["results"]["cockpit"]
-            b = cm["results"]["baseline"]
-            cs = cm["settings"]
-            rows.append([f"{r['label']} (own run: baseline {b['median_ms']:.1f} ms there, {cs['reps']} repetitions)",
-                         cs["steps"], f"{r['median_ms']:.1f}",
-                         _fmt_pct(r["overhead_pct"]),
-                         f"{(r['ratio_min'] - 1) * 100:+.1f} to {(r['ratio_max'] - 1) * 100:+.1f} %", ""])
-        elif cm and "error" in cm:
-            rows.append([LABELS["cockpit"], "", "did not run (see below)", "", "", ""])
         lines += [harness.markdown_table(["configuration", "steps/rep", "ms/step (median)", "overhead",
                                           "per-rep range", "goal"], rows), ""]
     lines += [f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
               f"Machine: {harness.describe_machine(result['machine'])}"]
-    if cockpit is not None:
-        lines += ["", "Cockpit: " + cockpit_note(cockpit)]
+    lines += ["", "Cockpit, BackPACK and the others side by side with the monitor: see *Peers* below."]
     if profile is not None:
         from overhead_profile import profile_section
 
         lines += ["", profile_section(profile)]
     return "\n".join(lines)
-
-
-def cockpit_note(cockpit: dict) -> str:
-    if "error" in cockpit:
-        return f"not measured: {cockpit['error']}"
-    versions = ", ".join(f"{k} {v}" for k, v in cockpit.get("versions", {}).items())
-    failed = [f"{m}: {c['error']}" for m, c in cockpit["models"].items() if "error" in c]
-    text = (f"measured in a separate environment ({versions}), baseline and Cockpit interleaved in that process; "
-            f"command `{cockpit['command']}`, {cockpit['date']}.")
-    if failed:
-        text += " Did not run on " + "; ".join(failed)
-    return text
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import harness
-from overhead import make_batch, new_optimizer, plain_step
 
 import gradhealth
 
@@ -112,9 +111,9 @@ def monitor_breakdown(s: dict, device: torch.device, steps: int, blocks: int = 2
 
     torch.manual_seed(0)
     template = gradhealth.create_model(s["spec"]).to(device)
-    x, y = make_batch(s, device)
+    x, y = harness.make_batch(s["batch"], s["input"], device)
     copies = {name: copy.deepcopy(template) for name in ("detailed", "unmonitored", "recorded", "idle")}
-    opts = {name: new_optimizer(model) for name, model in copies.items()}
+    opts = {name: harness.new_optimizer(model) for name, model in copies.items()}
     monitors = {
         "detailed": GradientMonitor(copies["detailed"], optimizer=opts["detailed"], **harness.monitor_kwargs({"detail_every": 1})),
         "recorded": GradientMonitor(copies["recorded"], optimizer=opts["recorded"],
@@ -162,7 +161,7 @@ def monitor_breakdown(s: dict, device: torch.device, steps: int, blocks: int = 2
             m.attach()
         runs = {
             "detailed": _training_step(copies["detailed"], opts["detailed"], x, y, clock.wrap("mon.step()", mon.step)),
-            "unmonitored": plain_step(copies["unmonitored"], opts["unmonitored"], x, y),
+            "unmonitored": harness.plain_step(copies["unmonitored"], opts["unmonitored"], x, y),
             "recorded": _training_step(copies["recorded"], opts["recorded"], x, y, monitors["recorded"].step),
             "idle": _training_step(copies["idle"], opts["idle"], x, y, monitors["idle"].step),
         }
@@ -254,7 +253,7 @@ def reduction_costs(s: dict, device: torch.device, repeats: int) -> dict:
 
     torch.manual_seed(0)
     model = gradhealth.create_model(s["spec"]).to(device)
-    x, y = make_batch(s, device)
+    x, y = harness.make_batch(s["batch"], s["input"], device)
     outputs: dict[tuple, list] = {}
     handles = []
     for module in model.modules():

@@ -3,10 +3,10 @@
     python benchmarks/run_all.py                      # what `make bench` runs
     python benchmarks/run_all.py --quick              # checks that everything runs (figures meaningless)
     python benchmarks/run_all.py --render-only        # rewrite BENCHMARKS.md from benchmarks/results/*.json
-    COCKPIT_PYTHON=/tmp/cockpit-venv/bin/python python benchmarks/run_all.py   # Cockpit rows too
 
-Cockpit (cockpit-for-pytorch) is not a dependency of gradhealth: its rows are measured only with
-an interpreter that has it, given by ``--cockpit-python`` or ``COCKPIT_PYTHON``.
+Cockpit and BackPACK, which peers.py measures, are not dependencies of gradhealth: `make bench`
+runs this script from .venv-bench, which has them; from another environment their rows say that
+they did not run.
 """
 from __future__ import annotations
 
@@ -29,15 +29,11 @@ BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 # Results measured on a GPU machine by benchmarks/gpu.sh. Kept in the repository (unlike
 # benchmarks/results/): `make bench` on a machine without a GPU cannot measure them again.
 GPU_RESULTS = HERE / "gpu"
-COCKPIT_SETUP = (
-    "python3 -m venv --system-site-packages /tmp/cockpit-venv && "
-    "/tmp/cockpit-venv/bin/pip install -c constraints.txt torch==2.13.0 cockpit-for-pytorch backpack-for-pytorch"
-)
 
 
-def run(cmd: list[str], env: dict | None = None) -> int:
+def run(cmd: list[str]) -> int:
     print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    return subprocess.call(cmd, cwd=REPO, env=env)
+    return subprocess.call(cmd, cwd=REPO)
 
 
 def passthrough(args: argparse.Namespace) -> list[str]:
@@ -61,20 +57,13 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, int]:
         "overhead_profile": [sys.executable, "benchmarks/overhead.py", "--only", "profile", *common],
         "scaling": [sys.executable, "benchmarks/scaling.py", *common],
         "study_time": [sys.executable, "benchmarks/study_time.py"],
+        "peers": [sys.executable, "benchmarks/peers.py", *common],
     }
-    cockpit_python = args.cockpit_python or os.environ.get("COCKPIT_PYTHON")
-    if cockpit_python:
-        jobs["overhead_cockpit"] = [cockpit_python, "benchmarks/overhead.py", "--only", "cockpit", *common]
     for name, cmd in jobs.items():
         if args.only and name not in args.only:
             continue
         (harness.RESULTS_DIR / f"{name}.json").unlink(missing_ok=True)
-        env = None
-        if name == "overhead_cockpit":
-            # the other interpreter has no editable install of gradhealth: import it from the source tree
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"),
-                                                                               os.environ.get("PYTHONPATH")]))}
-        codes[name] = run(cmd, env)
+        codes[name] = run(cmd)
     return codes
 
 
@@ -102,12 +91,14 @@ def intro(note: str | None, produced_by: str | None) -> str:
 
 def section(name: str, codes: dict[str, int]) -> str:
     import overhead
+    import peers
     import scaling
     import study_time
     import throughput
 
     result = harness.read_result(name)
-    titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling", "study_time": "Studies"}
+    titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling", "study_time": "Studies",
+              "peers": "Peers"}
     if result is None:
         code = codes.get(name)
         why = f"the last run failed (exit code {code})" if code else "not run yet"
@@ -115,20 +106,16 @@ def section(name: str, codes: dict[str, int]) -> str:
     if name == "throughput":
         text = throughput.markdown_section(result)
     elif name == "overhead":
-        cockpit = harness.read_result("overhead_cockpit")
         profile = harness.read_result("overhead_profile")
-        text = overhead.markdown_section(result, cockpit, profile)
+        text = overhead.markdown_section(result, profile)
         if profile is None:
             code = codes.get("overhead_profile")
             why = f"its run failed (exit code {code})" if code else "not run yet"
             text += f"\n\nWhere the monitor's time goes: {why}; `python benchmarks/overhead.py --only profile`."
-        if cockpit is None:
-            code = codes.get("overhead_cockpit")
-            why = f"its run failed (exit code {code})" if code else "no interpreter with cockpit-for-pytorch was given"
-            text += (f"\n\nCockpit: not measured in this run ({why}). To measure it: `{COCKPIT_SETUP}`, then "
-                     "`COCKPIT_PYTHON=/tmp/cockpit-venv/bin/python make bench`.")
     elif name == "study_time":
         text = study_time.markdown_section(result)
+    elif name == "peers":
+        text = peers.markdown_section(result)
     else:
         text = scaling.markdown_section(result)
     if result.get("quick"):
@@ -164,7 +151,7 @@ def render(note: str | None, codes: dict[str, int]) -> str:
     produced_by = harness.command_line()
     if note:
         produced_by = produced_by.replace(shlex.quote(note), "'(the note below)'")
-    names = ("throughput", "overhead", "scaling", "study_time")
+    names = ("throughput", "overhead", "peers", "scaling", "study_time")
     parts = [intro(note, produced_by)] + [section(name, codes) for name in names] + gpu_sections()
     return "\n\n".join(parts) + "\n"
 
@@ -185,11 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--only", choices=("throughput", "overhead", "overhead_profile", "scaling", "overhead_cockpit",
+    parser.add_argument("--only", choices=("throughput", "overhead", "overhead_profile", "scaling", "peers",
                                                    "study_time"),
                         action="append",
                         help="run only these (the others' last results are kept in BENCHMARKS.md)")
-    parser.add_argument("--cockpit-python", default=None, help="an interpreter that has cockpit-for-pytorch")
     parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md")
     parser.add_argument("--note", default=None, help="a sentence about these figures, shown at the top")
     args = parser.parse_args(argv)
