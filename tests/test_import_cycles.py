@@ -175,3 +175,33 @@ def test_every_allowed_cycle_still_exists():
     # an allow-list entry outlives its cycle only by mistake: remove it with the change that breaks it
     present = {frozenset(c) for c in cycles(import_graph())}
     assert [sorted(c) for c in ALLOWED_CYCLES if c not in present] == []
+
+
+# the torch-free side: a log is diagnosed and reported on a machine without torch
+TORCH_FREE = ("gradhealth.vocabulary", "gradhealth.monitor.records", "gradhealth.diagnose", "gradhealth.report")
+
+
+def imports_torch(path: Path) -> bool:
+    for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+        if any(n == "torch" or n.startswith("torch.") for n in names):
+            return True
+    return False
+
+
+def test_the_torch_free_side_imports_no_torch():
+    files, graph = module_files(), import_graph()
+    reached = {m for m in files if m.startswith(TORCH_FREE)}
+    frontier = list(reached)
+    while frontier:
+        for child in graph[frontier.pop()] - reached:
+            reached.add(child)
+            frontier.append(child)
+    assert sorted(m for m in reached if imports_torch(files[m])) == []
+
+
+def test_nothing_imports_the_command_line():
+    graph = import_graph()
+    users = {m for m, targets in graph.items() if not m.startswith("gradhealth.cli") and m != "gradhealth.__main__"
+             and any(t == "gradhealth.cli" or t.startswith("gradhealth.cli.") for t in targets)}
+    assert users == set()
