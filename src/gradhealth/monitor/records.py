@@ -32,6 +32,8 @@ __all__ = [
     "NonFiniteEvent",
     "StepRecord",
     "LayerInfo",
+    "ParamInfo",
+    "BlockInfo",
     "RunMeta",
     "RunLog",
     "record_to_json",
@@ -101,6 +103,9 @@ class StepRecord:
     first_nonfinite: NonFiniteEvent | None = None
     # anything else the loop measured: val_loss, accuracy, grad_scale, clipped (0/1) ...
     metrics: dict[str, float | None] = field(default_factory=dict)
+    # detailed steps: per recurrent module (or user-named sequence tensor), ||dL/dx_t|| for
+    # t = 0..T-1, the gradient of the loss with respect to its input at time step t
+    time_grads: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,6 +118,37 @@ class LayerInfo:
     params: int = 0
     # the activation rule's name (sigmoid, relu, ...) for role == activation
     activation: str | None = None
+    # other modules that share this layer's parameters (tied weights: lm_head with the embedding)
+    tied: list[str] = field(default_factory=list)
+    # the repeated block the layer belongs to (the monitor leaves it None; see BlockInfo)
+    block: str | None = None
+
+
+@dataclass
+class ParamInfo:
+    """One parameter tensor of the model and where it was counted.
+
+    ``layer``: the measured layer it was counted in (None: not measured); ``role``: that layer's
+    role, or ``unmeasured``; ``tied``: the other names the same tensor goes by.
+    """
+
+    name: str
+    shape: list[int]
+    layer: str | None
+    role: str
+    trainable: bool = True
+    tied: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BlockInfo:
+    """A repeated block of the model (``h.0``, ``layers.3``) and whether it has a skip path.
+
+    ``residual`` is None where the monitor could not tell.
+    """
+
+    name: str
+    residual: bool | None = None
 
 
 @dataclass
@@ -124,6 +160,13 @@ class RunMeta:
     data: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
+    # every parameter tensor (named_parameters(remove_duplicate=False)) and where it was counted
+    parameters: list[ParamInfo] = field(default_factory=list)
+    # modules that look like activations but have no rule, so are not measured (with the reason)
+    unhooked: list[str] = field(default_factory=list)
+    # the recurrent modules and user-named tensors whose gradient through time is measured
+    time_series: list[str] = field(default_factory=list)
+    blocks: list[BlockInfo] = field(default_factory=list)
 
     def names(self, role: str) -> list[str]:
         return [layer.name for layer in self.layers if layer.role == role]
@@ -172,6 +215,15 @@ def _typed(key: str, value: Any, annotation: str) -> Any:
     """``value`` checked against a field's annotation (numbers, integers, text; None where optional)."""
     if value is None and "None" in annotation:
         return None
+    if annotation.startswith("list["):
+        if not isinstance(value, list):
+            raise TypeError(f"{key!r} must be a list, not {type(value).__name__}")
+        item = annotation[len("list["):-1]
+        return [_typed(key, v, item) for v in value]
+    if annotation.startswith("bool"):
+        if not isinstance(value, bool):
+            raise TypeError(f"{key!r} must be true or false, not {type(value).__name__}")
+        return value
     if annotation.startswith("str"):
         if not isinstance(value, str):
             raise TypeError(f"{key!r} must be text, not {type(value).__name__}")
@@ -208,6 +260,37 @@ def record_to_json(record: StepRecord) -> dict[str, Any]:
         out["first_nonfinite"] = _encode_obj(asdict(record.first_nonfinite))
     if record.metrics:
         out["metrics"] = _encode_obj(dict(record.metrics))
+    if record.time_grads:
+        out["time_grads"] = _encode_series(record.time_grads)
+    return out
+
+
+def _encode_series(series: dict[str, list[float]]) -> dict[str, Any]:
+    """Lists of floats with NaN/Inf as null, named in ``nonfinite`` by series and index."""
+    out: dict[str, Any] = {}
+    bad: dict[str, dict[str, str]] = {}
+    for name, values in series.items():
+        encoded = _encode_obj({str(i): float(v) for i, v in enumerate(values)})
+        if "nonfinite" in encoded:
+            bad[name] = encoded.pop("nonfinite")
+        out[name] = [encoded[str(i)] for i in range(len(values))]
+    if bad:
+        out["nonfinite"] = bad
+    return out
+
+
+def _decode_series(obj: Any) -> dict[str, list[float]]:
+    series = _object(obj)
+    # a series is a list, so a module named "nonfinite" cannot be mistaken for the map
+    bad = series.get("nonfinite") if isinstance(series.get("nonfinite"), dict) else {}
+    out: dict[str, list[float]] = {}
+    for name, values in series.items():
+        if name == "nonfinite" and not isinstance(values, list):
+            continue
+        if not isinstance(values, list):
+            raise TypeError(f"time series {name!r} must be a list, not {type(values).__name__}")
+        restored = _decode_obj({str(i): v for i, v in enumerate(values)} | {"nonfinite": bad.get(name) or {}})
+        out[str(name)] = [_typed(name, restored[str(i)], "float") for i in range(len(values))]
     return out
 
 
@@ -215,7 +298,8 @@ def record_from_json(obj: dict[str, Any]) -> StepRecord:
     """The inverse of ``record_to_json``; raises ValueError/TypeError/KeyError on a malformed object."""
     if not isinstance(obj, dict) or "step" not in obj:
         raise ValueError("a step record needs a 'step'")
-    top = _decode_obj({k: v for k, v in obj.items() if k not in ("layers", "activations", "first_nonfinite", "metrics")})
+    top = _decode_obj({k: v for k, v in obj.items()
+                       if k not in ("layers", "activations", "first_nonfinite", "metrics", "time_grads")})
     layers = obj.get("layers", {})
     acts = obj.get("activations", {})
     if not isinstance(layers, dict) or not isinstance(acts, dict):
@@ -232,6 +316,7 @@ def record_from_json(obj: dict[str, Any]) -> StepRecord:
         activations={str(k): _build(ActivationStats, v) for k, v in acts.items()},
         first_nonfinite=None if event is None else _build(NonFiniteEvent, event),
         metrics={str(k): _typed(k, v, "float | None") for k, v in _decode_obj(_object(obj.get("metrics") or {})).items()},
+        time_grads=_decode_series(obj.get("time_grads") or {}),
     )
 
 
@@ -254,8 +339,15 @@ def meta_from_json(obj: dict[str, Any]) -> RunMeta:
         if body.get(key) is not None and not isinstance(body[key], str):
             raise TypeError(f"{key!r} of the meta line must be text")
     _object(body.get("config") or {})
+    listed = {"parameters": ParamInfo, "blocks": BlockInfo}
+    for key in (*listed, "unhooked", "time_series"):
+        if not isinstance(body.get(key, []), list):
+            raise TypeError(f"{key!r} of the meta line must be a list")
+    for key in ("unhooked", "time_series"):
+        body[key] = _typed(key, body.get(key, []), "list[str]")
     known = {f.name for f in fields(RunMeta)}
     return RunMeta(layers=[_build(LayerInfo, layer) for layer in layers],
+                   **{key: [_build(cls, item) for item in body.pop(key, [])] for key, cls in listed.items()},
                    **{k: v for k, v in body.items() if k in known and k != "layers"})
 
 
