@@ -121,6 +121,7 @@ class RecordAssembly:
                  meta: Callable[[], RunMeta]):
         self.records: deque[StepRecord] = deque(maxlen=history)
         self.first_nonfinite: NonFiniteEvent | None = None
+        self._refinable = False
         self._jsonl_path = jsonl
         self._append = append
         self._sinks: list[Any] = list(sinks)
@@ -151,11 +152,13 @@ class RecordAssembly:
         event = record.first_nonfinite
         if event is not None and self.first_nonfinite is None:
             self.first_nonfinite = event
-        elif (event is not None and pending.armed and event.kind in ("input", "forward", "activation")
-              and self.first_nonfinite is not None and self.first_nonfinite.kind in ("loss", "gradient")
-              and self.first_nonfinite.step is not None and self.first_nonfinite.step < pending.step):
-            # the watch the unwatched non-finite step armed names where the forward pass goes bad
+            self._refinable = event.kind == "loss" and event.layer is not None and record.skipped
+        elif event is not None and pending.armed and self._refinable and event.kind in ("input", "forward", "activation"):
+            # a non-finite loss on an unwatched step says only that the forward pass went bad; the
+            # watch it armed names where, if the optimizer did not step on it (then the weights
+            # are as they were, where after a NaN step they would all be NaN from the first layer)
             self.first_nonfinite = event
+            self._refinable = False
         self.records.append(record)
         self._emit(record)
         return record

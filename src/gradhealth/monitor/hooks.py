@@ -220,7 +220,9 @@ class MonitorHooks:
             out = _first_tensor(output)
             if inp is None or out is None:
                 return
-            self.residual[name] = has_skip_path(out.grad_fn, inp.grad_fn)
+            # a leaf input (requires grad, no grad_fn) is found by its gradient's accumulator
+            start = inp.grad_fn if inp.grad_fn is not None or not inp.requires_grad else inp
+            self.residual[name] = has_skip_path(out.grad_fn, start)
             if len(self.residual) == len(self._block_handles):
                 self.stop_block_checks()
 

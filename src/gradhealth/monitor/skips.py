@@ -32,11 +32,16 @@ def _parents(node: Any) -> list[Any]:
     return [n for n, _ in getattr(node, "next_functions", ()) if n is not None]
 
 
+def _is_input(node: Any, target: Any) -> bool:
+    # a leaf input has no grad_fn: the node that accumulates its gradient stands for it
+    return node is target or getattr(node, "variable", None) is target
+
+
 def _reaches_without_weights(start: Any, target: Any, budget: list[int]) -> bool:
     stack, seen = [start], set()
     while stack and budget[0] > 0:
         node = stack.pop()
-        if node is target:
+        if _is_input(node, target):
             return True
         if id(node) in seen or _weight_op(node):
             continue
@@ -47,10 +52,13 @@ def _reaches_without_weights(start: Any, target: Any, budget: list[int]) -> bool
 
 
 def has_skip_path(output_fn: Any, input_fn: Any) -> bool | None:
-    """True / False as the module docstring says; None where it cannot tell (no graph, too big)."""
+    """True / False as the module docstring says; None where it cannot tell (no graph, too big).
+
+    ``input_fn``: the block input's grad_fn, or the input itself where it is a leaf.
+    """
     if output_fn is None or input_fn is None:
         return None
-    if output_fn is input_fn:
+    if _is_input(output_fn, input_fn):
         return True  # the block passed its input through unchanged
     budget = [NODE_LIMIT]
     stack, seen = [output_fn], set()
@@ -58,7 +66,7 @@ def has_skip_path(output_fn: Any, input_fn: Any) -> bool | None:
         if budget[0] <= 0:
             return None
         node = stack.pop()
-        if node is input_fn or id(node) in seen:
+        if _is_input(node, input_fn) or id(node) in seen:
             continue  # what lies before the block's input is not the block
         seen.add(id(node))
         budget[0] -= 1
