@@ -442,3 +442,50 @@ def test_the_jsonl_log_keeps_the_new_fields_and_old_logs_still_read(tmp_path):
     read = read_jsonl(old)
     assert read.meta.parameters == [] and read.meta.blocks == [] and read.records[0].time_grads == {}
     assert isinstance(read.meta, RunMeta) and [layer.tied for layer in read.meta.layers][0] == []
+
+
+# ---- activation classes of torch and other libraries -------------------------------------------
+
+@pytest.mark.parametrize("act", [nn.Mish(), nn.Softplus(beta=2.0), nn.SELU(), nn.CELU(alpha=0.5), nn.GELU(),
+                                 nn.SiLU()], ids=lambda m: type(m).__name__)
+def test_new_saturation_rules_match_the_derivative_from_autograd(act):
+    x = torch.linspace(-15, 15, 30001, dtype=torch.float64).reshape(1, -1)
+    model = nn.Sequential(nn.Identity(), act)
+    with GradientMonitor(model, detail_every=1) as mon:
+        model(x)
+        mon.step()
+        saturation = mon.records[-1].activations["1"].saturation
+    probe = x.clone().requires_grad_(True)
+    slope = torch.autograd.grad(act(probe).sum(), probe)[0].abs()
+    oracle = float((slope < 0.01 * slope.max()).double().mean())
+    assert saturation == pytest.approx(oracle, abs=5e-4)
+    assert 0.1 < oracle < 0.9  # the grid reaches the flat region and the live one
+
+
+def test_every_hugging_face_activation_class_is_measured_or_said_unmeasured():
+    activations = pytest.importorskip("transformers.activations")
+    classes = [c for c in vars(activations).values()
+               if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == activations.__name__]
+    model = nn.ModuleDict()
+    for cls in classes:
+        try:
+            model[cls.__name__] = cls()
+        except TypeError:  # needs arguments (ClippedGELUActivation: min, max)
+            model[cls.__name__] = cls(-10.0, 10.0)
+    with GradientMonitor(model) as mon:
+        meta = mon.meta
+    measured = {layer.name for layer in meta.layers if layer.role == "activation"}
+    unhooked = {u.split(" ")[0] for u in meta.unhooked}
+    assert measured | unhooked == set(model.keys()) and not measured & unhooked
+    assert {"NewGELUActivation", "GELUActivation", "FastGELUActivation", "QuickGELUActivation",
+            "SiLUActivation", "MishActivation", "ReLUSquaredActivation"} <= measured
+
+
+@pytest.mark.parametrize("name, rule", [("SwishMe", "silu"), ("HardMishMe", "mish"), ("GELUTanh", "gelu"),
+                                        ("MyLeakyReLU", "leaky_relu"), ("ScaledTanh", "tanh")])
+def test_an_activation_class_of_any_library_gets_the_rule_its_name_says(name, rule):
+    cls = type(name, (nn.Module,), {"forward": lambda self, x: x, "negative_slope": 0.1})
+    model = nn.Sequential(nn.Linear(2, 2), cls())
+    with GradientMonitor(model) as mon:
+        layers = {layer.name: layer for layer in mon.meta.layers}
+    assert layers["1"].role == "activation" and layers["1"].activation == rule
