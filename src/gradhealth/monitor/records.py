@@ -103,8 +103,8 @@ class StepRecord:
     first_nonfinite: NonFiniteEvent | None = None
     # anything else the loop measured: val_loss, accuracy, grad_scale, clipped (0/1) ...
     metrics: dict[str, float | None] = field(default_factory=dict)
-    # detailed steps: per recurrent module (or user-named sequence tensor), ||dL/dx_t|| for
-    # t = 0..T-1, the gradient of the loss with respect to its input at time step t
+    # detailed steps: per recurrent module (or user-named sequence tensor), ||dL/dx_t|| for t = 0..T-1,
+    # the gradient that reaches the module's input at time step t (L2 over batch and features)
     time_grads: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -118,19 +118,16 @@ class LayerInfo:
     params: int = 0
     # the activation rule's name (sigmoid, relu, ...) for role == activation
     activation: str | None = None
-    # other modules that share this layer's parameters (tied weights: lm_head with the embedding)
+    # other module names that share this layer's parameters (tied weights: lm_head and wte)
     tied: list[str] = field(default_factory=list)
-    # the repeated block the layer belongs to (the monitor leaves it None; see BlockInfo)
+    # the repeated block this layer belongs to; left None by the monitor (the diagnosis derives it)
     block: str | None = None
 
 
 @dataclass
 class ParamInfo:
-    """One parameter tensor of the model and where it was counted.
-
-    ``layer``: the measured layer it was counted in (None: not measured); ``role``: that layer's
-    role, or ``unmeasured``; ``tied``: the other names the same tensor goes by.
-    """
+    """One parameter tensor of ``named_parameters(remove_duplicate=False)``: ``layer`` is the measured
+    layer it was counted in (None: not measured), ``role`` that layer's role or "unmeasured"."""
 
     name: str
     shape: list[int]
@@ -142,10 +139,8 @@ class ParamInfo:
 
 @dataclass
 class BlockInfo:
-    """A repeated block of the model (``h.0``, ``layers.3``) and whether it has a skip path.
-
-    ``residual`` is None where the monitor could not tell.
-    """
+    """A repeated block (``h.3``, ``layers.K``, ``encoder.layer.K``, ``blocks.K``); ``residual``:
+    whether its autograd graph has a skip path from input to output (None: could not tell)."""
 
     name: str
     residual: bool | None = None
@@ -160,11 +155,11 @@ class RunMeta:
     data: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
-    # every parameter tensor (named_parameters(remove_duplicate=False)) and where it was counted
+    # every parameter tensor, measured or not (coverage)
     parameters: list[ParamInfo] = field(default_factory=list)
-    # modules that look like activations but have no rule, so are not measured (with the reason)
+    # modules that look like activations by class name but have no rule, so are not measured
     unhooked: list[str] = field(default_factory=list)
-    # the recurrent modules and user-named tensors whose gradient through time is measured
+    # recurrent modules / user-named tensors whose gradient through time is measured
     time_series: list[str] = field(default_factory=list)
     blocks: list[BlockInfo] = field(default_factory=list)
 
@@ -218,8 +213,7 @@ def _typed(key: str, value: Any, annotation: str) -> Any:
     if annotation.startswith("list["):
         if not isinstance(value, list):
             raise TypeError(f"{key!r} must be a list, not {type(value).__name__}")
-        item = annotation[len("list["):-1]
-        return [_typed(key, v, item) for v in value]
+        return [_typed(key, item, annotation[5:-1]) for item in value]
     if annotation.startswith("bool"):
         if not isinstance(value, bool):
             raise TypeError(f"{key!r} must be true or false, not {type(value).__name__}")
@@ -266,7 +260,7 @@ def record_to_json(record: StepRecord) -> dict[str, Any]:
 
 
 def _encode_series(series: dict[str, list[float]]) -> dict[str, Any]:
-    """Lists of floats with NaN/Inf as null, named in ``nonfinite`` by series and index."""
+    """Lists of floats per name; a NaN/Inf is null and named in ``nonfinite`` as {name: {index: text}}."""
     out: dict[str, Any] = {}
     bad: dict[str, dict[str, str]] = {}
     for name, values in series.items():
@@ -280,16 +274,13 @@ def _encode_series(series: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def _decode_series(obj: Any) -> dict[str, list[float]]:
-    series = _object(obj)
-    # a series is a list, so a module named "nonfinite" cannot be mistaken for the map
-    bad = series.get("nonfinite") if isinstance(series.get("nonfinite"), dict) else {}
-    out: dict[str, list[float]] = {}
-    for name, values in series.items():
-        if name == "nonfinite" and not isinstance(values, list):
-            continue
+    body = dict(_object(obj))
+    bad = _object(body.pop("nonfinite", None) or {})
+    out = {}
+    for name, values in body.items():
         if not isinstance(values, list):
-            raise TypeError(f"time series {name!r} must be a list, not {type(values).__name__}")
-        restored = _decode_obj({str(i): v for i, v in enumerate(values)} | {"nonfinite": bad.get(name) or {}})
+            raise TypeError(f"time_grads of {name!r} must be a list")
+        restored = _decode_obj({**{str(i): v for i, v in enumerate(values)}, "nonfinite": bad.get(name) or {}})
         out[str(name)] = [_typed(name, restored[str(i)], "float") for i in range(len(values))]
     return out
 
@@ -339,16 +330,15 @@ def meta_from_json(obj: dict[str, Any]) -> RunMeta:
         if body.get(key) is not None and not isinstance(body[key], str):
             raise TypeError(f"{key!r} of the meta line must be text")
     _object(body.get("config") or {})
-    listed = {"parameters": ParamInfo, "blocks": BlockInfo}
-    for key in (*listed, "unhooked", "time_series"):
-        if not isinstance(body.get(key, []), list):
+    nested = {"layers": LayerInfo, "parameters": ParamInfo, "blocks": BlockInfo}
+    for key in nested:
+        if not isinstance(body.get(key) or [], list):
             raise TypeError(f"{key!r} of the meta line must be a list")
-    for key in ("unhooked", "time_series"):
-        body[key] = _typed(key, body.get(key, []), "list[str]")
     known = {f.name for f in fields(RunMeta)}
     return RunMeta(layers=[_build(LayerInfo, layer) for layer in layers],
-                   **{key: [_build(cls, item) for item in body.pop(key, [])] for key, cls in listed.items()},
-                   **{k: v for k, v in body.items() if k in known and k != "layers"})
+                   parameters=[_build(ParamInfo, p) for p in body.pop("parameters", None) or []],
+                   blocks=[_build(BlockInfo, b) for b in body.pop("blocks", None) or []],
+                   **{k: v for k, v in body.items() if k in known and k not in nested})
 
 
 # ---- files ---------------------------------------------------------------------------------------
