@@ -489,3 +489,34 @@ def test_an_activation_class_of_any_library_gets_the_rule_its_name_says(name, ru
     with GradientMonitor(model) as mon:
         layers = {layer.name: layer for layer in mon.meta.layers}
     assert layers["1"].role == "activation" and layers["1"].activation == rule
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet block: a projection shortcut where the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int, skip: bool = True):
+        super().__init__()
+        self.skip = skip
+        self.conv1, self.bn1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        if self.skip:
+            out += identity
+        return self.relu(out)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_a_projection_shortcut_is_a_skip_path(skip):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1),
+                          nn.Sequential(BasicBlock(4, 8, 2, skip), BasicBlock(8, 8, 1, skip)))
+    with GradientMonitor(model) as mon:
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        mon.step()
+        assert mon.meta.blocks == [BlockInfo("1.0", skip), BlockInfo("1.1", skip)]
