@@ -17,7 +17,11 @@ gradients and ONE device-to-host transfer, done when the step's record is comple
 optimizer step, or at the next ``step()``). A detailed step (``detail_every``) adds the weight
 norms, the largest gradient element, the real update (a copy of the weights before the optimizer
 step, whose memory is kept between detailed steps on the CPU), the extremes of every layer's
-output and five or six reductions per activation output. Other steps cost a counter increment.
+output and five or six reductions per activation output, and a zero probe added to each
+recurrent layer's input (and to each ``watch_time`` tensor) for its gradient through time. Other
+steps cost a counter increment. Once, at the first training forward pass, each repeated block's
+autograd graph is read for a skip path. A non-finite loss or gradient found on a step whose forward
+pass was not watched arms the watch for the next forward pass (one detailed step).
 
 ``GradientMonitor`` is the facade over four parts, one job each: ``hooks.py`` (the hooks and
 which steps they measure), ``measure.py`` (the per-layer norms on the device), ``transfer.py``
