@@ -293,7 +293,7 @@ def test_every_n_records_every_nth_step_and_jsonl_sink_matches(tmp_path):
     assert [r.step for r in log.records] == [0, 3, 6]
     assert log.records[-1].layers["head"].grad_norm == mon.records[-1].layers["head"].grad_norm
     assert [layer.name for layer in log.meta.layers if layer.role == "weight"][0] == "stem.fc1"
-    assert log.meta.config == {"lr": 0.05}
+    assert log.meta.config == {"lr": 0.05, "optimizer": "SGD"}  # the optimizer class: added, not overwriting
 
 
 def test_bf16_autocast_norms_are_those_of_the_fp32_gradients():

@@ -29,6 +29,7 @@ __all__ = [
     "get_act",
     "create_act",
     "rule_for_module",
+    "looks_like_activation",
 ]
 
 # An element counts as saturated where the derivative is under 1 % of its maximum: at that
@@ -84,6 +85,31 @@ def _silu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
     x = inp.float()
     s = torch.sigmoid(x)
     return (s * (1 + x * (1 - s))).abs() < SATURATION_FRACTION * 1.0998
+
+
+def _mish_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # mish'(x) = tanh(sp) + x sech^2(sp) sigmoid(x), sp = softplus(x); its maximum is about 1.0886
+    x = inp.float()
+    t = torch.tanh(torch.nn.functional.softplus(x))
+    return (t + x * (1 - t * t) * torch.sigmoid(x)).abs() < SATURATION_FRACTION * 1.0886
+
+
+def _softplus_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # softplus'(x) = sigmoid(beta x) = 1 - exp(-beta out), at most 1
+    beta = float(getattr(module, "beta", 1.0))
+    return 1 - torch.exp(-beta * out.float()) < SATURATION_FRACTION
+
+
+def _selu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # for x < 0: selu'(x) = scale alpha exp(x) = out + scale alpha, also the largest slope
+    scale_alpha = 1.0507009873554805 * 1.6732632423543772
+    return (out < 0) & (out + scale_alpha < SATURATION_FRACTION * scale_alpha)
+
+
+def _celu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
+    # for x < 0: celu'(x) = exp(x / alpha) = (out + alpha) / alpha, at most 1
+    alpha = float(getattr(module, "alpha", 1.0))
+    return (out < 0) & (out + alpha < SATURATION_FRACTION * alpha)
 
 
 def _relu_dead(unit_max: Tensor) -> Tensor:
@@ -149,7 +175,34 @@ _RULE_BY_TYPE: dict[type[nn.Module], ActivationRule] = {
     nn.GELU: ACTIVATIONS["gelu"],
     nn.SiLU: ACTIVATIONS["silu"],
     nn.ELU: ACTIVATIONS["elu"],
+    nn.Mish: ActivationRule("mish", nn.Mish, saturated=_mish_flat, gain="relu", uses_input=True),
+    nn.Softplus: ActivationRule("softplus", nn.Softplus, saturated=_softplus_flat, gain="relu"),
+    nn.SELU: ActivationRule("selu", nn.SELU, saturated=_selu_flat, gain="linear"),
+    nn.CELU: ActivationRule("celu", nn.CELU, saturated=_celu_flat, gain="relu"),
 }
+
+# Activation classes of other libraries (Hugging Face Transformers, timm, a user's own) are known
+# by the family their class name says, checked in this order (GELUTanh is a GELU, SELU not an ELU)
+_RULE_BY_NAME_PART: tuple[tuple[str, ActivationRule], ...] = (
+    ("gelu", ACTIVATIONS["gelu"]),
+    ("relu", ACTIVATIONS["relu"]),
+    ("silu", ACTIVATIONS["silu"]),
+    ("swish", ACTIVATIONS["silu"]),
+    ("mish", _RULE_BY_TYPE[nn.Mish]),
+    ("softplus", _RULE_BY_TYPE[nn.Softplus]),
+    ("selu", _RULE_BY_TYPE[nn.SELU]),
+    ("celu", _RULE_BY_TYPE[nn.CELU]),
+    ("elu", ACTIVATIONS["elu"]),
+    ("tanh", ACTIVATIONS["tanh"]),
+    ("sigmoid", ACTIVATIONS["sigmoid"]),
+)
+# what else in a class name says "activation" (Softmax, GLU, Hardshrink, LaplaceActivation ...)
+_ACTIVATION_WORDS = tuple(part for part, _ in _RULE_BY_NAME_PART) + (
+    "activation", "softmax", "softmin", "glu", "shrink", "softsign", "threshold", "hardswish")
+# classes whose name is an identity, not a family
+_IDENTITY_NAMES = frozenset({"linearactivation", "identityactivation"})
+# names with a family's word in them whose curve is another (xIELU, sqrt(softplus)): no rule
+_OTHER_CURVES = ("xielu", "sqrtsoftplus")
 
 
 def get_act(name: str) -> ActivationRule:
@@ -167,10 +220,43 @@ def create_act(name: str | nn.Module, **kwargs) -> nn.Module:
     return get_act(name).module(**kwargs)
 
 
+def _elementwise(module: nn.Module) -> bool:
+    """No children and no weight matrix: a candidate activation (MultiheadAttention is neither)."""
+    return next(module.children(), None) is None and all(p.dim() < 2 for p in module.parameters(recurse=False))
+
+
+def looks_like_activation(module: nn.Module) -> bool:
+    """Whether the module's class says it is an activation (torch's own, or by its name)."""
+    if not _elementwise(module):
+        return False
+    cls = type(module)
+    if cls.__module__ == nn.modules.activation.__name__:
+        return True
+    name = cls.__name__.lower()
+    return any(word in name for word in _ACTIVATION_WORDS)
+
+
 def rule_for_module(module: nn.Module) -> ActivationRule | None:
-    """The rule for an activation module of any model, or None when it is not an activation."""
+    """The rule for an activation module of any model, or None when it is not an activation.
+
+    torch's classes by type (one without a rule, such as Softmax or Hardswish, has none); other
+    classes by the family their name says: ``NewGELUActivation`` is a GELU, ``SwishMe`` a SiLU.
+    """
     for cls in type(module).__mro__:
         rule = _RULE_BY_TYPE.get(cls)
         if rule is not None:
+            return rule
+    if not _elementwise(module) or type(module).__module__.startswith("torch.nn"):
+        return None
+    name = type(module).__name__.lower()
+    if name in _IDENTITY_NAMES:
+        return ACTIVATIONS["identity"]
+    if any(part in name for part in _OTHER_CURVES):
+        return None
+    if "leaky" in name:
+        # the leak's side is read from the module's slope; without one it cannot be measured
+        return ACTIVATIONS["leaky_relu"] if hasattr(module, "negative_slope") else None
+    for part, rule in _RULE_BY_NAME_PART:
+        if part in name:
             return rule
     return None

@@ -20,6 +20,7 @@ from gradhealth.monitor.records import (
     StepRecord,
 )
 from gradhealth.monitor.structure import ModelLayout, complete_order
+from gradhealth.monitor.time_probes import PIECE_PREFIX
 from gradhealth.monitor.transfer import PendingStep
 
 __all__ = ["RecordAssembly", "build_record", "locate_nonfinite"]
@@ -79,6 +80,7 @@ def build_record(pending: PendingStep, v: dict[str, list[float]], layout: ModelL
         layers=layers,
         activations=activations,
         metrics=metrics,
+        time_grads={key[len(PIECE_PREFIX):]: values for key, values in v.items() if key.startswith(PIECE_PREFIX)},
     )
     record.first_nonfinite = locate_nonfinite(pending, v, record, bad_calls)
     return record
@@ -86,7 +88,11 @@ def build_record(pending: PendingStep, v: dict[str, list[float]], layout: ModelL
 
 def locate_nonfinite(pending: PendingStep, v: dict[str, list[float]], record: StepRecord,
                      bad_calls: list[str]) -> NonFiniteEvent | None:
-    """The earliest place NaN/Inf shows: input, forward calls as they ran, loss, then backward order."""
+    """The earliest place NaN/Inf shows: input, forward calls as they ran, loss, then backward order.
+
+    A non-finite loss on a step whose forward pass was not watched also names the layer whose
+    gradient went bad first in backward order (the one nearest the output): all that was measured.
+    """
     extremes = v.get("in_extremes", [])
     for i, batch in enumerate(pending.input_batches):
         if not (math.isfinite(extremes[2 * i]) and math.isfinite(extremes[2 * i + 1])):
@@ -95,12 +101,12 @@ def locate_nonfinite(pending: PendingStep, v: dict[str, list[float]], record: St
         name = bad_calls[0]
         kind = "activation" if name in record.activations else "forward"
         return NonFiniteEvent(kind, name, pending.batch, pending.step)
-    if record.loss is not None and not math.isfinite(record.loss):
-        return NonFiniteEvent("loss", None, pending.batch, pending.step)
     # backward runs from the output to the input: the first bad gradient is the last layer's
-    for name in reversed(list(record.layers)):
-        if record.layers[name].grad_nonfinite:
-            return NonFiniteEvent("gradient", name, pending.batch, pending.step)
+    first_bad = next((name for name in reversed(list(record.layers)) if record.layers[name].grad_nonfinite), None)
+    if record.loss is not None and not math.isfinite(record.loss):
+        return NonFiniteEvent("loss", None if pending.detailed else first_bad, pending.batch, pending.step)
+    if first_bad is not None:
+        return NonFiniteEvent("gradient", first_bad, pending.batch, pending.step)
     return None
 
 
@@ -115,6 +121,7 @@ class RecordAssembly:
                  meta: Callable[[], RunMeta]):
         self.records: deque[StepRecord] = deque(maxlen=history)
         self.first_nonfinite: NonFiniteEvent | None = None
+        self._refinable = False
         self._jsonl_path = jsonl
         self._append = append
         self._sinks: list[Any] = list(sinks)
@@ -142,8 +149,16 @@ class RecordAssembly:
         """Build the step's record, keep it, note the run's first NaN/Inf, and write it to the sinks."""
         record = build_record(pending, values, layout, self.layers_in_forward_order(layout, forward_order),
                               optimizers_known)
-        if record.first_nonfinite is not None and self.first_nonfinite is None:
-            self.first_nonfinite = record.first_nonfinite
+        event = record.first_nonfinite
+        if event is not None and self.first_nonfinite is None:
+            self.first_nonfinite = event
+            self._refinable = event.kind == "loss" and event.layer is not None and record.skipped
+        elif event is not None and pending.armed and self._refinable and event.kind in ("input", "forward", "activation"):
+            # a non-finite loss on an unwatched step says only that the forward pass went bad; the
+            # watch it armed names where, if the optimizer did not step on it (then the weights
+            # are as they were, where after a NaN step they would all be NaN from the first layer)
+            self.first_nonfinite = event
+            self._refinable = False
         self.records.append(record)
         self._emit(record)
         return record

@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError
 from gradhealth.monitor.forward_tally import ForwardTally
+from gradhealth.monitor.skips import has_skip_path
 from gradhealth.monitor.structure import ModelLayout, features_last, unwrap
+from gradhealth.monitor.time_probes import TimeProbes
 from gradhealth.monitor.transfer import PendingStep
 from gradhealth.tensor_norms import NORM_DTYPE, stack_on
 
@@ -71,6 +73,14 @@ class MonitorHooks:
         self.batch = -1
         self.active = False
         self._forced = False
+        # a non-finite step was seen where the forward pass was not watched: watch the next one
+        self.armed = False
+        # called at each training forward pass before anything is measured (the monitor's own check)
+        self.before_forward: Callable[[], None] | None = None
+        self.time_probes = TimeProbes()
+        # per repeated block: whether it has a skip path (None: could not tell), found once
+        self.residual: dict[str, bool | None] = {}
+        self._block_handles: list[Any] = []
         # the names of the layers in the order the first measured forward pass ran them
         self.forward_order: list[str] | None = None
         self.reset_forward_buffers()
@@ -100,10 +110,14 @@ class MonitorHooks:
         self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
         for opt in optimizers:
             self._handles.append(opt.register_step_post_hook(on_optimizer_step))
+        if not self.residual:
+            self._block_handles = [block.register_forward_hook(self._make_block_hook(name), with_kwargs=True)
+                                   for name, block in self.layout.blocks]
         self.set_active()
 
     def detach(self) -> None:
         """Remove every hook and drop what the forward hooks kept."""
+        self.stop_block_checks()
         for handle in self._handles + self._layer_handles:
             handle.remove()
         self._handles.clear()
@@ -131,8 +145,8 @@ class MonitorHooks:
         return step
 
     def set_active(self) -> None:
-        """Register the forward hooks for a detailed (or forced) step, remove them otherwise."""
-        self.active = bool(self._handles) and (self._forced or self.detailed(self.step))
+        """Register the forward hooks for a detailed (forced, armed) step, remove them otherwise."""
+        self.active = bool(self._handles) and (self._forced or self.armed or self.detailed(self.step))
         wanted = self.active or (self._compiled and bool(self._handles))
         if wanted and not self._layer_handles:
             self._register_layer_hooks()
@@ -161,7 +175,13 @@ class MonitorHooks:
 
     # ---- what the forward hooks kept ---------------------------------------------------------
 
+    def arm(self) -> None:
+        """Watch the next forward pass (its outputs' extremes name the first bad module)."""
+        self.armed = True
+        self.set_active()
+
     def reset_forward_buffers(self) -> None:
+        self.time_probes.reset()
         self.tally = ForwardTally()
         # per forward pass: its batch index and the smallest and largest input element
         self._input_extremes: list[tuple[int, Tensor]] = []
@@ -176,34 +196,91 @@ class MonitorHooks:
         if self._input_extremes:
             pending.input_batches = [b for b, _ in self._input_extremes]
             pending.pieces["in_extremes"] = stack_on([e for _, e in self._input_extremes], device).to(NORM_DTYPE)
+        pending.pieces.update(self.time_probes.pieces(device))
         self.reset_forward_buffers()
+
+    def watch_time(self, name: str, x: Tensor, time_dim: int) -> Tensor:
+        """``x`` with a probe for its gradient through time on a measured step, ``x`` otherwise."""
+        if _compiling():
+            return x
+        if not self.active:
+            self.time_probes._note(name)
+            return x
+        return self.time_probes.watch(name, x, time_dim)
+
+    # ---- the skip check of repeated blocks, once ---------------------------------------------
+
+    def _make_block_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if _compiling() or not module.training or not torch.is_grad_enabled() or name in self.residual:
+                return
+            inp = _first_tensor(args)
+            if inp is None:
+                inp = next((v for v in kwargs.values() if isinstance(v, Tensor)), None)
+            out = _first_tensor(output)
+            if inp is None or out is None:
+                return
+            # a leaf input (requires grad, no grad_fn) is found by its gradient's accumulator
+            start = inp.grad_fn if inp.grad_fn is not None or not inp.requires_grad else inp
+            self.residual[name] = has_skip_path(out.grad_fn, start)
+            if len(self.residual) == len(self._block_handles):
+                self.stop_block_checks()
+
+        return hook
+
+    def stop_block_checks(self) -> None:
+        """Remove the blocks' one-time hooks (after the first step, whatever they saw)."""
+        for handle in self._block_handles:
+            handle.remove()
+        self._block_handles = []
 
     # ---- the hooks ---------------------------------------------------------------------------
 
     def _register_layer_hooks(self) -> None:
-        modules = list(zip(self.layout.layer_names, self.layout.layer_modules))
+        # a recurrent module is several layers (one per matrix): one hook names them all, in order
+        names_of: dict[int, list[str]] = {}
+        modules: list[tuple[str, nn.Module]] = []
+        for n, m in zip(self.layout.layer_names, self.layout.layer_modules):
+            if id(m) not in names_of:
+                names_of[id(m)] = []
+                modules.append((n, m))
+            names_of[id(m)].append(n)
         if self.measure_activations:
             # PReLU owns parameters, so it is among the layers already
             modules += [(n, m) for n, m, _ in self.layout.activations if n not in self.layout.layer_names]
-        self._layer_handles = [m.register_forward_hook(self._make_layer_hook(n, m)) for n, m in modules]
+        self._layer_handles = [m.register_forward_hook(self._make_layer_hook(n, m, names_of.get(id(m), [n])))
+                               for n, m in modules]
+        self._layer_handles += [m.register_forward_pre_hook(self._make_probe_hook(n))
+                                for n, m in self.layout.recurrent]
         if self.forward_order is None:
             # a module that owns parameters and has children (the model itself, attention) runs
             # before its children, though its forward hook fires after theirs: a pre-hook says when
-            self._layer_handles += [m.register_forward_pre_hook(self._make_order_hook(n)) for n, m in modules
-                                    if next(m.children(), None) is not None]
+            self._layer_handles += [m.register_forward_pre_hook(self._make_order_hook(names_of.get(id(m), [n])))
+                                    for n, m in modules if next(m.children(), None) is not None]
 
-    def _make_order_hook(self, name: str):
+    def _make_probe_hook(self, name: str):
+        probe = self.time_probes.recurrent_pre_hook(name)
+
+        def hook(module: nn.Module, args: tuple):
+            if _compiling() or not self.active or not module.training:
+                return None
+            return probe(module, args)
+
+        return hook
+
+    def _make_order_hook(self, names: list[str]):
         def hook(module: nn.Module, args: tuple) -> None:
             if _compiling() or not self.active or not module.training or self.forward_order is not None:
                 return
-            if name not in self._call_order:
-                self._call_order.append(name)
+            self._call_order.extend(n for n in names if n not in self._call_order)
 
         return hook
 
     def _on_root_forward(self, module: nn.Module, args: tuple) -> None:
         if _compiling() or not module.training:
             return
+        if self.before_forward is not None and not self.active:
+            self.before_forward()
         self.batch += 1
         if not self.active:
             return
@@ -219,7 +296,8 @@ class MonitorHooks:
             # the extremes tell exactly whether x holds a NaN or an Inf, in one pass, no mask
             self._input_extremes.append((self.batch, torch.stack(torch.aminmax(x.detach()))))
 
-    def _make_layer_hook(self, name: str, module: nn.Module):
+    def _make_layer_hook(self, name: str, module: nn.Module, names: list[str] | None = None):
+        names = names or [name]
         rules = {n: r for n, _, r in self.layout.activations} if self.measure_activations else {}
         rule = rules.get(name)
         units_last = features_last(module)
@@ -231,7 +309,7 @@ class MonitorHooks:
             if out is None or not out.is_floating_point():
                 return
             if self.forward_order is None and name not in self._call_order:
-                self._call_order.append(name)
+                self._call_order.extend(n for n in names if n not in self._call_order)
             if rule is None:
                 # a weight layer: only whether its output is finite, for the first bad layer
                 if out.numel():

@@ -17,7 +17,11 @@ gradients and ONE device-to-host transfer, done when the step's record is comple
 optimizer step, or at the next ``step()``). A detailed step (``detail_every``) adds the weight
 norms, the largest gradient element, the real update (a copy of the weights before the optimizer
 step, whose memory is kept between detailed steps on the CPU), the extremes of every layer's
-output and five or six reductions per activation output. Other steps cost a counter increment.
+output and five or six reductions per activation output, and a zero probe added to each
+recurrent layer's input (and to each ``watch_time`` tensor) for its gradient through time. Other
+steps cost a counter increment. Once, at the first training forward pass, each repeated block's
+autograd graph is read for a skip path. A non-finite loss or gradient found on a step whose forward
+pass was not watched arms the watch for the next forward pass (one detailed step).
 
 ``GradientMonitor`` is the facade over four parts, one job each: ``hooks.py`` (the hooks and
 which steps they measure), ``measure.py`` (the per-layer norms on the device), ``transfer.py``
@@ -39,7 +43,7 @@ from gradhealth.errors import ConfigError
 from gradhealth.monitor.assembly import RecordAssembly
 from gradhealth.monitor.hooks import DETAIL_RATIO, MonitorHooks
 from gradhealth.monitor.measure import LayerMeasures, scalar_piece
-from gradhealth.monitor.records import NonFiniteEvent, RunMeta, StepRecord
+from gradhealth.monitor.records import BlockInfo, NonFiniteEvent, RunMeta, StepRecord
 from gradhealth.monitor.structure import ModelLayout, layout_of
 from gradhealth.monitor.transfer import HostTransfer, PendingStep
 
@@ -97,6 +101,8 @@ class GradientMonitor:
         else:
             self._optimizers = list(optimizer)
         self._config = dict(config or {})
+        if self._optimizers and "optimizer" not in self._config:
+            self._config["optimizer"] = "+".join(dict.fromkeys(type(o).__name__ for o in self._optimizers))
         self._name = name
         self._meta: RunMeta | None = None
         self._hooks = MonitorHooks(model, every=every, detail_every=detail_every, activations=activations)
@@ -140,6 +146,7 @@ class GradientMonitor:
             return self
         model = self._hooks.live_model()
         self._use_layout(layout_of(model))
+        self._hooks.before_forward = self._check_unfinished_step
         self._hooks.attach(model, self._optimizers, self._on_optimizer_step)
         return self
 
@@ -216,14 +223,34 @@ class GradientMonitor:
 
     @property
     def meta(self) -> RunMeta:
-        """Layers in forward order with type and role, plus the run's config."""
+        """Layers in forward order with type and role, every parameter and where it was counted,
+        what was not hooked, the sequences measured through time, the repeated blocks, the config."""
+        layout, hooks = self._layout, self._hooks
         if self._meta is None:
             self._meta = RunMeta(
-                layers=self._layout.layer_info(self._hooks.forward_order or []),
+                layers=layout.layer_info(hooks.forward_order or []),
                 model=self._name,
                 config=self._config,
+                parameters=list(layout.parameters),
+                blocks=[BlockInfo(name, hooks.residual.get(name)) for name, _ in layout.blocks],
             )
-        return self._meta
+        meta = self._meta
+        # the sequences and their reasons show as the forward passes run: added as they come
+        meta.time_series.extend(n for n in [n for n, _ in layout.recurrent] + hooks.time_probes.names
+                                if n not in meta.time_series)
+        meta.unhooked.extend(u for u in layout.unhooked + hooks.time_probes.skipped if u not in meta.unhooked)
+        return meta
+
+    def watch_time(self, name: str, x: Tensor, time_dim: int = 1) -> Tensor:
+        """Measure the gradient that reaches each time step of a sequence tensor of your own.
+
+        Call it inside forward, ``x = monitor.watch_time("encoder_in", x, time_dim=1)``: on
+        detailed steps the record's ``time_grads[name]`` holds ``||dL/dx_t||`` per time step t
+        (L2 over the other dims); on other steps ``x`` is returned as it is, at no cost.
+        """
+        if isinstance(time_dim, bool) or not isinstance(time_dim, int):
+            raise ConfigError(f"time_dim must be an integer dimension of the tensor, not {time_dim!r}.")
+        return self._hooks.watch_time(name, x, time_dim)
 
     @property
     def steps(self) -> int:
@@ -271,14 +298,21 @@ class GradientMonitor:
         """
         if not self._hooks.attached:
             raise ConfigError("the monitor is not attached: use it as a context manager or call attach() first.")
+        # whether this step's forward passes were watched (read before the previous step's record
+        # lands, which may arm the watch for the next forward pass)
+        watched, armed = self._hooks.active, self._hooks.armed
         self._materialize(wait=False)  # the previous step, if its optimizer never stepped
+        self._hooks.stop_block_checks()
         step = self._hooks.next_step()
-        detailed = force or self._hooks.active
+        detailed = force or watched
+        if watched and armed:
+            self._hooks.armed = False
         if not (detailed or self._hooks.recorded(step)):
             self._pass_over_step()
             return
         self._fix_forward_order()
         pending = self._open_record(step, batch, lr, skipped, detailed)
+        pending.armed = watched and armed
         device = self._measure_parameters(pending, grad_scale)
         self._add_loss_and_metrics(pending, device, loss, metrics)
         self._hooks.take_forward_stats(pending, device)
@@ -380,4 +414,24 @@ class GradientMonitor:
         """Turn the steps whose numbers have landed into records, oldest first."""
         optimizers_known = bool(self._optimizers)
         for pending, values in self._transfer.receive(wait):
-            self._assembly.add(pending, values, self._layout, self._hooks.forward_order, optimizers_known)
+            record = self._assembly.add(pending, values, self._layout, self._hooks.forward_order, optimizers_known)
+            if record.first_nonfinite is not None and not pending.detailed and self._hooks.attached:
+                # found from the gradients only: watch the next forward pass, whose outputs'
+                # extremes name the first module that goes bad, in forward order
+                self._hooks.arm()
+
+    def _check_unfinished_step(self) -> None:
+        """At a training forward pass while a step waits for its optimizer: arm the forward watch
+        if that step's loss or gradients are non-finite and already on the host (CPU: no sync).
+
+        A loop that skips the optimizer step on a NaN leaves its record unfinished until the next
+        ``step()``, which comes after this forward pass; on a GPU the record arms it when it lands.
+        """
+        pending = self._pending
+        if pending is None or pending.detailed or self._hooks.armed:
+            return
+        for key in ("loss", "grad_l2"):
+            piece = pending.pieces.get(key)
+            if piece is not None and piece.device.type == "cpu" and not bool(torch.isfinite(piece).all()):
+                self._hooks.arm()
+                return

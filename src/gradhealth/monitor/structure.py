@@ -1,14 +1,16 @@
 """Which modules of a model the monitor measures, found once when it attaches."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from gradhealth.layers.activations import ActivationRule, rule_for_module
-from gradhealth.monitor.records import LayerInfo
+from gradhealth.layers.activations import ActivationRule, looks_like_activation, rule_for_module
+from gradhealth.monitor.records import LayerInfo, ParamInfo
 
-__all__ = ["ModelLayout", "unwrap", "layout_of", "role_of", "features_last", "complete_order"]
+__all__ = ["ModelLayout", "unwrap", "layout_of", "role_of", "features_last", "complete_order",
+           "recurrent_layers", "repeated_blocks"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -35,16 +37,31 @@ _FEATURES_LAST_TYPES = tuple(
 
 
 def features_last(module: nn.Module) -> bool:
-    """Whether the units of an activation after this layer are its output's last dim."""
-    return isinstance(module, _FEATURES_LAST_TYPES)
+    """Whether the units of an activation after this layer are its output's last dim.
+
+    Besides torch's own types, any layer whose weight is a matrix (Hugging Face's ``Conv1D``, a
+    user's own linear, MultiheadAttention, a recurrent layer) maps features to features.
+    """
+    if isinstance(module, _FEATURES_LAST_TYPES):
+        return True
+    if isinstance(module, (nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase, nn.GroupNorm)):
+        return False
+    return any(p.dim() == 2 for p in module.parameters(recurse=False))
+
+
+def _is_norm(module: nn.Module) -> bool:
+    # other libraries' norms (LlamaRMSNorm, T5LayerNorm) by name: a "Norm" owning only vectors
+    return isinstance(module, _NORM_TYPES) or (
+        "Norm" in type(module).__name__ and all(p.dim() < 2 for p in module.parameters(recurse=False)))
 
 
 def role_of(module: nn.Module) -> str:
+    """activation, weight (owns a parameter of 2 or more dims), norm, or other."""
     if rule_for_module(module) is not None:
         return "activation"
-    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear, nn.Embedding)):
+    if any(p.dim() >= 2 for p in _own_parameters(module)):
         return "weight"
-    if isinstance(module, _NORM_TYPES):
+    if _is_norm(module):
         return "norm"
     return "other"
 
@@ -64,6 +81,16 @@ class ModelLayout:
     activations: list[tuple[str, nn.Module, ActivationRule]] = field(default_factory=list)
     # layers and activations together, in definition order (``named_modules``)
     module_order: list[str] = field(default_factory=list)
+    # every parameter tensor, tied names included, and where it was counted
+    parameters: list[ParamInfo] = field(default_factory=list)
+    # per layer: the other modules that share its parameters
+    tied: dict[str, list[str]] = field(default_factory=dict)
+    # modules that look like activations but have no rule, with the reason
+    unhooked: list[str] = field(default_factory=list)
+    # recurrent modules (their gradient through time is measured on detailed steps)
+    recurrent: list[tuple[str, nn.Module]] = field(default_factory=list)
+    # repeated blocks (h.0, h.1, ...), checked once for a skip path
+    blocks: list[tuple[str, nn.Module]] = field(default_factory=list)
 
     def layer_info(self, order: list[str]) -> list[LayerInfo]:
         """LayerInfo for every measured module, in the order they ran (see ``complete_order``)."""
@@ -77,7 +104,7 @@ class ModelLayout:
         ordered = complete_order(order, self.module_order)
         return [
             LayerInfo(name=n, type=type(modules[n]).__name__, role=role_of(modules[n]),
-                      params=params.get(n, 0), activation=rules.get(n))
+                      params=params.get(n, 0), activation=rules.get(n), tied=list(self.tied.get(n, [])))
             for n in ordered
         ]
 
@@ -119,21 +146,102 @@ def _own_parameters(module: nn.Module) -> list[nn.Parameter]:
     return own
 
 
+def recurrent_layers(name: str, module: nn.RNNBase) -> list[tuple[str, list[str]]]:
+    """The layers of an RNN/LSTM/GRU: per layer k and direction, the input-to-hidden and the
+    hidden-to-hidden matrix, each with its bias (and an LSTM's projection with the latter),
+    named ``<module>.weight_ih_l{k}[_reverse]``, in the order the recurrence uses them."""
+    layers = []
+    directions = ("", "_reverse") if module.bidirectional else ("",)
+    for k in range(module.num_layers):
+        for sfx in directions:
+            for kind in ("ih", "hh"):
+                names = [f"weight_{kind}_l{k}{sfx}", f"bias_{kind}_l{k}{sfx}"]
+                if kind == "hh":
+                    names.append(f"weight_hr_l{k}{sfx}")
+                layers.append((f"{name}.weight_{kind}_l{k}{sfx}", names))
+    return layers
+
+
+_INDEX = re.compile(r"^\d+$")
+
+
+def repeated_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Children of a ModuleList/Sequential named by an index, of one class, with children of
+    their own, at least two of them: ``h.0 .. h.N``, ``layers.K``, ``encoder.layer.K``."""
+    blocks = []
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+            continue
+        by_class: dict[type, list[tuple[str, nn.Module]]] = {}
+        for child_name, child in module.named_children():
+            if _INDEX.match(child_name) and next(child.children(), None) is not None:
+                by_class.setdefault(type(child), []).append((f"{name}.{child_name}" if name else child_name, child))
+        blocks += [b for group in by_class.values() if len(group) >= 2 for b in group]
+    return blocks
+
+
+def _add_layer(layout: ModelLayout, name: str, module: nn.Module, params: list[nn.Parameter]) -> None:
+    layout.layer_names.append(name)
+    layout.layer_modules.append(module)
+    for p in params:
+        layout.params.append(p)
+        layout.param_layer.append(len(layout.layer_names) - 1)
+    layout.module_order.append(name)
+
+
 def layout_of(model: nn.Module) -> ModelLayout:
     layout = ModelLayout()
     seen: set[int] = set()
     for name, module in model.named_modules():
+        name = name or "(root)"
         own = [p for p in _own_parameters(module) if id(p) not in seen]
-        if own:
-            layout.layer_names.append(name or "(root)")
-            layout.layer_modules.append(module)
-            for p in own:
-                seen.add(id(p))
-                layout.params.append(p)
-                layout.param_layer.append(len(layout.layer_names) - 1)
+        seen.update(id(p) for p in own)
         rule = rule_for_module(module)
+        if isinstance(module, nn.RNNBase):
+            layout.recurrent.append((name, module))
+            by_name = dict(module.named_parameters(recurse=False))
+            own_ids = {id(p) for p in own}
+            for layer_name, names in recurrent_layers(name, module):
+                params = [by_name[n] for n in names if n in by_name and id(by_name[n]) in own_ids]
+                if params:
+                    _add_layer(layout, layer_name, module, params)
+                    own_ids -= {id(p) for p in params}
+            own = [p for p in own if id(p) in own_ids]  # anything a subclass added
+        if own:
+            _add_layer(layout, name, module, own)
         if rule is not None:
-            layout.activations.append((name or "(root)", module, rule))
-        if own or rule is not None:
-            layout.module_order.append(name or "(root)")
+            layout.activations.append((name, module, rule))
+            if not own:
+                layout.module_order.append(name)
+        elif looks_like_activation(module):
+            layout.unhooked.append(f"{name} ({type(module).__name__}: no saturation rule)")
+    layout.blocks = repeated_blocks(model)
+    _account_parameters(model, layout)
     return layout
+
+
+def _module_of(param_name: str) -> str:
+    return param_name.rpartition(".")[0] or "(root)"
+
+
+def _account_parameters(model: nn.Module, layout: ModelLayout) -> None:
+    """``parameters`` (every tensor, by every name it goes by) and ``tied`` (per layer)."""
+    counted = {id(p): layout.layer_names[layer] for p, layer in zip(layout.params, layout.param_layer)}
+    roles = {name: role_of(module) for name, module in zip(layout.layer_names, layout.layer_modules)}
+    named = list(model.named_parameters(remove_duplicate=False))
+    names_of: dict[int, list[str]] = {}
+    for name, p in named:
+        names_of.setdefault(id(p), []).append(name)
+    for name, p in named:
+        layer = counted.get(id(p))
+        tied = [n for n in names_of[id(p)] if n != name]
+        layout.parameters.append(ParamInfo(name=name, shape=list(p.shape), layer=layer,
+                                           role=roles[layer] if layer is not None else "unmeasured",
+                                           trainable=p.requires_grad, tied=tied))
+        if layer is not None and tied:
+            modules = layout.tied.setdefault(layer, [])
+            for other in tied:
+                module = _module_of(other)
+                # the owner's own names (``x.weight`` of layer ``x``) are not another module
+                if module != _module_of(names_of[id(p)][0]) and module not in modules:
+                    modules.append(module)

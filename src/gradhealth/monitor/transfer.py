@@ -33,6 +33,8 @@ class PendingStep:
     lr: float | None
     skipped: bool | None
     detailed: bool = False
+    # detailed because an earlier non-finite step armed the forward watch
+    armed: bool = False
     pieces: dict[str, Tensor] = field(default_factory=dict)
     # the measured forward calls, in the order they ran
     calls: list[CallInfo] = field(default_factory=list)
