@@ -32,6 +32,8 @@ __all__ = [
     "NonFiniteEvent",
     "StepRecord",
     "LayerInfo",
+    "ParamInfo",
+    "BlockInfo",
     "RunMeta",
     "RunLog",
     "record_to_json",
@@ -101,6 +103,9 @@ class StepRecord:
     first_nonfinite: NonFiniteEvent | None = None
     # anything else the loop measured: val_loss, accuracy, grad_scale, clipped (0/1) ...
     metrics: dict[str, float | None] = field(default_factory=dict)
+    # detailed steps: per recurrent module (or user-named sequence tensor), ||dL/dx_t|| for t = 0..T-1,
+    # the gradient that reaches the module's input at time step t (L2 over batch and features)
+    time_grads: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,6 +118,32 @@ class LayerInfo:
     params: int = 0
     # the activation rule's name (sigmoid, relu, ...) for role == activation
     activation: str | None = None
+    # other module names that share this layer's parameters (tied weights: lm_head and wte)
+    tied: list[str] = field(default_factory=list)
+    # the repeated block this layer belongs to; left None by the monitor (the diagnosis derives it)
+    block: str | None = None
+
+
+@dataclass
+class ParamInfo:
+    """One parameter tensor of ``named_parameters(remove_duplicate=False)``: ``layer`` is the measured
+    layer it was counted in (None: not measured), ``role`` that layer's role or "unmeasured"."""
+
+    name: str
+    shape: list[int]
+    layer: str | None
+    role: str
+    trainable: bool = True
+    tied: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BlockInfo:
+    """A repeated block (``h.3``, ``layers.K``, ``encoder.layer.K``, ``blocks.K``); ``residual``:
+    whether its autograd graph has a skip path from input to output (None: could not tell)."""
+
+    name: str
+    residual: bool | None = None
 
 
 @dataclass
@@ -124,6 +155,13 @@ class RunMeta:
     data: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
+    # every parameter tensor, measured or not (coverage)
+    parameters: list[ParamInfo] = field(default_factory=list)
+    # modules that look like activations by class name but have no rule, so are not measured
+    unhooked: list[str] = field(default_factory=list)
+    # recurrent modules / user-named tensors whose gradient through time is measured
+    time_series: list[str] = field(default_factory=list)
+    blocks: list[BlockInfo] = field(default_factory=list)
 
     def names(self, role: str) -> list[str]:
         return [layer.name for layer in self.layers if layer.role == role]
@@ -172,6 +210,14 @@ def _typed(key: str, value: Any, annotation: str) -> Any:
     """``value`` checked against a field's annotation (numbers, integers, text; None where optional)."""
     if value is None and "None" in annotation:
         return None
+    if annotation.startswith("list["):
+        if not isinstance(value, list):
+            raise TypeError(f"{key!r} must be a list, not {type(value).__name__}")
+        return [_typed(key, item, annotation[5:-1]) for item in value]
+    if annotation.startswith("bool"):
+        if not isinstance(value, bool):
+            raise TypeError(f"{key!r} must be true or false, not {type(value).__name__}")
+        return value
     if annotation.startswith("str"):
         if not isinstance(value, str):
             raise TypeError(f"{key!r} must be text, not {type(value).__name__}")
@@ -208,6 +254,34 @@ def record_to_json(record: StepRecord) -> dict[str, Any]:
         out["first_nonfinite"] = _encode_obj(asdict(record.first_nonfinite))
     if record.metrics:
         out["metrics"] = _encode_obj(dict(record.metrics))
+    if record.time_grads:
+        out["time_grads"] = _encode_series(record.time_grads)
+    return out
+
+
+def _encode_series(series: dict[str, list[float]]) -> dict[str, Any]:
+    """Lists of floats per name; a NaN/Inf is null and named in ``nonfinite`` as {name: {index: text}}."""
+    out: dict[str, Any] = {}
+    bad: dict[str, dict[str, str]] = {}
+    for name, values in series.items():
+        encoded = _encode_obj({str(i): float(v) for i, v in enumerate(values)})
+        if "nonfinite" in encoded:
+            bad[name] = encoded.pop("nonfinite")
+        out[name] = [encoded[str(i)] for i in range(len(values))]
+    if bad:
+        out["nonfinite"] = bad
+    return out
+
+
+def _decode_series(obj: Any) -> dict[str, list[float]]:
+    body = dict(_object(obj))
+    bad = _object(body.pop("nonfinite", None) or {})
+    out = {}
+    for name, values in body.items():
+        if not isinstance(values, list):
+            raise TypeError(f"time_grads of {name!r} must be a list")
+        restored = _decode_obj({**{str(i): v for i, v in enumerate(values)}, "nonfinite": bad.get(name) or {}})
+        out[str(name)] = [_typed(name, restored[str(i)], "float") for i in range(len(values))]
     return out
 
 
@@ -215,7 +289,8 @@ def record_from_json(obj: dict[str, Any]) -> StepRecord:
     """The inverse of ``record_to_json``; raises ValueError/TypeError/KeyError on a malformed object."""
     if not isinstance(obj, dict) or "step" not in obj:
         raise ValueError("a step record needs a 'step'")
-    top = _decode_obj({k: v for k, v in obj.items() if k not in ("layers", "activations", "first_nonfinite", "metrics")})
+    top = _decode_obj({k: v for k, v in obj.items()
+                       if k not in ("layers", "activations", "first_nonfinite", "metrics", "time_grads")})
     layers = obj.get("layers", {})
     acts = obj.get("activations", {})
     if not isinstance(layers, dict) or not isinstance(acts, dict):
@@ -232,6 +307,7 @@ def record_from_json(obj: dict[str, Any]) -> StepRecord:
         activations={str(k): _build(ActivationStats, v) for k, v in acts.items()},
         first_nonfinite=None if event is None else _build(NonFiniteEvent, event),
         metrics={str(k): _typed(k, v, "float | None") for k, v in _decode_obj(_object(obj.get("metrics") or {})).items()},
+        time_grads=_decode_series(obj.get("time_grads") or {}),
     )
 
 
@@ -254,9 +330,15 @@ def meta_from_json(obj: dict[str, Any]) -> RunMeta:
         if body.get(key) is not None and not isinstance(body[key], str):
             raise TypeError(f"{key!r} of the meta line must be text")
     _object(body.get("config") or {})
+    nested = {"layers": LayerInfo, "parameters": ParamInfo, "blocks": BlockInfo}
+    for key in nested:
+        if not isinstance(body.get(key) or [], list):
+            raise TypeError(f"{key!r} of the meta line must be a list")
     known = {f.name for f in fields(RunMeta)}
     return RunMeta(layers=[_build(LayerInfo, layer) for layer in layers],
-                   **{k: v for k, v in body.items() if k in known and k != "layers"})
+                   parameters=[_build(ParamInfo, p) for p in body.pop("parameters", None) or []],
+                   blocks=[_build(BlockInfo, b) for b in body.pop("blocks", None) or []],
+                   **{k: v for k, v in body.items() if k in known and k not in nested})
 
 
 # ---- files ---------------------------------------------------------------------------------------
