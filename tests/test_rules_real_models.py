@@ -148,6 +148,14 @@ def test_a_gpt2_whose_blocks_decay_vanishes_per_block_and_is_not_told_to_use_pre
     assert "pre_ln" not in [r.key for r in finding.remedies]  # the norms already sit before each sublayer
 
 
+def test_a_backbone_and_a_head_in_one_sequential_are_not_a_stack_of_blocks():
+    names = ["0.stem"] + [f"0.layer1.{k}.conv{c}" for k in range(3) for c in (1, 2)] + ["1.fc"]
+    layers = [LayerInfo(n, "Linear" if n == "1.fc" else "Conv2d", "weight", 10) for n in names]
+    blocks = block_of(build(layers, lambda s: {n: 1.0 for n in names}))
+    # indices 0 and 1 of the outer Sequential hold different layers; layer1.K hold the same ones
+    assert blocks == {f"0.layer1.{k}.conv{c}": f"0.layer1.{k}" for k in range(3) for c in (1, 2)}
+
+
 def test_monitor_blocks_with_a_skip_path_make_the_run_residual():
     log = gpt2(blocks=[BlockInfo(f"transformer.h.{k}", True) for k in range(6)])
     assert rules.run_context(log)["residual"] is True

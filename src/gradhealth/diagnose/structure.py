@@ -61,9 +61,13 @@ def block_of(log: RunLog) -> dict[str, str]:
     blocks = {b.name for b in log.meta.blocks} or _derived_blocks(layers)
     out = {}
     for layer in layers:
-        inside = [b for b in blocks if layer.name == b or layer.name.startswith(b + ".")]
-        if inside:
-            out[layer.name] = min(inside, key=len)
+        if layer.block:  # a writer that knows the block says so
+            out[layer.name] = layer.block
+            continue
+        parts = layer.name.split(".")
+        outermost = next((p for p in (".".join(parts[:i]) for i in range(1, len(parts) + 1)) if p in blocks), None)
+        if outermost is not None:
+            out[layer.name] = outermost
     return out
 
 
