@@ -145,7 +145,10 @@ def test_a_gpt2_whose_blocks_decay_vanishes_per_block_and_is_not_told_to_use_pre
     assert finding.evidence["block_factor"] == pytest.approx(0.3, rel=1e-3)
     assert finding.evidence["first_last_ratio"] == pytest.approx(0.3 ** 5, rel=1e-3)
     assert "each block toward the input" in finding.explanation
-    assert "pre_ln" not in [r.key for r in finding.remedies]  # the norms already sit before each sublayer
+    keys = [r.key for r in finding.remedies]
+    assert "pre_ln" not in keys  # the norms already sit before each sublayer
+    assert "residual" not in keys and "layernorm" not in keys  # a transformer block has both
+    assert keys[0] == "zero_init_last" and "batchnorm" not in keys
 
 
 def test_a_backbone_and_a_head_in_one_sequential_are_not_a_stack_of_blocks():

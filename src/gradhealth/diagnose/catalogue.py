@@ -219,6 +219,10 @@ _RANKING: dict[str, list[str]] = {
     "vanishing_gradient/post_ln": ["warmup", "pre_ln", "lower_lr", "clip_norm", "zero_init_last"],
     "exploding_gradient/post_ln": ["warmup", "pre_ln", "clip_norm", "lower_lr", "l2"],
     "nonfinite/post_ln": ["warmup", "pre_ln", "lower_lr", "clip_norm"],
+    # a pre-LN transformer has a skip path and its norms already: BatchNorm and pre-activation
+    # ResNet units do not apply; scaling the branches down at init (GPT-2's 1/sqrt(2N) on each
+    # branch's last matrix, Fixup's zero init) keeps the residual stream from outgrowing early blocks
+    "vanishing_gradient/pre_ln": ["zero_init_last", "warmup", "lower_lr", "clip_norm"],
     "lr_too_high/post_ln": ["warmup", "pre_ln", "lower_lr", "clip_norm"],
     # through time: the plain RNN's multiplicative path is the cause, a gated cell replaces it; an
     # orthogonal W_hh starts it at factor 1; truncation limits training to the reachable horizon
@@ -284,8 +288,9 @@ def remedies_for(kind: str, context: Mapping[str, Any] | None = None) -> list[Re
     activation = str(context.get("activation") or "").lower()
     key = kind
     optimizer = str(context.get("optimizer") or "").lower()
-    if f"{kind}/post_ln" in _RANKING and context.get("norm_placement") == "post" and context.get("cause") != "init_scale":
-        key = f"{kind}/post_ln"
+    placement = context.get("norm_placement")
+    if f"{kind}/{placement}_ln" in _RANKING and context.get("cause") != "init_scale":
+        key = f"{kind}/{placement}_ln"
     elif kind == "lr_too_high" and optimizer.startswith(_ADAPTIVE_OPTIMIZERS):
         key = "lr_too_high/adaptive"
     elif kind == "vanishing_gradient" and activation in SATURATING_ACTIVATIONS:

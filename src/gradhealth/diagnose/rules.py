@@ -169,6 +169,9 @@ def run_context(log: RunLog, context: dict[str, Any] | None = None) -> dict[str,
     if residual is None and checked:
         # the monitor read each block's autograd graph for a path around its weights
         residual = all(checked)
+    if residual is None and facts.get("norm_placement") in ("pre", "post"):
+        # pre- and post-LN name where the norm sits relative to a block's residual sum: a transformer block
+        residual = True
     facts["residual"] = residual
     facts["zero_init_last"] = _as_bool(facts.get("zero_init_last"))
     try:
@@ -315,7 +318,8 @@ def find_vanishing_gradient(log: RunLog, context: dict[str, Any] | None = None) 
             f"layer toward the input multiplies it by about {factor:.2g}"
         parts[0] += f": each {each}"
     if ratio is not None:
-        parts.append(f"the first layer ({p['first_layer']}) gets {ratio:.2g} of the last one's gradient")
+        parts.append(f"the first {'block' if blocks else 'layer'} ({p['first_layer']}) gets {ratio:.2g} of the last "
+                     "one's gradient")
     text = "; ".join(parts) + (
         ". Backpropagation multiplies the gradient by one factor per layer (the chain rule: the layer's "
         "weights times its activation's derivative); when those factors are below 1 their product falls "
@@ -332,8 +336,9 @@ def find_vanishing_gradient(log: RunLog, context: dict[str, Any] | None = None) 
         text += f" {len(zeros)} weight layer(s) got an exactly zero gradient: no learning signal reaches them."
     text += " Their tiny updates follow from this, not from the learning rate."
     return _finding("vanishing_gradient", "error" if severe else "warning",
-                    f"Vanishing gradient: early layers get {ratio:.1e} of the last layer's gradient"
-                    if ratio else "Vanishing gradient: early layers get no gradient",
+                    f"Vanishing gradient: early {'blocks' if blocks else 'layers'} get {ratio:.1e} of the last "
+                    f"{'block' if blocks else 'layer'}'s gradient"
+                    if ratio else f"Vanishing gradient: early {'blocks' if blocks else 'layers'} get no gradient",
                     text, ctx, layers=weak, step=p["step"], evidence={k: v for k, v in p.items() if k != "step"})
 
 
