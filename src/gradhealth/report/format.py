@@ -69,18 +69,27 @@ def coverage_text(coverage: Mapping[str, Any] | None) -> str:
         low = "" if coverage.get("complete_enough", True) else f", below the {coverage['threshold']:.0%} a verdict needs"
         parts.append(f"{weights['measured']} of {weights['total']} weight matrices measured{share}{low}")
         if weights.get("unmeasured"):
-            parts.append("unmeasured: " + abbreviate_layers(weights["unmeasured"], 3))
+            parts.append("unmeasured: " + _some(weights["unmeasured"], weights["total"] - weights["measured"]
+                                                - len(weights["unmeasured"]), 3))
         if weights.get("frozen"):
             parts.append(f"{weights['frozen']} frozen")
     acts = coverage.get("activations") or {}
     if acts.get("total"):
         parts.append(f"{acts['hooked']} of {acts['total']} activation modules hooked")
     if coverage.get("unclassified_count"):
+        listed = coverage.get("unclassified") or []
         parts.append(f"{coverage['unclassified_count']} module(s) of no known role ("
-                     + abbreviate_layers(coverage.get("unclassified") or [], 2) + ")")
+                     + _some(listed, coverage["unclassified_count"] - len(listed), 2) + ")")
     if coverage.get("time_series"):
         parts.append("gradient through time of " + ", ".join(coverage["time_series"]))
     return "Coverage: " + "; ".join(parts) + "."
+
+
+def _some(names: Sequence[str], unlisted: int, limit: int) -> str:
+    """``abbreviate_layers`` for a list the log already cut short: ``unlisted`` more exist than it names."""
+    shown = ", ".join(names[:limit])
+    rest = max(0, len(names) - limit) + max(0, unlisted)
+    return shown if rest <= 0 else f"{shown} … +{rest} more"
 
 
 def not_run_lines(not_run: Sequence[Mapping[str, Any]]) -> list[str]:
