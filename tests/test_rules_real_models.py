@@ -105,7 +105,8 @@ def gpt2_grads(per_block: float = 1.0, blocks: int = 6):
     def grads(step):
         out = {"transformer.wte": 5.0, "transformer.wpe": 1e-4}
         for k in range(blocks):
-            out.update({f"transformer.h.{k}.{sub}": s * per_block ** (blocks - 1 - k) for sub, s in GPT2_SCALES.items()})
+            scale = per_block ** (blocks - 1 - k)
+            out.update({f"transformer.h.{k}.{sub}": s * scale for sub, s in GPT2_SCALES.items()})
         return out
     return grads
 

@@ -21,7 +21,7 @@ import numpy as np
 from gradhealth.diagnose.catalogue import RELU_FAMILY, SATURATING_ACTIVATIONS, remedies_for
 from gradhealth.diagnose.coverage import coverage, not_run_entry, recurrent_without_time
 from gradhealth.diagnose.findings import SEVERITIES, Diagnosis, Finding
-from gradhealth.diagnose.structure import block_of, norm_placement, recurrent_types, tied_layers
+from gradhealth.diagnose.structure import RECURRENT_TYPES, block_of, norm_placement, recurrent_types, tied_layers
 from gradhealth.diagnose.through_time import VANISHED_FRACTION, time_profiles
 from gradhealth.errors import ConfigError
 from gradhealth.monitor.records import RunLog, StepRecord
@@ -150,8 +150,8 @@ def run_context(log: RunLog, context: dict[str, Any] | None = None) -> dict[str,
         facts["activations"] = sorted(set(acts))
         facts["activation"] = Counter(acts).most_common(1)[0][0]
     norm_types = " ".join(layer.type for layer in log.meta.layers if layer.role == "norm")
-    facts.setdefault("norm", next((n for n, t in (("batch", "BatchNorm"), ("layer", "LayerNorm"),
-                                                  ("rms", "RMSNorm"), ("group", "GroupNorm")) if t in norm_types), None))
+    kinds = (("batch", "BatchNorm"), ("layer", "LayerNorm"), ("rms", "RMSNorm"), ("group", "GroupNorm"))
+    facts.setdefault("norm", next((n for n, t in kinds if t in norm_types), None))
     facts.setdefault("norm_placement", norm_placement(log))
     if name.startswith(_HE_INITIALIZED_MODELS) and not facts.get("init"):
         facts["init"] = "he"
@@ -722,7 +722,7 @@ def find_degradation(runs: Sequence[RunLog], context: dict[str, Any] | None = No
 def _time_context(log: RunLog, ctx: dict[str, Any], module: str) -> dict[str, Any]:
     """The run's facts with ``recurrent`` narrowed to the cell types of ``module``'s own layers."""
     own = sorted({layer.type for layer in log.meta.layers
-                  if layer.name == module or layer.name.startswith(module + ".")} & {"RNN", "LSTM", "GRU"})
+                  if layer.name == module or layer.name.startswith(module + ".")} & set(RECURRENT_TYPES))
     return {**ctx, "recurrent": own or ctx.get("recurrent") or []}
 
 
@@ -744,6 +744,7 @@ def find_vanishing_through_time(log: RunLog, context: dict[str, Any] | None = No
             "dependency longer than that is not learned.")
     own = _time_context(log, ctx, name)
     if any(t in ("LSTM", "GRU") for t in own["recurrent"]):
+        # gated cells carry an additive path through time; a horizon this short means the gates close it
         text += " The cell is already gated, so its forget/update gates are closing over this span."
     # most of the sequence out of reach: the model sees a short suffix of what it is given
     severity = "error" if p["horizon"] < p["length"] / 2 else "warning"

@@ -16,8 +16,6 @@ from gradhealth.monitor.records import LayerInfo, RunLog
 __all__ = ["RECURRENT_TYPES", "block_of", "block_members", "norm_placement", "tied_layers", "recurrent_types"]
 
 RECURRENT_TYPES = ("RNN", "LSTM", "GRU")
-# gated cells keep an additive path through time (the LSTM's cell state, the GRU's update gate)
-GATED_RECURRENT_TYPES = ("LSTM", "GRU")
 # BatchNorm sits after convolutions by design; pre/post placement is a question for layer norms
 _SEQUENCE_NORMS = ("LayerNorm", "RMSNorm", "T5LayerNorm", "LlamaRMSNorm")
 

@@ -33,7 +33,8 @@ def print_diagnosis(diagnosis: Diagnosis, log: RunLog | None = None, console: An
         facts.append(f"{diagnosis.steps} steps")
     facts.extend(x for x in (diagnosis.model, diagnosis.data) if x)
     line = Text("Verdict: ")
-    line.append(verdict.upper(), style={"unhealthy": "bold red", "inconclusive": "bold yellow"}.get(verdict, "bold green"))
+    styles = {"unhealthy": "bold red", "inconclusive": "bold yellow"}
+    line.append(verdict.upper(), style=styles.get(verdict, "bold green"))
     line.append("  " + " · ".join(facts))
     console.print(line)
     for reason in diagnosis.inconclusive_because():

@@ -66,7 +66,8 @@ def coverage_text(coverage: Mapping[str, Any] | None) -> str:
     else:
         fraction = weights["fraction"]
         share = f" ({fraction:.0%})" if fraction is not None else ""
-        low = "" if coverage.get("complete_enough", True) else f", below the {coverage['threshold']:.0%} a verdict needs"
+        low = ("" if coverage.get("complete_enough", True)
+               else f", below the {coverage['threshold']:.0%} a verdict needs")
         parts.append(f"{weights['measured']} of {weights['total']} weight matrices measured{share}{low}")
         if weights.get("unmeasured"):
             parts.append("unmeasured: " + _some(weights["unmeasured"], weights["total"] - weights["measured"]
