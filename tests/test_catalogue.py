@@ -93,6 +93,7 @@ def test_remedies_that_fit_the_model_come_first():
 def test_recurrent_remedies_depend_on_the_cell():
     assert _keys("vanishing_through_time", recurrent=["RNN"]) == ["lstm_gru", "orthogonal_recurrent_init",
                                                                    "truncated_bptt"]
-    assert _keys("vanishing_through_time", recurrent=["LSTM"])[0] == "orthogonal_recurrent_init"
+    assert _keys("vanishing_through_time", recurrent=["LSTM"])[:2] == ["forget_bias", "orthogonal_recurrent_init"]
+    assert _keys("vanishing_through_time", recurrent=["GRU"])[0] == "orthogonal_recurrent_init"
     assert _keys("exploding_through_time", recurrent=["GRU"])[:2] == ["clip_norm", "orthogonal_recurrent_init"]
     assert "Bengio et al. 1994" in REMEDIES["lstm_gru"].why and "detach" in REMEDIES["truncated_bptt"].how

@@ -161,6 +161,15 @@ _CATALOGUE = [
         "torch.nn.LSTM (or torch.nn.GRU) with the same input_size, hidden_size and num_layers",
     ),
     Remedy(
+        "forget_bias", "Initialize the LSTM's forget-gate bias to 1",
+        "The LSTM carries its cell state through time multiplied by the forget gate; with the bias at 0 the "
+        "gate starts near sigmoid(0) = 0.5, which halves the gradient at every step back. A bias of 1 (Gers et "
+        "al. 2000; Jozefowicz et al. 2015) starts it near 0.73 and the cell remembers, and passes gradient, "
+        "over many more steps.",
+        "for name, p in lstm.named_parameters(): p.data[H:2 * H].fill_(0.5) if 'bias' in name else None "
+        "(bias_ih + bias_hh = 1; gates in order input, forget, cell, output; H = hidden_size)",
+    ),
+    Remedy(
         "orthogonal_recurrent_init", "Initialize the recurrent weights orthogonally",
         "An orthogonal W_hh has every singular value 1, so the recurrent Jacobian neither shrinks nor grows "
         "the gradient at initialization (Saxe et al. 2014; Le et al. 2015 with the identity); a Gaussian "
@@ -227,6 +236,8 @@ _RANKING: dict[str, list[str]] = {
     # through time: the plain RNN's multiplicative path is the cause, a gated cell replaces it; an
     # orthogonal W_hh starts it at factor 1; truncation limits training to the reachable horizon
     "vanishing_through_time": ["lstm_gru", "orthogonal_recurrent_init", "truncated_bptt"],
+    # an LSTM already: its forget gate at init (bias 0: ~0.5 per step) is the usual cause
+    "vanishing_through_time/lstm": ["forget_bias", "orthogonal_recurrent_init", "truncated_bptt"],
     # growth through time: clipping caps it at once (Pascanu et al. 2013), the others remove the cause
     "exploding_through_time": ["clip_norm", "orthogonal_recurrent_init", "truncated_bptt", "lstm_gru",
                                "lower_lr"],
@@ -291,6 +302,8 @@ def remedies_for(kind: str, context: Mapping[str, Any] | None = None) -> list[Re
     placement = context.get("norm_placement")
     if f"{kind}/{placement}_ln" in _RANKING and context.get("cause") != "init_scale":
         key = f"{kind}/{placement}_ln"
+    elif kind == "vanishing_through_time" and "LSTM" in (context.get("recurrent") or ()):
+        key = "vanishing_through_time/lstm"
     elif kind == "lr_too_high" and optimizer.startswith(_ADAPTIVE_OPTIMIZERS):
         key = "lr_too_high/adaptive"
     elif kind == "vanishing_gradient" and activation in SATURATING_ACTIVATIONS:
