@@ -74,3 +74,26 @@ def test_remedies_are_copies_and_unknown_names_say_the_choices():
         remedies_for("vanishing")
     with pytest.raises(ConfigError, match="residual"):
         get_remedy("skip")
+
+
+def test_remedies_that_fit_the_model_come_first():
+    # a post-LN transformer: warm-up, then the norm inside each branch (Xiong et al. 2020)
+    assert _keys("vanishing_gradient", norm="layer", norm_placement="post")[:2] == ["warmup", "pre_ln"]
+    assert _keys("exploding_gradient", norm="layer", norm_placement="post")[:2] == ["warmup", "pre_ln"]
+    # already pre-LN and warming up: neither is offered again
+    pre = _keys("vanishing_gradient", norm="layer", norm_placement="pre", warmup=True)
+    assert not {"pre_ln", "warmup", "layernorm"} & set(pre)
+    # Adam at a rate too high: warm-up first, unless it warms up already
+    assert _keys("lr_too_high", optimizer="AdamW")[:2] == ["warmup", "lower_lr"]
+    assert _keys("lr_too_high", optimizer="AdamW", warmup=True)[0] == "lower_lr"
+    # a run that already clips is not told to clip
+    assert "clip_norm" not in _keys("exploding_gradient", clip="norm")
+
+
+def test_recurrent_remedies_depend_on_the_cell():
+    assert _keys("vanishing_through_time", recurrent=["RNN"]) == ["lstm_gru", "orthogonal_recurrent_init",
+                                                                   "truncated_bptt"]
+    assert _keys("vanishing_through_time", recurrent=["LSTM"])[:2] == ["forget_bias", "orthogonal_recurrent_init"]
+    assert _keys("vanishing_through_time", recurrent=["GRU"])[0] == "orthogonal_recurrent_init"
+    assert _keys("exploding_through_time", recurrent=["GRU"])[:2] == ["clip_norm", "orthogonal_recurrent_init"]
+    assert "Bengio et al. 1994" in REMEDIES["lstm_gru"].why and "detach" in REMEDIES["truncated_bptt"].how

@@ -122,3 +122,9 @@ def test_an_init_scale_too_large_is_an_exploding_gradient_with_he_init_first(cap
     assert exploding["evidence"]["early_grad_weight_ratio"]["median_grad_weight_ratio"] > 1e3
     assert exploding["remedies"][0]["key"] == "he_init"
     assert findings["nonfinite"]["remedies"][0]["key"] == "he_init"
+
+
+def test_fail_on_accepts_inconclusive_and_names_it_among_the_choices(capsys):
+    assert main(["diagnose", "--fail-on", "inconclusive,vanishing"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown finding kind 'vanishing'" in err and "or inconclusive" in err

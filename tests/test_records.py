@@ -101,3 +101,26 @@ def test_a_truncated_last_line_from_a_killed_run_is_dropped(tmp_path):
 def test_records_module_does_not_import_torch():
     code = "import sys, gradhealth.monitor.records, gradhealth.diagnose.findings; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_coverage_blocks_and_time_grads_round_trip(tmp_path):
+    from gradhealth.monitor.records import BlockInfo, ParamInfo
+
+    meta = RunMeta(
+        layers=[LayerInfo("transformer.wte", "Embedding", "weight", 640, tied=["lm_head"]),
+                LayerInfo("rnn.weight_ih_l0", "LSTM", "weight", 96)],
+        parameters=[ParamInfo("transformer.wte.weight", [64, 10], "transformer.wte", "weight", tied=["lm_head.weight"]),
+                    ParamInfo("rnn.weight_ih_l0", [32, 3], "rnn.weight_ih_l0", "weight"),
+                    ParamInfo("frozen.bias", [10], None, "unmeasured", trainable=False)],
+        unhooked=["mlp.act_fn"], time_series=["rnn"], blocks=[BlockInfo("transformer.h.0", True), BlockInfo("h.1")])
+    record = StepRecord(step=0, time_grads={"rnn": [0.5, float("nan"), float("inf"), 0.0]})
+    path = write_jsonl(tmp_path / "run.jsonl", [record], meta)
+    for line in path.read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    log = read_jsonl(path)
+    assert log.meta == meta
+    grads = log.records[0].time_grads["rnn"]
+    assert grads[0] == 0.5 and math.isnan(grads[1]) and grads[2] == math.inf and grads[3] == 0.0
+    assert record_to_json(record)["time_grads"]["nonfinite"] == {"rnn": {"1": "nan", "2": "inf"}}
+    # an old log without the new fields reads as empty ones
+    assert read_jsonl(write_jsonl(tmp_path / "old.jsonl", [StepRecord(step=0)], RunMeta())).meta.parameters == []

@@ -314,6 +314,36 @@ def test_print_diagnosis_plain_text_when_piped():
     assert len(re.findall(r"^\s+\d+ ", text, flags=re.M)) == 12
 
 
+def _blind_diagnosis() -> Diagnosis:
+    cover = {"known": True, "threshold": 0.9, "complete_enough": False,
+             "weight_matrices": {"measured": 2, "total": 26, "fraction": 2 / 26, "unmeasured": [EVIL], "frozen": 0},
+             "activations": {"hooked": 0, "total": 6, "unhooked": ["mlp.act"]},
+             "unclassified": ["h.0.attn"], "unclassified_count": 1}
+    not_run = [{"rule": "depth profile", "kinds": ["vanishing_gradient", "exploding_gradient"],
+                "reason": "needs 3 blocks with gradients, found 2", "blocks_verdict": True}]
+    return Diagnosis(findings=[], model="gpt2", steps=4, coverage=cover, not_run=not_run)
+
+
+def test_an_inconclusive_diagnosis_shows_coverage_and_what_did_not_run_on_the_page_and_in_the_terminal():
+    from rich.console import Console
+
+    diagnosis = _blind_diagnosis()
+    assert diagnosis.verdict == "inconclusive"
+    page = render_html("r", [findings_section(diagnosis)], diagnosis=diagnosis)
+    assert 'class="badge inconclusive"' in page and "2 of 26 weight matrices measured (8%" in page
+    assert "0 of 6 activation modules hooked" in page and "1 module(s) of no known role" in page
+    assert "depth profile (vanishing_gradient, exploding_gradient): needs 3 blocks with gradients, found 2" in page
+    assert EVIL not in page and "too little of the model was measured" in page
+    out = io.StringIO()
+    print_diagnosis(diagnosis, None, Console(file=out, width=200))
+    text = out.getvalue()
+    assert "INCONCLUSIVE" in text and "Coverage: 2 of 26 weight matrices measured" in text
+    assert "Not run: depth profile" in text and "Inconclusive: depth profile: needs 3 blocks" in text
+    # the same diagnosis with the model seen whole and the depth rules run is healthy
+    diagnosis.not_run, diagnosis.coverage = [], {**diagnosis.coverage, "complete_enough": True}
+    assert diagnosis.verdict == "healthy"
+
+
 # ---- command line --------------------------------------------------------------------------------
 
 def write_log(path: Path, **shape) -> Path:

@@ -2,7 +2,8 @@
 
 With no MODEL it examines the embedded default (a deep plain sigmoid MLP on the digits data).
 ``--from-log run.jsonl`` diagnoses a finished run without importing torch. Exit status 3 when a
-``--fail-on`` kind is found, for CI gates.
+``--fail-on`` kind is found (or, with ``--fail-on inconclusive``, when the verdict is inconclusive),
+for CI gates.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from gradhealth.errors import ConfigError
 from gradhealth.io import write_json_atomic
 
 EXIT_FOUND = 3
+# not a finding kind: the verdict when too little of the model was measured to call it healthy
+INCONCLUSIVE = "inconclusive"
 
 # How a MODEL is run (option -> default): the parser's defaults, and what --from-log must leave alone
 # (data and steps default to None: a MODEL run falls back on checkup's own defaults)
@@ -45,15 +48,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=RUN_DEFAULTS["seed"])
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     p.add_argument("--out", type=Path, help="folder for findings.json and report.html (and the run's files)")
-    p.add_argument("--fail-on", default="", help="comma-separated finding kinds that make the exit status 3")
+    p.add_argument("--fail-on", default="", help="comma-separated finding kinds that make the exit status 3; "
+                                                   "'inconclusive' also fails a run the diagnosis could not see whole")
     p.set_defaults(run=run)
 
 
 def _fail_kinds(text: str) -> set[str]:
     kinds = {k.strip() for k in text.split(",") if k.strip()}
-    unknown = sorted(kinds - set(FINDING_KINDS))
+    unknown = sorted(kinds - {*FINDING_KINDS, INCONCLUSIVE})
     if unknown:
-        raise ConfigError(f"unknown finding kind {unknown[0]!r} in --fail-on; choose from: {', '.join(FINDING_KINDS)}.")
+        raise ConfigError(f"unknown finding kind {unknown[0]!r} in --fail-on; choose from: "
+                          f"{', '.join(FINDING_KINDS)}, or {INCONCLUSIVE}.")
     return kinds
 
 
@@ -97,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None:
             print(f"wrote {args.out / 'report.html'} and {args.out / 'findings.json'}")
     found = {f.kind for f in diagnosis.findings if f.severity in ("warning", "error")} & fail_on
+    if INCONCLUSIVE in fail_on and diagnosis.verdict == INCONCLUSIVE:
+        found.add(INCONCLUSIVE)
     return EXIT_FOUND if found else 0
 
 

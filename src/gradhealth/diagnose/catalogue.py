@@ -138,8 +138,51 @@ _CATALOGUE = [
         "warmup", "Warm up the learning rate, then decay it (schedule)",
         "The first updates from a random initialization are the ones that diverge: starting from a small "
         "learning rate and raising it over the first steps (Goyal et al. 2017), then decaying it, lets the "
-        "network reach a region where the full rate is stable.",
+        "network reach a region where the full rate is stable. Post-LN transformers need it most: their "
+        "gradients near the output start large (Xiong et al. 2020), and Adam's first updates, made from a "
+        "second-moment estimate of a handful of batches, are the largest of the run (Liu et al. 2020).",
         "gradhealth train --schedule warmup_cosine --warmup-steps 500",
+    ),
+    Remedy(
+        "pre_ln", "Move each LayerNorm before its sublayer (Pre-LN transformer)",
+        "Xiong et al. 2020: with the LayerNorm after the residual sum (Post-LN, x = norm(x + f(x))) every "
+        "block's gradient passes through the norms of all the blocks above it, so the gradients of the "
+        "layers near the output are large at initialization and the early blocks get little; with the norm "
+        "inside the branch (Pre-LN, x = x + f(norm(x))) the residual path is a pure identity and the "
+        "gradient is well-behaved in every block, so training is stable without a long warm-up.",
+        "in each block: x = x + attn(ln_1(x)); x = x + mlp(ln_2(x)), and one final LayerNorm before the head",
+    ),
+    Remedy(
+        "lstm_gru", "Use a gated recurrent cell (LSTM or GRU) instead of a plain RNN",
+        "A plain RNN multiplies the gradient by its recurrent Jacobian (W_hh times tanh') at every step back "
+        "in time, so it falls geometrically and dependencies longer than a few dozen steps are not learned "
+        "(Bengio et al. 1994). The LSTM's cell state (Hochreiter and Schmidhuber 1997) and the GRU's update "
+        "gate (Cho et al. 2014) add an additive path through time whose factor is a gate near 1.",
+        "torch.nn.LSTM (or torch.nn.GRU) with the same input_size, hidden_size and num_layers",
+    ),
+    Remedy(
+        "forget_bias", "Initialize the LSTM's forget-gate bias to 1",
+        "The LSTM carries its cell state through time multiplied by the forget gate; with the bias at 0 the "
+        "gate starts near sigmoid(0) = 0.5, which halves the gradient at every step back. A bias of 1 (Gers et "
+        "al. 2000; Jozefowicz et al. 2015) starts it near 0.73 and the cell remembers, and passes gradient, "
+        "over many more steps.",
+        "for name, p in lstm.named_parameters(): p.data[H:2 * H].fill_(0.5) if 'bias' in name else None "
+        "(bias_ih + bias_hh = 1; gates in order input, forget, cell, output; H = hidden_size)",
+    ),
+    Remedy(
+        "orthogonal_recurrent_init", "Initialize the recurrent weights orthogonally",
+        "An orthogonal W_hh has every singular value 1, so the recurrent Jacobian neither shrinks nor grows "
+        "the gradient at initialization (Saxe et al. 2014; Le et al. 2015 with the identity); a Gaussian "
+        "W_hh's largest singular value sets a geometric decay or growth through time.",
+        "for name, p in rnn.named_parameters(): torch.nn.init.orthogonal_(p) if 'weight_hh' in name else None",
+    ),
+    Remedy(
+        "truncated_bptt", "Truncate backpropagation through time",
+        "Backpropagating through a shorter window (detach the hidden state every k steps) bounds the number "
+        "of recurrent Jacobians in the product, so the gradient cannot grow past k factors; choose k near "
+        "the measured horizon, beyond which the gradient carries nothing anyway (Williams and Peng 1990; "
+        "Sutskever 2013).",
+        "split each sequence into windows of k steps and carry h = h.detach() from one window to the next",
     ),
 ]
 REMEDIES: dict[str, Remedy] = {remedy.key: remedy for remedy in _CATALOGUE}
@@ -177,6 +220,27 @@ _RANKING: dict[str, list[str]] = {
     # step stops the push, a sound init scale starts fewer units off.
     "dead_units": ["leaky_relu", "lower_lr", "he_init", "batchnorm"],
     "lr_too_high": ["lower_lr", "warmup", "clip_norm"],
+    # Adam/AdamW/RMSprop: the first updates are the largest (a second moment from a few batches),
+    # which is what warm-up is for (Liu et al. 2020); then a lower rate
+    "lr_too_high/adaptive": ["warmup", "lower_lr", "clip_norm"],
+    # Post-LN transformers (norm after the residual sum): their gradients near the output start
+    # large and the early blocks get little (Xiong et al. 2020): warm-up, then the norm inside the branch
+    "vanishing_gradient/post_ln": ["warmup", "pre_ln", "lower_lr", "clip_norm", "zero_init_last"],
+    "exploding_gradient/post_ln": ["warmup", "pre_ln", "clip_norm", "lower_lr", "l2"],
+    "nonfinite/post_ln": ["warmup", "pre_ln", "lower_lr", "clip_norm"],
+    # a pre-LN transformer has a skip path and its norms already: BatchNorm and pre-activation
+    # ResNet units do not apply; scaling the branches down at init (GPT-2's 1/sqrt(2N) on each
+    # branch's last matrix, Fixup's zero init) keeps the residual stream from outgrowing early blocks
+    "vanishing_gradient/pre_ln": ["zero_init_last", "warmup", "lower_lr", "clip_norm"],
+    "lr_too_high/post_ln": ["warmup", "pre_ln", "lower_lr", "clip_norm"],
+    # through time: the plain RNN's multiplicative path is the cause, a gated cell replaces it; an
+    # orthogonal W_hh starts it at factor 1; truncation limits training to the reachable horizon
+    "vanishing_through_time": ["lstm_gru", "orthogonal_recurrent_init", "truncated_bptt"],
+    # an LSTM already: its forget gate at init (bias 0: ~0.5 per step) is the usual cause
+    "vanishing_through_time/lstm": ["forget_bias", "orthogonal_recurrent_init", "truncated_bptt"],
+    # growth through time: clipping caps it at once (Pascanu et al. 2013), the others remove the cause
+    "exploding_through_time": ["clip_norm", "orthogonal_recurrent_init", "truncated_bptt", "lstm_gru",
+                               "lower_lr"],
     "lr_too_low": ["higher_lr", "batchnorm"],
     # degradation is what residual learning was invented for (He et al. 2015).
     "degradation": ["residual", "batchnorm", "preact", "zero_init_last"],
@@ -185,6 +249,8 @@ _RANKING: dict[str, list[str]] = {
 _HE_NAMES = ("he", "kaiming")
 _XAVIER_NAMES = ("xavier", "glorot")
 _CALIBRATED_INITS = (*_HE_NAMES, *_XAVIER_NAMES, "lsuv", "orthogonal", "fixup")
+_ADAPTIVE_OPTIMIZERS = ("adam", "nadam", "radam", "rmsprop", "adagrad", "adafactor", "lamb")
+_GATED_CELLS = ("LSTM", "GRU")
 
 
 def get_remedy(key: str) -> Remedy:
@@ -207,7 +273,12 @@ def _already_applied(key: str, context: Mapping[str, Any]) -> bool:
         "lsuv": init.startswith("lsuv"),
         "fixup": init.startswith("fixup"),
         "batchnorm": norm in ("batch", "bn", "batchnorm"),
-        "layernorm": norm in ("layer", "ln", "layernorm"),
+        "layernorm": norm in ("layer", "ln", "layernorm", "rms", "rmsnorm"),
+        "pre_ln": context.get("norm_placement") == "pre",
+        "warmup": context.get("warmup") is True,
+        "clip_norm": str(context.get("clip") or "").lower() == "norm",
+        "lstm_gru": any(t in _GATED_CELLS for t in context.get("recurrent") or ()),
+        "orthogonal_recurrent_init": init.startswith("orthogonal"),
         "residual": context.get("residual") is True,
         "preact": str(context.get("block") or "").startswith("preact"),
         "zero_init_last": context.get("zero_init_last") is True,
@@ -218,15 +289,24 @@ def remedies_for(kind: str, context: Mapping[str, Any] | None = None) -> list[Re
     """The remedies for a finding kind, best first, for a run described by ``context``.
 
     ``context`` may hold ``activation`` (the run's main activation), ``init``, ``norm``,
-    ``residual``, ``block``, ``zero_init_last`` and ``cause`` (``init_scale``: gradients far above
-    the weights from the start); unknown keys are ignored.
+    ``norm_placement`` (pre/post), ``residual``, ``block``, ``zero_init_last``, ``optimizer``,
+    ``warmup``, ``clip``, ``recurrent`` (the recurrent cell types) and ``cause`` (``init_scale``:
+    gradients far above the weights from the start); unknown keys are ignored.
     """
     if kind not in FINDING_KINDS:
         raise unknown_name("finding kind", kind, FINDING_KINDS)
     context = context or {}
     activation = str(context.get("activation") or "").lower()
     key = kind
-    if kind == "vanishing_gradient" and activation in SATURATING_ACTIVATIONS:
+    optimizer = str(context.get("optimizer") or "").lower()
+    placement = context.get("norm_placement")
+    if f"{kind}/{placement}_ln" in _RANKING and context.get("cause") != "init_scale":
+        key = f"{kind}/{placement}_ln"
+    elif kind == "vanishing_through_time" and "LSTM" in (context.get("recurrent") or ()):
+        key = "vanishing_through_time/lstm"
+    elif kind == "lr_too_high" and optimizer.startswith(_ADAPTIVE_OPTIMIZERS):
+        key = "lr_too_high/adaptive"
+    elif kind == "vanishing_gradient" and activation in SATURATING_ACTIVATIONS:
         key = "vanishing_gradient/saturating"
     elif kind == "exploding_gradient" and context.get("residual") is True:
         key = "exploding_gradient/residual"

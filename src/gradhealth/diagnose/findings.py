@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SEVERITIES", "FINDING_KINDS", "Remedy", "Finding", "Diagnosis"]
+__all__ = ["SEVERITIES", "VERDICTS", "FINDING_KINDS", "Remedy", "Finding", "Diagnosis"]
 
 SEVERITIES = ("info", "warning", "error")
+VERDICTS = ("healthy", "inconclusive", "unhealthy")
 FINDING_KINDS = (
     "vanishing_gradient",
     "exploding_gradient",
@@ -16,6 +17,8 @@ FINDING_KINDS = (
     "lr_too_high",
     "lr_too_low",
     "degradation",
+    "vanishing_through_time",
+    "exploding_through_time",
 )
 
 
@@ -48,7 +51,9 @@ class Finding:
 
 @dataclass
 class Diagnosis:
-    """The verdict on one run: ``unhealthy`` when any finding has severity warning or error."""
+    """The verdict on one run: ``unhealthy`` when any finding has severity warning or error, else
+    ``inconclusive`` when a rule the verdict rests on could not run or too little of the model was
+    measured (see ``inconclusive_because``), else ``healthy``."""
 
     findings: list[Finding]
     model: str | None = None
@@ -56,10 +61,25 @@ class Diagnosis:
     steps: int = 0
     # optional extra sections (the theory prediction at init, trial results, ...)
     extra: dict[str, Any] = field(default_factory=dict)
+    # how much of the model was measured (see diagnose.coverage); None: not computed
+    coverage: dict[str, Any] | None = None
+    # the rules that could not run: {"rule", "kinds", "reason", "blocks_verdict"}
+    not_run: list[dict[str, Any]] = field(default_factory=list)
+
+    def inconclusive_because(self) -> list[str]:
+        """Why a run without findings is not called healthy: rules that could not run, low coverage."""
+        reasons = [f"{n['rule']}: {n['reason']}" for n in self.not_run if n.get("blocks_verdict")]
+        cover = (self.coverage or {}).get("weight_matrices")
+        if cover and (self.coverage or {}).get("complete_enough") is False:
+            reasons.append(f"only {cover['measured']} of {cover['total']} weight matrices were measured "
+                           f"(below {self.coverage['threshold']:.0%})")
+        return reasons
 
     @property
     def verdict(self) -> str:
-        return "unhealthy" if any(f.severity in ("warning", "error") for f in self.findings) else "healthy"
+        if any(f.severity in ("warning", "error") for f in self.findings):
+            return "unhealthy"
+        return "inconclusive" if self.inconclusive_because() else "healthy"
 
     def kinds(self) -> set[str]:
         return {f.kind for f in self.findings}
@@ -71,5 +91,8 @@ class Diagnosis:
             "model": self.model,
             "data": self.data,
             "steps": self.steps,
+            **({"coverage": self.coverage} if self.coverage is not None else {}),
+            "not_run": list(self.not_run),
+            **({"inconclusive_because": self.inconclusive_because()} if self.verdict == "inconclusive" else {}),
             **({"extra": self.extra} if self.extra else {}),
         }

@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 
 from gradhealth.diagnose.catalogue import RELU_FAMILY, SATURATING_ACTIVATIONS, remedies_for
+from gradhealth.diagnose.coverage import coverage, not_run_entry, recurrent_without_time
 from gradhealth.diagnose.findings import SEVERITIES, Diagnosis, Finding
+from gradhealth.diagnose.structure import RECURRENT_TYPES, block_of, norm_placement, recurrent_types, tied_layers
+from gradhealth.diagnose.through_time import VANISHED_FRACTION, time_profiles
 from gradhealth.errors import ConfigError
 from gradhealth.monitor.records import RunLog, StepRecord
 from gradhealth.vocabulary import TRUE_WORDS, split_spec
@@ -28,6 +31,7 @@ __all__ = [
     "diagnose_log", "run_context", "data_name", "layer_roles", "weight_layers", "gradient_profile",
     "find_vanishing_gradient", "find_exploding_gradient", "find_nonfinite", "find_saturation",
     "find_dead_units", "find_lr_too_high", "find_lr_too_low", "find_degradation",
+    "find_vanishing_through_time", "find_exploding_through_time", "profile_gap", "rules_not_run",
 ]
 
 # Vanishing/exploding through depth is a property of the network as initialized, so the profile
@@ -72,6 +76,18 @@ LR_LOW_RATIO = 1e-5
 DEGRADATION_MARGIN = 0.1
 # mixed precision skips steps whose scaled gradients overflowed while the loss scaler calibrates
 SKIPPED_OK_FRACTION = 0.05
+# One step that changes a weight matrix by as much as the matrix itself has replaced it: whatever the
+# median says, that step threw the weights away. Adam's first steps do this at a high rate (its
+# second-moment estimate comes from a batch or two); in two layers or more it is the rate, not a layer.
+LR_STEP_RATIO = 1.0
+LR_STEP_LAYERS = 2
+# Through time: the first input step getting 1e3x the last step's gradient is the mirror of
+# VANISHED_FRACTION (three decades), a growth no training signal survives without clipping.
+TIME_EXPLODING_RATIO = 1e3
+# lr rising over the first records by this much counts as a warm-up (a schedule, not noise)
+WARMUP_RISE = 2.0
+# registered models whose own __init__ initializes with He (kaiming_normal, fan_out) like torchvision
+_HE_INITIALIZED_MODELS = ("resnet", "preact_resnet", "plain", "cifar_resnet", "imagenet_resnet")
 
 _NORM_NAME = re.compile(r"(?:^|[._])(?:bn|ln|gn)\d*(?:$|[._])|norm", re.IGNORECASE)
 
@@ -134,14 +150,28 @@ def run_context(log: RunLog, context: dict[str, Any] | None = None) -> dict[str,
         facts["activations"] = sorted(set(acts))
         facts["activation"] = Counter(acts).most_common(1)[0][0]
     norm_types = " ".join(layer.type for layer in log.meta.layers if layer.role == "norm")
-    facts.setdefault("norm", next((n for n, t in (("batch", "BatchNorm"), ("layer", "LayerNorm"),
-                                                  ("group", "GroupNorm")) if t in norm_types), None))
+    kinds = (("batch", "BatchNorm"), ("layer", "LayerNorm"), ("rms", "RMSNorm"), ("group", "GroupNorm"))
+    facts.setdefault("norm", next((n for n, t in kinds if t in norm_types), None))
+    facts.setdefault("norm_placement", norm_placement(log))
+    if name.startswith(_HE_INITIALIZED_MODELS) and not facts.get("init"):
+        facts["init"] = "he"
+    recurrent = recurrent_types(log)
+    if recurrent:
+        facts.setdefault("recurrent", recurrent)
+    facts.setdefault("warmup", _warmup(log, config))
     facts.update(context or {})
     if context and "activation" in context and "activations" not in context:
         facts["activations"] = [context["activation"]]
     residual = _as_bool(facts.get("residual"))
     if residual is None and name.startswith(("resnet", "preact_resnet", "plain")):
         residual = not name.startswith("plain")
+    checked = [b.residual for b in log.meta.blocks if b.residual is not None]
+    if residual is None and checked:
+        # the monitor read each block's autograd graph for a path around its weights
+        residual = all(checked)
+    if residual is None and facts.get("norm_placement") in ("pre", "post"):
+        # pre- and post-LN name where the norm sits relative to a block's residual sum: a transformer block
+        residual = True
     facts["residual"] = residual
     facts["zero_init_last"] = _as_bool(facts.get("zero_init_last"))
     try:
@@ -152,32 +182,105 @@ def run_context(log: RunLog, context: dict[str, Any] | None = None) -> dict[str,
     return facts
 
 
+def _warmup(log: RunLog, config: dict[str, Any]) -> bool | None:
+    """Whether the run warms its learning rate up: ``warmup_steps`` in the config, else the lr
+    series rising over the first records; None when the records carry no lr to tell."""
+    steps = config.get("warmup_steps")
+    if isinstance(steps, (int, float)) and not isinstance(steps, bool):
+        return steps > 0
+    lrs = [r.lr for r in log.records if _finite(r.lr)]
+    if len(lrs) < 2:
+        return None
+    head = lrs[: max(2, len(lrs) // 4)]
+    return head[0] >= 0 and max(head) >= WARMUP_RISE * head[0] and head.index(max(head)) > 0
+
+
+def _profile_units(log: RunLog) -> tuple[dict[str, list[str]], str, list[str], dict[str, list[str]]]:
+    """The units of the depth profile: repeated blocks (their weight layers together) where the model
+    has them, else the weight layers; the weight layers left out (outside the blocks) and the tied ones.
+
+    A tied layer (an embedding that is also the output head) gets the gradient of both of its uses,
+    so its norm belongs to neither end of the network: it is left out of the profile.
+    """
+    layers = weight_layers(log)
+    tied = {n: t for n, t in tied_layers(log).items() if n in layers}
+    blocks = block_of(log)
+    if any(n in blocks for n in layers):
+        units: dict[str, list[str]] = {}
+        for name in layers:
+            if name in blocks and name not in tied:
+                units.setdefault(blocks[name], []).append(name)
+        return units, "block", [n for n in layers if n not in blocks and n not in tied], tied
+    return {n: [n] for n in layers if n not in tied}, "weight layer", [], tied
+
+
+def _early_records(log: RunLog) -> list[StepRecord]:
+    return [r for r in log.records
+            if not r.skipped and any(_finite(s.grad_norm) for s in r.layers.values())][:EARLY_RECORDS]
+
+
+def _unit_norms(units: dict[str, list[str]], records: Sequence[StepRecord]) -> dict[str, float]:
+    """Each unit's gradient norm: per record sqrt of the sum of squares of its layers' norms (the norm
+    of all its weights' gradients together), then the median over the records."""
+    norms = {}
+    for unit, members in units.items():
+        values = []
+        for r in records:
+            parts = [r.layers[n].grad_norm for n in members if n in r.layers and _finite(r.layers[n].grad_norm)]
+            if parts:
+                values.append(math.sqrt(sum(g * g for g in parts)))
+        if values:
+            norms[unit] = float(median(values))
+    return norms
+
+
+def profile_gap(log: RunLog) -> str | None:
+    """Why the depth profile cannot be taken (too few units with gradients), or None when it can."""
+    units, kind, _, _ = _profile_units(log)
+    found = len(_unit_norms(units, _early_records(log)))
+    if found >= MIN_WEIGHT_LAYERS:
+        return None
+    plural = "blocks" if kind == "block" else "weight layers"
+    return f"needs {MIN_WEIGHT_LAYERS} {plural} with gradients, found {found}"
+
+
 def gradient_profile(log: RunLog) -> dict[str, Any] | None:
     """Each weight layer's gradient norm (median over the first ``EARLY_RECORDS`` records) and the
     geometric trend toward the input.
 
-    ``decay_factor`` is 10**slope of a least-squares fit of log10(norm) against the number of layers
-    from the output: what each layer toward the input multiplies the gradient by. None (frozen or
+    ``decay_factor`` is 10**slope of a least-squares fit of log10(norm) against the number of weight
+    layers from the output: what each layer toward the input multiplies the gradient by. Where the
+    model has repeated blocks (a transformer's ``h.K``, a ResNet's ``layer1.K``) the profile is one
+    point per block, its weight layers' norms taken together, placed at its count of weight layers
+    from the output (so ``decay_factor`` stays per weight layer) and ``block_factor`` is per block;
+    the layers outside the blocks (embeddings, stem, head) are left out and listed. None (frozen or
     unused layers) and non-finite values are left out; zeros are left out of the fit and listed.
     """
-    records = [r for r in log.records
-               if not r.skipped and any(_finite(s.grad_norm) for s in r.layers.values())][:EARLY_RECORDS]
-    steps, norms = [r.step for r in records], {}
-    for name in weight_layers(log):
-        values = [r.layers[name].grad_norm for r in records if name in r.layers and _finite(r.layers[name].grad_norm)]
-        if values:
-            norms[name] = float(median(values))
+    records = _early_records(log)
+    units, unit, outside, tied = _profile_units(log)
+    steps, norms = [r.step for r in records], _unit_norms(units, records)
     layers = list(norms)
     if len(layers) < MIN_WEIGHT_LAYERS:
         return None
-    positive = [(len(layers) - 1 - i, norms[n]) for i, n in enumerate(layers) if norms[n] > 0]
-    factor = None
+    # weight layers from the output to each unit (a block of k layers spans k)
+    sizes = [len(units[n]) for n in layers]
+    position = {n: sum(sizes[i + 1:]) + (sizes[i] - 1) / 2 for i, n in enumerate(layers)}
+    positive = [(position[n], len(layers) - 1 - i, norms[n]) for i, n in enumerate(layers) if norms[n] > 0]
+    factor = block_factor = None
     if len(positive) >= 2:
-        x, y = zip(*positive)
+        x, b, y = zip(*positive)
         factor = _num(10 ** float(np.polyfit(np.array(x, float), np.log10(y), 1)[0]))
+        block_factor = _num(10 ** float(np.polyfit(np.array(b, float), np.log10(y), 1)[0]))
     first, last = norms[layers[0]], norms[layers[-1]]
+    extra: dict[str, Any] = {}
+    if unit == "block":
+        extra = {"unit": "block", "block_factor": block_factor, "left_out": outside,
+                 "layers_per_block": max(sizes)}
+    if tied:
+        extra["tied"] = tied
     return {
         "basis": f"median over the first {len(steps)} records (steps {steps[0]}..{steps[-1]})",
+        **extra,
         "layers": layers,
         "grad_norms": [_num(norms[n]) for n in layers],
         "decay_factor": factor,
@@ -208,11 +311,15 @@ def find_vanishing_gradient(log: RunLog, context: dict[str, Any] | None = None) 
     last = p["grad_norms"][-1]
     weak = [n for n, g in zip(p["layers"], p["grad_norms"]) if g < VANISHING_RATIO * last]
     severe = bool(zeros) or (ratio is not None and ratio < 1 / SEVERE_RATIO)
-    parts = [f"Over {p['depth']} weight layers the gradient shrinks toward the input"]
+    blocks = p.get("unit") == "block"
+    parts = [f"Over {p['depth']} {'blocks' if blocks else 'weight layers'} the gradient shrinks toward the input"]
     if factor is not None and factor < 1:
-        parts[0] += f": each layer toward the input multiplies it by about {factor:.2g}"
+        each = f"block toward the input multiplies it by about {p['block_factor']:.2g}" if blocks else \
+            f"layer toward the input multiplies it by about {factor:.2g}"
+        parts[0] += f": each {each}"
     if ratio is not None:
-        parts.append(f"the first layer ({p['first_layer']}) gets {ratio:.2g} of the last one's gradient")
+        parts.append(f"the first {'block' if blocks else 'layer'} ({p['first_layer']}) gets {ratio:.2g} of the last "
+                     "one's gradient")
     text = "; ".join(parts) + (
         ". Backpropagation multiplies the gradient by one factor per layer (the chain rule: the layer's "
         "weights times its activation's derivative); when those factors are below 1 their product falls "
@@ -229,8 +336,9 @@ def find_vanishing_gradient(log: RunLog, context: dict[str, Any] | None = None) 
         text += f" {len(zeros)} weight layer(s) got an exactly zero gradient: no learning signal reaches them."
     text += " Their tiny updates follow from this, not from the learning rate."
     return _finding("vanishing_gradient", "error" if severe else "warning",
-                    f"Vanishing gradient: early layers get {ratio:.1e} of the last layer's gradient"
-                    if ratio else "Vanishing gradient: early layers get no gradient",
+                    f"Vanishing gradient: early {'blocks' if blocks else 'layers'} get {ratio:.1e} of the last "
+                    f"{'block' if blocks else 'layer'}'s gradient"
+                    if ratio else f"Vanishing gradient: early {'blocks' if blocks else 'layers'} get no gradient",
                     text, ctx, layers=weak, step=p["step"], evidence={k: v for k, v in p.items() if k != "step"})
 
 
@@ -499,19 +607,63 @@ def _lr_evidence(log: RunLog, ratio: float) -> dict[str, Any]:
             "lr": _num(median(lrs)) if lrs else None}
 
 
+def _update_spikes(log: RunLog, names: Sequence[str]) -> dict[str, Any] | None:
+    """The first record where LR_STEP_LAYERS weight layers or more (all, in a smaller net) changed by
+    LR_STEP_RATIO of their norm or more: one step that replaced the weights."""
+    need = min(LR_STEP_LAYERS, len(names))
+    for record in log.records:
+        if record.skipped:
+            continue
+        big = {n: record.layers[n].update_ratio for n in names if n in record.layers
+               and _finite(record.layers[n].update_ratio) and record.layers[n].update_ratio >= LR_STEP_RATIO}
+        if need and len(big) >= need:
+            return {"step": record.step, "layers": list(big), "max_update_ratio": _num(max(big.values())),
+                    "threshold": LR_STEP_RATIO}
+    return None
+
+
 def find_lr_too_high(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
-    """Median update-to-weight ratio over weight layers and records above LR_HIGH_RATIO."""
-    ratios = _update_ratios(log, weight_layers(log))
-    if not ratios or median(ratios) <= LR_HIGH_RATIO:
+    """Median update-to-weight ratio over weight layers and records above LR_HIGH_RATIO, or one step
+    (Adam's first ones included) that changed several layers by as much as their own weights.
+
+    Where the gradients were far above the weights from the start (``cause == init_scale``), those
+    updates follow from the init, not from the rate: the finding is then only ``info``.
+    """
+    ctx = run_context(log, context)
+    names = weight_layers(log)
+    ratios = _update_ratios(log, names)
+    spike = _update_spikes(log, names)
+    typical = float(median(ratios)) if ratios else None
+    if (typical is None or typical <= LR_HIGH_RATIO) and spike is None:
         return None
-    ratio = float(median(ratios))
-    text = (f"A typical step changes the weights by {ratio:.2g} of their norm, against about 1e-3 for healthy "
-            "training (Karpathy's rule of thumb): the learning rate is too high, updates overshoot and can make "
-            "the weights, and with them the gradients, grow until the loss diverges.")
+    evidence = _lr_evidence(log, typical if typical is not None else math.nan)
+    if typical is None:
+        evidence["median_update_ratio"] = None
+    parts = []
+    if typical is not None and typical > LR_HIGH_RATIO:
+        parts.append(f"A typical step changes the weights by {typical:.2g} of their norm, against about 1e-3 for "
+                     "healthy training (Karpathy's rule of thumb)")
+    if spike is not None:
+        evidence["step_spike"] = spike
+        parts.append(f"at step {spike['step']} the update was up to {spike['max_update_ratio']:.2g} times the weights "
+                     f"in {len(spike['layers'])} layer(s): that step replaced the weights rather than adjusting them"
+                     + (" (Adam's first steps, whose second-moment estimate comes from a batch or two, are the "
+                        "largest of a run)" if str(ctx.get("optimizer") or "").lower().startswith(("adam", "nadam",
+                                                                                                   "radam"))
+                        else ""))
+    text = "; ".join(parts) + (". The learning rate is too high, at least for these steps: updates overshoot and "
+                               "can make the weights, and with them the gradients, grow until the loss diverges.")
     # an update larger than the weights themselves
-    severity = "error" if ratio >= 1 else "warning"
-    return _finding("lr_too_high", severity, f"Learning rate too high: updates {ratio:.1e} of the weights",
-                    text, run_context(log, context), evidence=_lr_evidence(log, ratio))
+    severity = "error" if (typical is not None and typical >= 1) or spike is not None else "warning"
+    if ctx.get("cause") == "init_scale":
+        severity = "info"
+        text += (" Here the gradients were far above the weights from the first step (the init scale), so these "
+                 "updates follow from the init: treat that first.")
+    shown = typical if typical is not None and typical > LR_HIGH_RATIO else spike["max_update_ratio"]
+    title = (f"Learning rate too high: updates {shown:.1e} of the weights"
+             + (f" at step {spike['step']}" if spike is not None and shown == spike["max_update_ratio"] else ""))
+    return _finding("lr_too_high", severity, title, text, ctx, layers=spike["layers"] if spike else [],
+                    step=spike["step"] if spike else None, evidence=evidence)
 
 
 def find_lr_too_low(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
@@ -567,6 +719,84 @@ def find_degradation(runs: Sequence[RunLog], context: dict[str, Any] | None = No
                               "models": [r[2] for r in plain], "pairs": pairs, "margin": DEGRADATION_MARGIN})
 
 
+def _time_context(log: RunLog, ctx: dict[str, Any], module: str) -> dict[str, Any]:
+    """The run's facts with ``recurrent`` narrowed to the cell types of ``module``'s own layers."""
+    own = sorted({layer.type for layer in log.meta.layers
+                  if layer.name == module or layer.name.startswith(module + ".")} & set(RECURRENT_TYPES))
+    return {**ctx, "recurrent": own or ctx.get("recurrent") or []}
+
+
+def find_vanishing_through_time(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
+    """A recurrent module whose gradient falls below VANISHED_FRACTION of the last step's within the
+    sequence: the steps beyond that horizon do not reach training."""
+    ctx = run_context(log, context)
+    hit = {n: p for n, p in time_profiles(log).items() if p["horizon"] is not None}
+    if not hit:
+        return None
+    name = min(hit, key=lambda n: hit[n]["horizon"])
+    p = hit[name]
+    factor = p["factor"]
+    text = (f"Backpropagation through time in {name} multiplies the gradient by one recurrent Jacobian per step "
+            "back (Bengio et al. 1994)" + (f"; fitted, each step back multiplies it by about {factor:.3g}"
+                                           if factor is not None else "") +
+            f": {p['horizon']} steps before the last it is already below {VANISHED_FRACTION:g} of the last step's "
+            f"gradient, so of the {p['length']} input steps only the last {p['horizon']} influence training and a "
+            "dependency longer than that is not learned.")
+    own = _time_context(log, ctx, name)
+    if any(t in ("LSTM", "GRU") for t in own["recurrent"]):
+        # gated cells carry an additive path through time; a horizon this short means the gates close it
+        text += " The cell is already gated, so its forget/update gates are closing over this span."
+    # most of the sequence out of reach: the model sees a short suffix of what it is given
+    severity = "error" if p["horizon"] < p["length"] / 2 else "warning"
+    return _finding("vanishing_through_time", severity,
+                    f"Vanishing gradient through time: {name} reaches {p['horizon']} of {p['length']} steps back",
+                    text, own, layers=sorted(hit), evidence={**p, "module": name, "threshold": VANISHED_FRACTION,
+                                                             "modules": {n: hit[n]["horizon"] for n in hit}})
+
+
+def find_exploding_through_time(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
+    """A recurrent module whose gradient grows toward the first input step past TIME_EXPLODING_RATIO
+    of the last step's, or turns non-finite on the way back."""
+    ctx = run_context(log, context)
+    hit = {n: p for n, p in time_profiles(log).items()
+           if p["nonfinite"] or ((p["first_last_ratio"] or 0) > TIME_EXPLODING_RATIO and (p["factor"] or 0) > 1)}
+    if not hit:
+        return None
+    name = max(hit, key=lambda n: (hit[n]["nonfinite"], hit[n]["first_last_ratio"] or 0))
+    p = hit[name]
+    growth = (f"the first input step gets {p['first_last_ratio']:.2g}x the last step's gradient"
+              if p["first_last_ratio"] else f"{p['nonfinite']} of its {p['length']} per-step norms are NaN/Inf")
+    text = (f"Backpropagating through time in {name}, {growth}" +
+            (f" (each step back multiplies it by about {p['factor']:.3g})" if p["factor"] else "") +
+            ": the recurrent Jacobian's largest singular value is above 1, so the product over the steps grows "
+            "geometrically (Pascanu et al. 2013) and one long sequence can throw the weights far away.")
+    severity = "error" if p["nonfinite"] or p["first_last_ratio"] > TIME_EXPLODING_RATIO ** 2 else "warning"
+    return _finding("exploding_through_time", severity,
+                    f"Exploding gradient through time in {name}: " + growth, text, _time_context(log, ctx, name),
+                    layers=sorted(hit), evidence={**p, "module": name, "threshold": TIME_EXPLODING_RATIO})
+
+
+def rules_not_run(log: RunLog) -> list[dict[str, Any]]:
+    """The rules that had nothing to read in this log, each with why; the depth rules' absence
+    leaves the verdict inconclusive (vanishing and exploding gradients are what this tool is for)."""
+    out = []
+    gap = profile_gap(log)
+    if gap:
+        out.append(not_run_entry("depth profile", ["vanishing_gradient", "exploding_gradient"], gap,
+                                 blocks_verdict=True))
+    if not _update_ratios(log, weight_layers(log)):
+        out.append(not_run_entry("update size", ["lr_too_high", "lr_too_low"],
+                                 "no update_ratio recorded (the monitor measures it when it is given the optimizer)"))
+    if not any(r.activations for r in log.records):
+        why = (f"{len(log.meta.unhooked)} module(s) look like activations but have no rule"
+               if log.meta.unhooked else "no activation module was measured (functional activations are not seen)")
+        out.append(not_run_entry("activations", ["saturation", "dead_units"], why))
+    if recurrent_without_time(log):
+        out.append(not_run_entry("gradient through time", ["vanishing_through_time", "exploding_through_time"],
+                                 "the model is recurrent but the records carry no time_grads"))
+    return out
+
+
 def diagnose_log(log: RunLog, *, compare: Sequence[RunLog] = (),
                  context: dict[str, Any] | None = None) -> Diagnosis:
     """Run every rule on ``log`` (and degradation against ``compare``); findings most severe first.
@@ -581,7 +811,7 @@ def diagnose_log(log: RunLog, *, compare: Sequence[RunLog] = (),
         # treated at that cause first too
         ctx.setdefault("cause", "init_scale")
     rules = (find_nonfinite, find_vanishing_gradient, find_saturation, find_dead_units, find_lr_too_high,
-             find_lr_too_low)
+             find_lr_too_low, find_vanishing_through_time, find_exploding_through_time)
     findings = [f for f in (exploding, *(rule(log, ctx) for rule in rules)) if f is not None]
     if compare:
         degraded = find_degradation([log, *compare], context)
@@ -590,4 +820,5 @@ def diagnose_log(log: RunLog, *, compare: Sequence[RunLog] = (),
     steps = [r.step for r in log.records]
     # a log that counts from step 0 has covered max + 1 steps
     total = (max(steps) + (0 in steps)) if steps else 0
-    return Diagnosis(findings, model=ctx["model"], data=data_name(log), steps=total)
+    return Diagnosis(findings, model=ctx["model"], data=data_name(log), steps=total, coverage=coverage(log),
+                     not_run=rules_not_run(log))

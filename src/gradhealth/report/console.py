@@ -10,7 +10,7 @@ from typing import Any
 
 from gradhealth.diagnose.findings import Diagnosis
 from gradhealth.monitor.records import RunLog
-from gradhealth.report.format import abbreviate_layers, format_value
+from gradhealth.report.format import abbreviate_layers, coverage_text, format_value, not_run_lines
 from gradhealth.report.series import pick_record, weight_layers
 
 __all__ = ["print_diagnosis", "depth_rows"]
@@ -33,9 +33,16 @@ def print_diagnosis(diagnosis: Diagnosis, log: RunLog | None = None, console: An
         facts.append(f"{diagnosis.steps} steps")
     facts.extend(x for x in (diagnosis.model, diagnosis.data) if x)
     line = Text("Verdict: ")
-    line.append(verdict.upper(), style="bold red" if verdict == "unhealthy" else "bold green")
+    styles = {"unhealthy": "bold red", "inconclusive": "bold yellow"}
+    line.append(verdict.upper(), style=styles.get(verdict, "bold green"))
     line.append("  " + " · ".join(facts))
     console.print(line)
+    for reason in diagnosis.inconclusive_because():
+        console.print(Text(f"Inconclusive: {reason}", style="yellow"))
+    if diagnosis.coverage is not None:
+        console.print(Text(coverage_text(diagnosis.coverage)))
+    for entry in not_run_lines(diagnosis.not_run):
+        console.print(Text(f"Not run: {entry}", style="dim"))
     if diagnosis.findings:
         table = Table(title="Findings", title_justify="left", show_lines=True, expand=False)
         table.add_column("#", no_wrap=True)

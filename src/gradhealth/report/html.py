@@ -19,7 +19,8 @@ from gradhealth.diagnose.rules import data_name
 from gradhealth.io import write_text_atomic
 from gradhealth.monitor.records import RunLog
 from gradhealth.report import figures
-from gradhealth.report.format import abbreviate_layers, flatten_config, format_percent, format_value
+from gradhealth.report.format import (abbreviate_layers, coverage_text, flatten_config, format_percent, format_value,
+                                      not_run_lines)
 from gradhealth.report.style import CSS
 from gradhealth.report.svg import Figure
 
@@ -130,8 +131,17 @@ def _verdict_html(diagnosis: Diagnosis, linked: bool) -> str:
         where = f' <span class="muted">· {_e(abbreviate_layers(finding.layers, 2))}</span>' if finding.layers else ""
         items.append(f"<li>{_severity(finding.severity)}{name}{where}</li>")
     summary = f'<ul class="summary">{"".join(items)}</ul>' if items else ""
+    seen = ""
+    reasons = diagnosis.inconclusive_because()
+    if reasons:
+        seen += "".join(f'<p class="inconclusive-why">Inconclusive: {_e(r)}</p>' for r in reasons)
+    if diagnosis.coverage is not None:
+        seen += f'<p class="coverage">{_e(coverage_text(diagnosis.coverage))}</p>'
+    if diagnosis.not_run:
+        rows = "".join(f"<li>{_e(line)}</li>" for line in not_run_lines(diagnosis.not_run))
+        seen += f'<p class="muted">Not run:</p><ul class="not-run">{rows}</ul>'
     return (f'<section class="verdict" aria-label="Verdict"><p><span class="badge {_e(verdict)}">{_e(verdict)}</span>'
-            f"{_e(facts)}</p>{summary}</section>\n")
+            f"{_e(facts)}</p>{summary}{seen}</section>\n")
 
 
 def _severity(severity: str) -> str:
@@ -145,6 +155,9 @@ def findings_section(diagnosis: Diagnosis, *, anchor: str = "finding") -> Sectio
     to ``finding-N``; give other runs on the same page another ``anchor``.
     """
     if not diagnosis.findings:
+        if diagnosis.verdict == "inconclusive":
+            return Section(FINDINGS, intro="No rule fired, but too little of the model was measured to call it "
+                                           "healthy: see the coverage and the rules that could not run above.")
         return Section(FINDINGS, intro="No rule fired: gradients, activations and updates look healthy.")
     rows = "".join(_finding_rows(f"{anchor}-{index}", index, f) for index, f in enumerate(diagnosis.findings, 1))
     head = "".join(f'<th scope="col">{c}</th>' for c in ("#", "Severity", "Finding", "Layers", "Evidence"))

@@ -35,6 +35,9 @@ a { color: var(--accent); }
   font-weight: 700; font-size: .9rem; letter-spacing: .03em; text-transform: uppercase; }
 .badge.healthy { background: var(--ok-bg); color: var(--ok-fg); }
 .badge.unhealthy { background: var(--bad-bg); color: var(--bad-fg); }
+.badge.inconclusive { background: var(--warn-bg); color: var(--warn-fg); }
+.verdict .coverage, .verdict .inconclusive-why { margin-top: .6rem; overflow-wrap: anywhere; }
+.not-run { margin: .2rem 0 0; padding-left: 1.2rem; color: var(--muted); overflow-wrap: anywhere; }
 .summary { list-style: none; margin: .8rem 0 0; padding: 0; }
 .summary li { margin: .4rem 0; overflow-wrap: anywhere; }
 .sev { display: inline-block; min-width: 5.2em; margin-right: .4rem; padding: 0 .4rem; border-radius: 4px;
