@@ -67,7 +67,7 @@ def stdlib_files() -> list[Path]:
 
 
 def describe_stdlib() -> str:
-    return (f"the first {STDLIB_BYTES // 1024} KiB of the sorted *.py files of this Python's standard library "
+    return (f"the first {STDLIB_BYTES / 2**20:g} MiB of the sorted *.py files of this Python's standard library "
             f"({os.path.dirname(os.__file__)}, Python {sys.version.split()[0]})")
 
 
