@@ -174,16 +174,17 @@ class _Run:
 
     def _resume(self, path: str) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
-        info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                  scaler=self.scaler, clipper=self.clipper)
-        extra = info.get("extra") or {}
-        saved = info.get("config") or {}
+        # the settings first: a model sized by them (seq_len, data) would otherwise fail as "another model"
+        saved = ckpt.get("config") or {}
         now = self.config.to_json()
         changed = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now.get(key)]
         if changed:
             key = changed[0]
             raise ConfigError(f"the checkpoint {path} was trained with {key}={saved[key]!r}, and this run asks for "
                               f"{key}={now.get(key)!r}; a resumed run continues the same run: give the same {key}.")
+        info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                  scaler=self.scaler, clipper=self.clipper)
+        extra = info.get("extra") or {}
         self.step = int(info["step"])
         if self.step >= self.total_steps:
             raise ConfigError(f"the checkpoint {path} is already at step {self.step}, the end of the "
