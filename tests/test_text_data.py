@@ -37,7 +37,8 @@ def test_windows_are_the_input_and_the_next_bytes(tmp_path):
     assert TEXT[len(TEXT) - n_val:].startswith(val_bytes)
     assert (bundle.input_kind, bundle.task, bundle.vocab_size, bundle.num_classes, bundle.seq_len) == \
         ("tokens", "lm", 256, 256, 16)
-    assert bundle.model_kwargs() == {"vocab_size": 256, "seq_len": 16, "block_size": 16, "task": "lm"}
+    assert bundle.model_kwargs() == {"vocab_size": 256, "seq_len": 16, "block_size": 16, "max_len": 16,
+                                    "task": "lm"}
     # the split does not depend on the seed
     assert torch.equal(load_data(f"text:{path}", seq_len=16, seed=5).val[:2][0], bundle.val[:2][0])
 

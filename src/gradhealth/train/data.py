@@ -19,9 +19,7 @@ import os
 import pickle
 import random
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +27,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from gradhealth.errors import ConfigError, DataError, unknown_name
+from gradhealth.train.bundle import INPUT_KINDS, DataBundle, first_examples
+from gradhealth.train.text_data import load_text
+from gradhealth.train.user_data import load_user_data
 from gradhealth.train.config import DEFAULT_SEQ_LEN
 from gradhealth.validate import positive_int
 from gradhealth.vocabulary import is_file_spec
@@ -50,9 +51,6 @@ DATA_SUMMARIES = {
     "text:PATH": "next-byte prediction on a text file or a folder of text files (vocabulary 256, last 10% validation)",
     "file.py:loader": "your own data: loader() returns (train, val), each a (inputs, targets) tensor pair or a Dataset",
 }
-# what a model's input is: float vectors (N, F), sequences (N, C, L), images (N, C, H, W), or integer token ids (N, T)
-INPUT_KINDS = ("vectors", "sequences", "images", "tokens")
-_KIND_OF_RANK = {1: "vectors", 2: "sequences", 3: "images"}
 
 # spec options and their defaults; every option is a positive integer
 _OPTIONS: dict[str, dict[str, int]] = {
@@ -66,60 +64,6 @@ _TEACHER_HIDDEN = 64
 _STANDARDISED = "then standardised with the training split's mean and std"
 
 
-@dataclass(frozen=True)
-class DataBundle:
-    """A train and a validation split plus what a model builder needs to know about them.
-
-    ``task`` is ``classify`` (one integer label per example) or ``lm`` (one next-token id per input
-    token); ``input_kind`` one of :data:`INPUT_KINDS` (from the input's rank unless given);
-    ``vocab_size`` the number of token ids for token inputs.
-    """
-
-    name: str
-    train: Dataset
-    val: Dataset
-    input_shape: tuple[int, ...]
-    num_classes: int
-    normalisation: str
-    input_kind: str | None = None
-    task: str = "classify"
-    vocab_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.input_kind is None:
-            object.__setattr__(self, "input_kind", _KIND_OF_RANK.get(len(self.input_shape), "tensors"))
-
-    @property
-    def seq_len(self) -> int | None:
-        """Tokens per example, for token inputs."""
-        return self.input_shape[0] if self.input_kind == "tokens" else None
-
-    def describe_examples(self) -> str:
-        """The examples in words, for the error that says a model does not fit them."""
-        if self.input_kind == "tokens":
-            return f"sequences of {self.seq_len} token ids from a vocabulary of {self.vocab_size}"
-        return f"each of shape {self.input_shape}"
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """Builder arguments implied by the data; the caller passes on only those a builder accepts.
-
-        Token data sizes a language model by the ecosystem's words: ``vocab_size``, and the context
-        length as ``seq_len`` and ``block_size`` (nanoGPT's name); ``task`` is ``lm`` or ``classify``.
-        """
-        if self.input_kind == "tokens":
-            kwargs: dict[str, Any] = {"vocab_size": self.vocab_size, "seq_len": self.seq_len,
-                                      "block_size": self.seq_len, "task": self.task}
-            if self.task == "classify":
-                kwargs["num_classes"] = self.num_classes
-            return kwargs
-        if len(self.input_shape) == 1:
-            return {"in_features": self.input_shape[0], "num_classes": self.num_classes}
-        # dims picks Conv1d for sequences (C, L) and Conv2d for images (C, H, W); in_features is for
-        # builders that flatten their input (the MLP)
-        return {"in_chans": self.input_shape[0], "dims": len(self.input_shape) - 1, "num_classes": self.num_classes,
-                "in_features": math.prod(self.input_shape)}
-
-
 def load_data(spec: str, *, seed: int = 0, val_fraction: float = 0.2, seq_len: int = DEFAULT_SEQ_LEN) -> DataBundle:
     """The data set named by ``spec``, split into train/val by ``seed`` (cifar10 keeps its own test split,
     text its last 10%); ``seq_len`` is the window length of text and is passed to a loader that takes it."""
@@ -127,16 +71,12 @@ def load_data(spec: str, *, seed: int = 0, val_fraction: float = 0.2, seq_len: i
         raise ConfigError(f"val_fraction must be a number strictly between 0 and 1, not {val_fraction!r}.")
     positive_int("seq_len", seq_len)
     if is_file_spec(spec):
-        from gradhealth.train.user_data import load_user_data
-
         return load_user_data(str(spec), seed=seed, seq_len=seq_len)
     name, colon, rest = str(spec).partition(":")
     name = name.strip()
     if name == "cifar10":
         return _cifar10(rest.strip())
     if name == "text":
-        from gradhealth.train.text_data import load_text
-
         return load_text(rest.strip() if colon else None, seq_len)
     if name not in DATASETS:
         raise unknown_name("data set", name, DATASETS)
@@ -330,11 +270,6 @@ def _cifar10(folder_text: str) -> DataBundle:
 
 
 # ---- loading in batches -----------------------------------------------------------------------
-
-def first_examples(dataset: Dataset, n: int) -> tuple[Tensor, Tensor]:
-    """The first ``n`` examples of any map-style data set as one batch, collated as the DataLoader does."""
-    return next(iter(DataLoader(dataset, batch_size=min(n, len(dataset)), shuffle=False)))
-
 
 class EpochShuffleSampler(Sampler[int]):
     """Indices 0..n-1 in an order that depends on (seed, epoch) only, like DistributedSampler.

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from gradhealth.errors import ConfigError, DataError
+from gradhealth.train.bundle import DataBundle
 
 __all__ = ["TEXT_VOCAB", "VAL_FRACTION", "STDLIB_BYTES", "TokenWindows", "load_text", "stdlib_files",
            "text_problem", "describe_stdlib"]
@@ -143,8 +144,6 @@ def _longest_seq_len(n: int) -> int:
 
 def load_text(path_text: str | None, seq_len: int):
     """The DataBundle of ``text`` (``path_text`` None) or ``text:PATH`` in windows of ``seq_len`` tokens."""
-    from gradhealth.train.data import DataBundle
-
     name, data, where = _source(path_text)
     n_val = _validation_bytes(len(data), seq_len)
     if len(data) - n_val < seq_len + 1:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from gradhealth.errors import ConfigError
 from gradhealth.models.spec import load_factory, user_code
+from gradhealth.train.bundle import DataBundle, first_examples
 
 __all__ = ["LOADER_SIGNATURE", "load_user_data"]
 
@@ -89,8 +90,6 @@ def _counts(train: Dataset, val: Dataset, tokens: bool, task: str) -> tuple[int,
 
 def load_user_data(spec: str, *, seed: int, seq_len: int):
     """The DataBundle of ``path/to/file.py:loader``: what the loader returned, checked and described."""
-    from gradhealth.train.data import DataBundle, first_examples
-
     loader = load_factory(spec, kind="data")
     accepted = inspect.signature(loader).parameters
     kwargs = {k: v for k, v in {"seed": seed, "seq_len": seq_len}.items() if k in accepted}
