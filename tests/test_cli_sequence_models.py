@@ -119,7 +119,7 @@ def test_train_a_hugging_face_gpt2_on_text(files, tmp_path, capsys):
     assert main(argv) == 0
     captured = capsys.readouterr()
     printed, summary = json.loads(captured.out), json.loads((out / "summary.json").read_text())
-    loss = "the model's own (forward(input_ids=x, labels=x), shifted by the model)"
+    loss = "the model's own (forward(x, labels=x), shifted by the model)"
     assert printed["loss"] == summary["loss"] == loss and f"loss: {loss}" in captured.err
     assert summary["task"] == "lm" and summary["num_classes"] == 256 and summary["config"]["seq_len"] == 16
     assert len(read_jsonl(out / "metrics.jsonl").records) == 4

@@ -148,7 +148,7 @@ def test_a_hugging_face_causal_lm_trains_on_its_own_loss(text):
     torch.manual_seed(0)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=16, n_embd=16, n_layer=2, n_head=2))
     result = _fit(gpt2, text, steps=6)
-    assert result.summary["loss"] == "the model's own (forward(input_ids=x, labels=x), shifted by the model)"
+    assert result.summary["loss"] == "the model's own (forward(x, labels=x), shifted by the model)"
     losses = [r.loss for r in result.records]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     assert any("transformer.h.1" in name for name in result.records[0].layers)

@@ -4,9 +4,10 @@ The rule, decided once from the model's ``forward`` signature:
 
 * ``forward(..., targets=None)`` (nanoGPT, minGPT): called as ``model(x, targets=y)``; the targets
   are aligned with the outputs (already shifted for next-token data).
-* ``forward(..., labels=None)`` (Hugging Face): called as ``model(input_ids=x, labels=...)`` with
+* ``forward(..., labels=None)`` (Hugging Face): called as ``model(x, labels=...)`` with
   the class labels for classification, and with the inputs themselves for next-token data, since a
-  Hugging Face model shifts its labels by one itself.
+  Hugging Face model shifts its labels by one itself. The inputs go first, by position, as a
+  Hugging Face model names them after its modality (``input_ids``, ``pixel_values``).
 * otherwise ``model(x)``. A second positional parameter under another name is not passed: in Hugging
   Face models it is ``past_key_values`` or ``attention_mask``, not the targets.
 
@@ -49,7 +50,7 @@ class CallRule:
         if self.keyword == "targets":
             return net(x, targets=y)
         if self.keyword == "labels":
-            return net(input_ids=x, labels=x if self.task == "lm" else y)
+            return net(x, labels=x if self.task == "lm" else y)
         return net(x)
 
     def form(self) -> str:
@@ -57,8 +58,8 @@ class CallRule:
         if self.keyword == "targets":
             return "forward(x, targets=y)"
         if self.keyword == "labels":
-            return "forward(input_ids=x, labels=x), shifted by the model" if self.task == "lm" else \
-                "forward(input_ids=x, labels=y)"
+            return "forward(x, labels=x), shifted by the model" if self.task == "lm" else \
+                "forward(x, labels=y)"
         return "forward(x)"
 
 
