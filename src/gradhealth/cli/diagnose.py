@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         _print_theory(diagnosis.extra.get("theory"))
         if diagnosis.findings and not args.from_log:
             print(f"To see which remedy works on this model: gradhealth fix {shlex.quote(given_or(args.model, DEFAULT_MODEL))}"
-                  + (f" --data {shlex.quote(args.data)}" if args.data else ""))
+                  + (f" --data {shlex.quote(args.data)}" if args.data else "")
+                  + (f" --seq-len {args.seq_len}" if args.seq_len != RUN_DEFAULTS["seq_len"] else ""))
         if args.out is not None:
             print(f"wrote {args.out / 'report.html'} and {args.out / 'findings.json'}")
     found = {f.kind for f in diagnosis.findings if f.severity in ("warning", "error")} & fail_on
