@@ -206,8 +206,9 @@ def test_a_model_that_returns_no_tensor_says_what_training_needs(tmp_path, capsy
                           "    def __init__(self):\n"
                           "        super().__init__(); self.fc = torch.nn.Linear(16, 4)\n"
                           "    def forward(self, x):\n"
-                          "        return {'logits': self.fc(x)}\n"
+                          "        return {'scores': self.fc(x)}\n"
                           "def build():\n"
                           "    return Pair()\n")
     assert main(["train", f"{model_file}:build", *FAST, "--steps", "2", "--out", str(tmp_path / "run")]) == 2
-    assert "returns a dict; training needs a tensor of class scores" in _error(capsys)
+    assert "returns a dict without a 'logits' tensor (its keys: scores); training reads a tensor of logits" \
+        in _error(capsys)

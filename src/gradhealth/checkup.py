@@ -44,6 +44,8 @@ def checkup(model: str | nn.Module = DEFAULT_MODEL, data: str = DEFAULT_DATA, st
     log = RunLog(result.meta, result.records)
     diagnosis = diagnose_log(log)
     diagnosis.model, diagnosis.data, diagnosis.steps = label, data, result.summary["steps"]
+    # what was trained on: the model's own loss or cross-entropy on its logits (train/outputs.py)
+    diagnosis.extra["loss"] = result.summary["loss"]
     if isinstance(model, str):
         theory = theory_at_init(model, config.init, log)
         if theory is not None:

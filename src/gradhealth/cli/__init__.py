@@ -19,6 +19,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 # sub-command modules, each with add_parser(subparsers) and run(args) -> int
 COMMANDS = [
     "gradhealth.cli.list_models",
+    "gradhealth.cli.list_data",
     "gradhealth.cli.theory",
     "gradhealth.cli.report",
     "gradhealth.cli.train",

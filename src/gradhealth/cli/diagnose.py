@@ -25,8 +25,8 @@ INCONCLUSIVE = "inconclusive"
 # How a MODEL is run (option -> default): the parser's defaults, and what --from-log must leave alone
 # (data and steps default to None: a MODEL run falls back on checkup's own defaults)
 RUN_DEFAULTS = {"data": None, "steps": None,
-                **{key: TRAIN_DEFAULTS[key] for key in ("lr", "optimizer", "batch_size", "init", "clip", "clip_value",
-                                                        "clip_head", "seed")}}
+                **{key: TRAIN_DEFAULTS[key] for key in ("seq_len", "lr", "optimizer", "batch_size", "init", "clip",
+                                                        "clip_value", "clip_head", "seed")}}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", nargs="?", help="registered name, spec string or file.py:factory "
                                             "(default: a 20-layer plain sigmoid MLP)")
     p.add_argument("--from-log", type=Path, help="diagnose a run's metrics.jsonl instead of running a model")
-    p.add_argument("--data", default=None, help="data set (default: digits)")
+    p.add_argument("--data", default=None, help="data set, as gradhealth list-data lists them: digits, mnist1d, "
+                                                "text, text:PATH, file.py:loader, ... (default: digits)")
+    p.add_argument("--seq-len", type=int, default=RUN_DEFAULTS["seq_len"],
+                   help=f"tokens per example of text data (default {RUN_DEFAULTS['seq_len']})")
     p.add_argument("--steps", type=int, default=None, help="monitored optimizer steps (default 60)")
     p.add_argument("--lr", type=float, default=RUN_DEFAULTS["lr"])
     p.add_argument("--optimizer", default=RUN_DEFAULTS["optimizer"])
@@ -80,12 +83,15 @@ def run(args: argparse.Namespace) -> int:
         diagnosis = diagnose_log(log)
     else:
         from gradhealth.checkup import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_STEPS, checkup
+        from gradhealth.models.spec import user_code
 
-        result = checkup(given_or(args.model, DEFAULT_MODEL), given_or(args.data, DEFAULT_DATA),
-                         given_or(args.steps, DEFAULT_STEPS),
-                         out=str(args.out) if args.out else None, lr=args.lr, optimizer=args.optimizer,
-                         batch_size=args.batch_size, init=args.init, clip=args.clip, clip_value=args.clip_value,
-                         clip_head=agc_head(args.clip, args.clip_head), seed=args.seed)
+        # a user's model or loader may print while it is built or run: stdout carries only the diagnosis
+        with user_code():
+            result = checkup(given_or(args.model, DEFAULT_MODEL), given_or(args.data, DEFAULT_DATA),
+                             given_or(args.steps, DEFAULT_STEPS),
+                             out=str(args.out) if args.out else None, lr=args.lr, optimizer=args.optimizer,
+                             batch_size=args.batch_size, seq_len=args.seq_len, init=args.init, clip=args.clip,
+                             clip_value=args.clip_value, clip_head=agc_head(args.clip, args.clip_head), seed=args.seed)
         log, diagnosis = result.log, result.diagnosis
     if args.out is not None:
         write_outputs(args.out, log, diagnosis)
@@ -95,10 +101,13 @@ def run(args: argparse.Namespace) -> int:
         from gradhealth.report.console import print_diagnosis
 
         print_diagnosis(diagnosis, log)
+        if diagnosis.extra.get("loss"):
+            print(f"loss: {diagnosis.extra['loss']}")
         _print_theory(diagnosis.extra.get("theory"))
         if diagnosis.findings and not args.from_log:
             print(f"To see which remedy works on this model: gradhealth fix {shlex.quote(given_or(args.model, DEFAULT_MODEL))}"
-                  + (f" --data {shlex.quote(args.data)}" if args.data else ""))
+                  + (f" --data {shlex.quote(args.data)}" if args.data else "")
+                  + (f" --seq-len {args.seq_len}" if args.seq_len != RUN_DEFAULTS["seq_len"] else ""))
         if args.out is not None:
             print(f"wrote {args.out / 'report.html'} and {args.out / 'findings.json'}")
     found = {f.kind for f in diagnosis.findings if f.severity in ("warning", "error")} & fail_on

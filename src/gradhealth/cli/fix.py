@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "for built-in specs; re-init, clipping, lower lr, warm-up, weight decay for any "
                                    "model) from the same seed and data order, and rank them by a health score.")
     p.add_argument("model", nargs="?", help="registered name, spec string or file.py:factory")
-    p.add_argument("--data", default=None)
+    p.add_argument("--data", default=None, help="data set, as gradhealth list-data lists them (default: digits)")
+    p.add_argument("--seq-len", type=int, default=TRAIN_DEFAULTS["seq_len"], help="tokens per example of text data")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per trial (default 60)")
     p.add_argument("--only", default="", help="comma-separated remedy keys to try (default: all that apply)")
     p.add_argument("--workers", type=int, default=None, help="trials side by side (default: CPU cores)")
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         writable_folder(args.out)
     config = TrainConfig(model=given_or(args.model, DEFAULT_MODEL), data=given_or(args.data, DEFAULT_DATA),
                          steps=given_or(args.steps, DEFAULT_STEPS), lr=args.lr, optimizer=args.optimizer,
-                         batch_size=args.batch_size, init=args.init, seed=args.seed, on_nonfinite="stop",
+                         batch_size=args.batch_size, seq_len=args.seq_len, init=args.init, seed=args.seed,
+                         on_nonfinite="stop",
                          clip_head=args.clip_head)
     trials = plan_trials(config)
     if args.only:
@@ -59,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
                               f"{', '.join(t.key for t in trials)}.")
         trials = [t for t in trials if t.key in wanted or t.key == "baseline"]
     config.validate()
-    results = [r.to_json() for r in run_trials(config, trials, workers=args.workers)]
+    from gradhealth.models.spec import user_code
+
+    with user_code():  # a user's model may print: stdout carries only the ranking
+        results = [r.to_json() for r in run_trials(config, trials, workers=args.workers)]
     baseline = next((r for r in results if r["trial"]["key"] == "baseline"), None)
     if baseline is not None and baseline.get("error"):
         # without the run every remedy is compared with, nothing can be ranked

@@ -24,8 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Under torchrun, runs data-parallel (gloo on CPU, nccl on GPU).")
     p.add_argument("model", help="registered name, spec string, or file.py:factory")
     p.add_argument("--data", default=TRAIN_DEFAULTS["data"], help="digits, digits-image, mnist1d, mnist1d-seq, "
-                   "synthetic:in=64,classes=10,n=4096, synthetic-image:chans=3,size=32, cifar10:DIR "
-                   f"(default: {TRAIN_DEFAULTS['data']})")
+                   "synthetic:in=64,classes=10,n=4096, synthetic-image:chans=3,size=32, cifar10:DIR, text, "
+                   f"text:PATH, file.py:loader; gradhealth list-data says more (default: {TRAIN_DEFAULTS['data']})")
+    p.add_argument("--seq-len", type=int, default=TRAIN_DEFAULTS["seq_len"],
+                   help=f"tokens per example of text data (default {TRAIN_DEFAULTS['seq_len']})")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help=f"optimizer steps (default {DEFAULT_STEPS})")
     length.add_argument("--epochs", type=float, help="passes over the training data")
@@ -87,15 +89,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{out}/ already holds a run: continue it with --resume {out}/checkpoints/last.pt, "
                           "pass another --out, or --overwrite to replace it.")
     writable_folder(out)
-    result = fit(config)
+    from gradhealth.models.spec import user_code
+
+    # a user's model or loader may print while it is built or run: stdout carries only the summary
+    with user_code():
+        result = fit(config)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes and speaks
         return 0
     if result.stopped == "nonfinite":
         _write_stop_report(out)
         raise GradHealthError(f"{result.summary['stop_reason']}; checkpoint and report written to {out}/.")
-    summary = {k: result.summary[k] for k in ("model", "data", "steps", "final_loss", "skipped_steps")}
+    summary = {k: result.summary[k] for k in ("model", "data", "loss", "steps", "final_loss", "skipped_steps")}
     summary.update({k: v for k, v in result.summary.items() if k.startswith("final_val")})
     print(json.dumps(summary, indent=2, default=str))
+    print(f"loss: {result.summary['loss']}", file=sys.stderr)
     print(f"wrote {out}/metrics.jsonl, {out}/checkpoints/last.pt, {out}/summary.json", file=sys.stderr)
     skipped, steps = result.summary.get("skipped_steps") or 0, result.summary.get("steps") or 0
     if steps and skipped * 2 > steps:

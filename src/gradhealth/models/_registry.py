@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError, unknown_name
 from gradhealth.layers import init as layer_init
-from gradhealth.models.spec import is_file_spec, load_factory, parse_value, split_spec
+from gradhealth.models.spec import is_file_spec, load_factory, parse_value, split_spec, user_code
 
 __all__ = ["ModelEntry", "register_model", "create_model", "list_models", "get_entry", "model_options",
            "resolve_spec"]
@@ -129,7 +129,8 @@ def create_model(
     if is_file_spec(name):
         factory = load_factory(name)
         try:
-            model = factory(**kwargs)
+            with user_code():
+                model = factory(**kwargs)
         except (Exception, SystemExit) as exc:  # the user's factory failed: say which, not a traceback
             raise ConfigError(f"calling {name} failed: {type(exc).__name__}: {exc}.") from exc
     else:

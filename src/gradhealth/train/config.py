@@ -8,12 +8,14 @@ from typing import Any
 from gradhealth.errors import ConfigError, unknown_name
 from gradhealth.validate import non_negative_int, non_negative_number, positive_int, positive_number
 
-__all__ = ["TrainConfig", "AMP_MODES", "NONFINITE_POLICIES", "DEFAULT_STEPS"]
+__all__ = ["TrainConfig", "AMP_MODES", "NONFINITE_POLICIES", "DEFAULT_STEPS", "DEFAULT_SEQ_LEN"]
 
 AMP_MODES = ("none", "bf16", "fp16")
 NONFINITE_POLICIES = ("raise", "skip", "stop")
 # the run length when neither steps nor epochs is given
 DEFAULT_STEPS = 100
+# tokens per example of text data: long enough for a byte-level model to see words and lines
+DEFAULT_SEQ_LEN = 64
 
 
 @dataclass
@@ -26,6 +28,8 @@ class TrainConfig:
 
     model: str = "mlp"
     data: str = "digits"
+    # tokens per example for text data (and for a data loader that takes seq_len)
+    seq_len: int = DEFAULT_SEQ_LEN
     steps: int | None = None
     epochs: float | None = None
     batch_size: int = 64
@@ -69,7 +73,7 @@ class TrainConfig:
             positive_int("steps", self.steps)
         if self.epochs is not None:
             positive_number("epochs", self.epochs)
-        for name in ("batch_size", "accumulate", "monitor_every"):
+        for name in ("batch_size", "accumulate", "monitor_every", "seq_len"):
             positive_int(name, getattr(self, name))
         if self.detail_every is not None:
             positive_int("detail_every", self.detail_every)

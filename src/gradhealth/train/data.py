@@ -4,6 +4,10 @@
 ``load_data("cifar10:~/data/cifar-10-batches-py")``. Inputs are standardised with statistics of the
 training split only, so nothing about the validation split leaks into training.
 
+For sequence models: ``load_data("text", seq_len=64)`` (byte-level next-token prediction on this
+Python's standard library sources) and ``text:PATH`` (a text file or folder, ``text_data.py``);
+``path/to/file.py:loader`` is a user's own data (``user_data.py``).
+
 Shuffling is a function of (seed, epoch) alone (:class:`EpochShuffleSampler`), so a resumed run needs
 only the epoch and the number of batches already taken from it to see the same batches again.
 """
@@ -15,7 +19,6 @@ import os
 import pickle
 import random
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +27,30 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from gradhealth.errors import ConfigError, DataError, unknown_name
+from gradhealth.train.bundle import INPUT_KINDS, DataBundle, first_examples
+from gradhealth.train.text_data import load_text
+from gradhealth.train.user_data import load_user_data
+from gradhealth.train.config import DEFAULT_SEQ_LEN
 from gradhealth.validate import positive_int
+from gradhealth.vocabulary import is_file_spec
 
-__all__ = ["DATASETS", "DataBundle", "load_data", "split_indices", "EpochShuffleSampler", "make_loader"]
+__all__ = ["DATASETS", "DATA_SUMMARIES", "INPUT_KINDS", "DataBundle", "load_data", "split_indices",
+           "EpochShuffleSampler", "make_loader", "first_examples"]
 
-DATASETS = ("digits", "digits-image", "mnist1d", "mnist1d-seq", "synthetic", "synthetic-image", "cifar10")
+DATASETS = ("digits", "digits-image", "mnist1d", "mnist1d-seq", "synthetic", "synthetic-image", "cifar10", "text")
+# one line per data spec, for `gradhealth list-data` and the --data help
+DATA_SUMMARIES = {
+    "digits": "scikit-learn's 8x8 digits as 64-vectors, 10 classes",
+    "digits-image": "the same digits as 1x8x8 images",
+    "mnist1d[:n=5000]": "mnist1d signals of length 40 (generated, no download), 10 classes",
+    "mnist1d-seq[:n=5000]": "the same signals as 1x40 sequences, for Conv1d",
+    "synthetic[:in=64,classes=10,n=4096]": "N(0,1) vectors labelled by a fixed random teacher",
+    "synthetic-image[:chans=3,size=32,classes=10,n=2048]": "N(0,1) images labelled by a fixed random teacher",
+    "cifar10:DIR": "CIFAR-10 from the folder of its python batches (cifar-10-batches-py)",
+    "text": "next-byte prediction on the first 1 MiB of this Python's standard library sources (--seq-len)",
+    "text:PATH": "next-byte prediction on a text file or a folder of text files (vocabulary 256, last 10% validation)",
+    "file.py:loader": "your own data: loader() returns (train, val), each a (inputs, targets) tensor pair or a Dataset",
+}
 
 # spec options and their defaults; every option is a positive integer
 _OPTIONS: dict[str, dict[str, int]] = {
@@ -42,35 +64,20 @@ _TEACHER_HIDDEN = 64
 _STANDARDISED = "then standardised with the training split's mean and std"
 
 
-@dataclass(frozen=True)
-class DataBundle:
-    """A train and a validation split plus what a model builder needs to know about them."""
-
-    name: str
-    train: TensorDataset
-    val: TensorDataset
-    input_shape: tuple[int, ...]
-    num_classes: int
-    normalisation: str
-
-    def model_kwargs(self) -> dict[str, int]:
-        """Builder arguments implied by the data; the caller passes on only those a builder accepts."""
-        if len(self.input_shape) == 1:
-            return {"in_features": self.input_shape[0], "num_classes": self.num_classes}
-        # dims picks Conv1d for sequences (C, L) and Conv2d for images (C, H, W); in_features is for
-        # builders that flatten their input (the MLP)
-        return {"in_chans": self.input_shape[0], "dims": len(self.input_shape) - 1, "num_classes": self.num_classes,
-                "in_features": math.prod(self.input_shape)}
-
-
-def load_data(spec: str, *, seed: int = 0, val_fraction: float = 0.2) -> DataBundle:
-    """The data set named by ``spec``, split into train/val by ``seed`` (cifar10 keeps its own test split)."""
+def load_data(spec: str, *, seed: int = 0, val_fraction: float = 0.2, seq_len: int = DEFAULT_SEQ_LEN) -> DataBundle:
+    """The data set named by ``spec``, split into train/val by ``seed`` (cifar10 keeps its own test split,
+    text its last 10%); ``seq_len`` is the window length of text and is passed to a loader that takes it."""
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise ConfigError(f"val_fraction must be a number strictly between 0 and 1, not {val_fraction!r}.")
-    name, _, rest = str(spec).partition(":")
+    positive_int("seq_len", seq_len)
+    if is_file_spec(spec):
+        return load_user_data(str(spec), seed=seed, seq_len=seq_len)
+    name, colon, rest = str(spec).partition(":")
     name = name.strip()
     if name == "cifar10":
         return _cifar10(rest.strip())
+    if name == "text":
+        return load_text(rest.strip() if colon else None, seq_len)
     if name not in DATASETS:
         raise unknown_name("data set", name, DATASETS)
     options = _parse_options(name, rest)

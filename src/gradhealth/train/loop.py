@@ -14,6 +14,9 @@ One optimizer step (``_Run._one_step``; each line is a stage of its own, named o
 
 Files (rank 0 only) in ``out``: ``metrics.jsonl`` (the monitor's records), ``checkpoints/last.pt``
 (and ``best.pt`` by validation loss), ``summary.json``.
+
+The loss is the model's own when its ``forward`` takes the targets and returns one, else
+cross-entropy on its logits (``outputs.py`` states the rule); the summary says which.
 """
 from __future__ import annotations
 
@@ -29,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -45,17 +47,18 @@ from gradhealth.remedies.regularize import l1_penalty, l2_penalty
 from gradhealth.remedies.schedules import create_scheduler
 from gradhealth.train.checkpoint import build_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
 from gradhealth.train.config import TrainConfig
-from gradhealth.train.data import DataBundle, EpochShuffleSampler, load_data
+from gradhealth.train.data import DataBundle, EpochShuffleSampler, first_examples, load_data
 from gradhealth.train.distributed import DistInfo, agree_any, init_distributed, shutdown_distributed
+from gradhealth.train.outputs import call_rule, check_logits, correct, cross_entropy, loss_description, read_output
 from gradhealth.train.progress import Progress
-from gradhealth.train.setup import autocast_dtype, build_model, check_outputs, input_mismatch, pick_device
+from gradhealth.train.setup import autocast_dtype, build_model, input_mismatch, pick_device
 
 __all__ = ["fit", "TrainResult"]
 
 # A resumed run continues the same run: these settings decide which examples come in which order
 # and what the optimizer and scheduler states mean, so a checkpoint resumes only with the same ones
 # (the step count, learning rate and logging may change).
-RESUME_MUST_MATCH = ("model", "data", "seed", "batch_size", "accumulate", "optimizer", "schedule", "amp")
+RESUME_MUST_MATCH = ("model", "data", "seq_len", "seed", "batch_size", "accumulate", "optimizer", "schedule", "amp")
 
 # With --on-nonfinite skip, this many skipped steps in a row means the run cannot recover.
 MAX_CONSECUTIVE_SKIPS = 25
@@ -96,14 +99,16 @@ class _Run:
         self.config = config
         self.device = pick_device(config.device)
         self.dist: DistInfo = init_distributed(self.device)
-        self.data = data if data is not None else load_data(config.data, seed=config.seed)
+        self.data = data if data is not None else load_data(config.data, seed=config.seed, seq_len=config.seq_len)
         self._make_loaders()
         per_epoch = max(1, len(self.train_loader) // config.accumulate)
         self.total_steps = config.steps if config.steps is not None else math.ceil(config.epochs * per_epoch)
         if model is None:
-            x0, _ = self.data.train[: config.batch_size]
+            x0, _ = first_examples(self.data.train, config.batch_size)
             model = build_model(config, self.data.model_kwargs(), x0)
         self.model = model.to(self.device)
+        self.call = call_rule(self.model, self.data.task)
+        self.own_loss = False
         self.net: nn.Module = self.model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -169,16 +174,17 @@ class _Run:
 
     def _resume(self, path: str) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
-        info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                  scaler=self.scaler, clipper=self.clipper)
-        extra = info.get("extra") or {}
-        saved = info.get("config") or {}
+        # the settings first: a model sized by them (seq_len, data) would otherwise fail as "another model"
+        saved = ckpt.get("config") or {}
         now = self.config.to_json()
         changed = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now.get(key)]
         if changed:
             key = changed[0]
             raise ConfigError(f"the checkpoint {path} was trained with {key}={saved[key]!r}, and this run asks for "
                               f"{key}={now.get(key)!r}; a resumed run continues the same run: give the same {key}.")
+        info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                  scaler=self.scaler, clipper=self.clipper)
+        extra = info.get("extra") or {}
         self.step = int(info["step"])
         if self.step >= self.total_steps:
             raise ConfigError(f"the checkpoint {path} is already at step {self.step}, the end of the "
@@ -208,48 +214,55 @@ class _Run:
                     continue
                 self.position = index + 1
                 self.batch_index += 1
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True).long()
             self.epoch, self.position = self.epoch + 1, 0
 
     def _model_name(self) -> str:
         return self.config.model or type(self.model).__name__
 
-    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, loss): the model called as its signature asks, the loss its own or cross-entropy."""
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
             # the first forward pass tells whether model and data fit: a failure there is said in
             # a sentence; later ones are the model's own
             try:
-                logits = self.net(x)
-            except (RuntimeError, ValueError, IndexError) as exc:
+                output = self.call.call(self.net, x, y)
+            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
                 if self.shapes_checked:
                     raise
-                raise input_mismatch(exc, tuple(x.shape[1:]), self._model_name(), self.config.data) from exc
+                raise input_mismatch(exc, self.data, self._model_name(), self.config.data) from exc
+            logits, own = read_output(output, self._model_name())
             if not self.shapes_checked:
-                check_outputs(logits, self.data.num_classes, self._model_name(), self.config.data)
+                check_logits(logits, y, self.data, self._model_name(), self.config.data)
+                # the model's loss is used when it was given the targets and answered with one
+                self.own_loss = own is not None and self.call.keyword is not None
                 self.shapes_checked = True
-            loss = F.cross_entropy(logits.float(), y)
+            loss = own.float() if self.own_loss and own is not None else cross_entropy(logits, y)
+        return logits, loss
+
+    def _loss(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits, loss = self._forward(x, y)
         total = loss
         if self.config.l1 > 0:
             total = total + l1_penalty(self.model, self.config.l1)
         if self.config.l2_mode == "penalty" and self.config.weight_decay > 0:
             total = total + l2_penalty(self.model, self.config.weight_decay)
-        correct = (logits.detach().argmax(1) == y).sum()
-        return total, loss.detach(), correct
+        return total, loss.detach(), correct(logits, y)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         was_training = self.net.training
         self.net.eval()
-        loss_sum, correct, count = 0.0, 0, 0
+        loss_sum, right, count = 0.0, 0, 0
         for x, y in self.val_loader:
-            x, y = x.to(self.device), y.to(self.device)
-            with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                logits = self.net(x)
-            loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            count += len(y)
+            x, y = x.to(self.device), y.to(self.device).long()
+            logits, loss = self._forward(x, y)
+            # a mean over the batch's targets (examples, or tokens of next-token data), weighted back to a sum
+            loss_sum += float(loss) * y.numel()
+            right += int(correct(logits, y))
+            count += y.numel()
         self.net.train(was_training)
-        return {"val_loss": loss_sum / max(count, 1), "val_acc": correct / max(count, 1)}
+        return {"val_loss": loss_sum / max(count, 1), "val_acc": right / max(count, 1)}
 
     def train(self) -> TrainResult:
         started = time.perf_counter()
@@ -312,20 +325,20 @@ class _Run:
         and the last batch (replayed when the step turns out non-finite)."""
         c = self.config
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        right = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for micro in range(c.accumulate):
             x, y = next(batches)
             # DDP: all-reduce the gradients once, on the last micro-batch
             sync = contextlib.nullcontext() if not self.dist.enabled or micro == c.accumulate - 1 else self.net.no_sync()
             with sync:
-                total, loss, right = self._loss(x, y)
+                total, loss, hits = self._loss(x, y)
                 scaled = total / c.accumulate
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += loss
-            correct += right
-            seen += len(y)
-        return loss_sum / c.accumulate, correct.double() / max(seen, 1), (x, y)
+            right += hits
+            seen += y.numel()  # examples, or tokens of next-token data
+        return loss_sum / c.accumulate, right.double() / max(seen, 1), (x, y)
 
     def _unscale(self) -> None:
         if self.scaler is not None:
@@ -411,6 +424,8 @@ class _Run:
             "model": self.config.model,
             "data": self.data.name,
             "num_classes": self.data.num_classes,
+            "task": self.data.task,
+            "loss": loss_description(self.own_loss, self.call),
             "normalisation": self.data.normalisation,
             "steps": self.step,
             "total_steps": self.total_steps,

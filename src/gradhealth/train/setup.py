@@ -11,8 +11,9 @@ from gradhealth.errors import ConfigError
 from gradhealth.models import create_model, get_entry
 from gradhealth.models.spec import is_file_spec, load_factory, split_spec
 from gradhealth.train.config import TrainConfig
+from gradhealth.train.outputs import OWN_LOOP
 
-__all__ = ["pick_device", "data_kwargs_for", "build_model", "input_mismatch", "check_outputs", "autocast_dtype"]
+__all__ = ["pick_device", "data_kwargs_for", "build_model", "input_mismatch", "autocast_dtype"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -46,25 +47,15 @@ def build_model(config: TrainConfig, implied: dict[str, Any], init_batch: torch.
     return create_model(config.model, init=config.init, init_data=init_batch, **kwargs)
 
 
-def input_mismatch(exc: Exception, example_shape: tuple[int, ...], model_name: str, data_name: str) -> ConfigError:
-    """The sentence for a first forward pass that failed: most often a model built for other shapes."""
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def input_mismatch(exc: Exception, data: Any, model_name: str, data_name: str) -> ConfigError:
+    """The sentence for a first forward pass that failed: most often a model built for other inputs."""
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
     return ConfigError(
-        f"model {model_name} cannot take the examples of --data {data_name} (each of shape {example_shape}): "
+        f"model {model_name} cannot take the examples of --data {data_name} ({data.describe_examples()}): "
         f"{reason}. Pick data of the shape the model expects: vectors (digits, mnist1d, synthetic) for mlp, "
         "images (digits-image, synthetic-image, cifar10:DIR) for convnet and the ResNets, sequences "
-        "(mnist1d-seq) for convnet:dims=1.")
-
-
-def check_outputs(scores: torch.Tensor, num_classes: int, model_name: str, data_name: str) -> None:
-    """The model must give one score per class of the data, as cross-entropy reads them."""
-    if not isinstance(scores, torch.Tensor):
-        raise ConfigError(f"model {model_name} returns a {type(scores).__name__}; training needs a tensor of "
-                          f"class scores, one row per example ({num_classes} classes for --data {data_name}).")
-    if scores.dim() != 2 or scores.shape[1] < num_classes:
-        raise ConfigError(f"model {model_name} gives outputs of shape {tuple(scores.shape[1:])} per example, and "
-                          f"--data {data_name} has {num_classes} classes: the model needs one score per class "
-                          f"(num_classes={num_classes}).")
+        "(mnist1d-seq) for convnet:dims=1, token sequences (text, text:PATH, file.py:loader) for language "
+        f"models; {OWN_LOOP}.")
 
 
 def autocast_dtype(amp: str) -> torch.dtype | None:
