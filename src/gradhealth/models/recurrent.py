@@ -6,6 +6,9 @@ state (Hochreiter & Schmidhuber 1997) and the GRU's gated update (Cho et al. 201
 is nearly the identity. ``recurrent_init`` sets the recurrent weights: torch's default
 (uniform in ±1/sqrt(hidden)), ``orthogonal`` (Saxe et al. 2014) or ``identity`` (IRNN, Le et al.
 2015), each gate's block on its own; ``recurrent_gain`` multiplies them afterwards (> 1: explode).
+``gate_bias`` starts a gated cell keeping its state: it is added to the LSTM's forget-gate bias (Gers
+et al. 2000; Jozefowicz et al. 2015 use 1) or the GRU's update-gate bias, whose sigmoid then starts
+above 1/2 and carries more of the state, and of the gradient, from step to step.
 
 Layer names: ``embed`` (an Embedding of ``vocab_size`` token ids, or a Linear of ``in_features``
 floats per step), ``rnn`` (``rnn.weight_ih_l0``, ``rnn.weight_hh_l0``, ...) and ``head``. Inputs are
@@ -21,7 +24,7 @@ from gradhealth.errors import ConfigError, unknown_name
 from gradhealth.models._registry import register_model
 from gradhealth.validate import non_negative_int, positive_number, require_positive
 
-__all__ = ["CELLS", "RECURRENT_INITS", "GATES", "RecurrentNet", "rnn", "init_recurrent_weights"]
+__all__ = ["CELLS", "RECURRENT_INITS", "GATES", "RecurrentNet", "rnn", "init_recurrent_weights", "add_gate_bias"]
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # rows of weight_hh stack one (hidden, hidden) block per gate: LSTM i, f, g, o; GRU r, z, n
@@ -48,6 +51,21 @@ def init_recurrent_weights(module: nn.RNNBase, scheme: str, gain: float = 1.0) -
         weight.mul_(gain)
 
 
+# the block of bias_ih that gates how much state is kept: LSTM (i, f, g, o) -> f; GRU (r, z, n) -> z,
+# with h' = (1 - z) n + z h
+_KEEP_GATE = {"lstm": 1, "gru": 1}
+
+
+@torch.no_grad()
+def add_gate_bias(module: nn.RNNBase, cell: str, bias: float) -> None:
+    """Add ``bias`` to the keep gate (LSTM forget, GRU update) of every layer; a tanh RNN has none."""
+    if cell not in _KEEP_GATE or bias == 0:
+        return
+    for name, param in module.named_parameters():
+        if name.startswith("bias_ih"):
+            param.chunk(GATES[cell], dim=0)[_KEEP_GATE[cell]].add_(bias)
+
+
 class RecurrentNet(nn.Module):
     """embed -> ``layers`` stacked RNN/LSTM/GRU layers (batch first) -> head on the last or every step."""
 
@@ -59,6 +77,7 @@ class RecurrentNet(nn.Module):
         task: str = "classify",
         recurrent_init: str = "default",
         recurrent_gain: float = 1.0,
+        gate_bias: float = 0.0,
         in_features: int = 0,
         vocab_size: int = 256,
         num_classes: int = 10,
@@ -67,8 +86,11 @@ class RecurrentNet(nn.Module):
         require_positive(hidden=hidden, layers=layers, vocab_size=vocab_size, num_classes=num_classes)
         non_negative_int("in_features", in_features)
         self.recurrent_gain = positive_number("recurrent_gain", recurrent_gain)
+        self.gate_bias = float(gate_bias)
         self.cell, self.task, self.recurrent_init = (self._choice(k, v, c) for k, v, c in (
             ("cell", cell, tuple(CELLS)), ("task", task, TASKS), ("recurrent init", recurrent_init, RECURRENT_INITS)))
+        if self.gate_bias and self.cell == "rnn":
+            raise ConfigError("gate_bias sets an LSTM's forget gate or a GRU's update gate; a tanh RNN has no gate.")
         if self.task == "lm" and in_features:
             raise ConfigError("task=lm predicts the next token id, so the input must be token ids; drop in_features.")
         self.in_features = in_features
@@ -88,11 +110,13 @@ class RecurrentNet(nn.Module):
         return key
 
     def reset_recurrent(self) -> None:
-        """Apply ``recurrent_init`` and ``recurrent_gain`` to the recurrent weights.
+        """Apply ``recurrent_init``, ``recurrent_gain`` and ``gate_bias`` to the recurrent layers.
 
-        ``apply_init`` calls it after a named scheme, which sets the recurrent weights too.
+        ``apply_init`` calls it after a named scheme, which sets the recurrent weights (and zeroes
+        the biases) too.
         """
         init_recurrent_weights(self.rnn, self.recurrent_init, self.recurrent_gain)
+        add_gate_bias(self.rnn, self.cell, self.gate_bias)
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -118,13 +142,14 @@ def rnn(
     task: str = "classify",
     recurrent_init: str = "default",
     recurrent_gain: float = 1.0,
+    gate_bias: float = 0.0,
     in_features: int = 0,
     vocab_size: int = 256,
     num_classes: int = 10,
 ) -> RecurrentNet:
     """Recurrent net: cell=rnn (tanh) | lstm | gru; token ids, or in_features floats per step."""
-    return RecurrentNet(cell, hidden, layers, task, recurrent_init, recurrent_gain, in_features, vocab_size,
-                        num_classes)
+    return RecurrentNet(cell, hidden, layers, task, recurrent_init, recurrent_gain, gate_bias, in_features,
+                        vocab_size, num_classes)
 
 
 register_model("rnn", rnn)
