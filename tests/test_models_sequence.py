@@ -221,3 +221,15 @@ def test_sequence_models_train_through_fit_on_token_data():
         model = gradhealth.create_model(spec)
         result = fit(model=model, data=bundle, steps=4, batch_size=16, lr=0.01, progress=False)
         assert result.summary["steps"] == 4 and math.isfinite(result.summary["final_loss"])
+
+
+@pytest.mark.parametrize("cell, gates", [("lstm", 4), ("gru", 3)])
+def test_gate_bias_opens_the_keep_gate_and_survives_a_named_init(cell, gates):
+    torch.manual_seed(0)
+    model = gradhealth.create_model(f"rnn:cell={cell},hidden=8,gate_bias=2,init=he")
+    blocks = model.rnn.bias_ih_l0.detach().chunk(gates)
+    # LSTM (i, f, g, o): the forget gate; GRU (r, z, n): the update gate; the others stay at the init's 0
+    assert torch.equal(blocks[1], torch.full((8,), 2.0))
+    assert all(torch.equal(b, torch.zeros(8)) for i, b in enumerate(blocks) if i != 1)
+    with pytest.raises(ConfigError, match="a tanh RNN has no gate"):
+        gradhealth.create_model("rnn:gate_bias=1")

@@ -157,7 +157,8 @@ class Transformer(nn.Module):
         require_positive(depth=depth, width=width, heads=heads, vocab_size=vocab_size, max_len=max_len,
                          num_classes=num_classes)
         if width % heads:
-            raise ConfigError(f"width {width} must be a multiple of heads {heads}, so each head has width/heads features.")
+            raise ConfigError(f"width {width} must be a multiple of heads {heads}, so that each head gets "
+                              "width/heads features.")
         self.norm = _choice("norm placement", norm, NORM_PLACEMENTS)
         self.task = _choice("task", task, TASKS)
         branch_scale = _choice("branch scale", branch_scale, BRANCH_SCALES)

@@ -167,7 +167,8 @@ def _conclude(cells, jacobians, explode, p, seeds, size, chance, window) -> Stud
     clipped_ok = all(r.first_nonfinite is None and r.final_loss(window) < LEARNED * chance for r in explode["clipped"])
     claims = [
         Claim(f"The gradient through time of a tanh RNN falls geometrically: over {length} steps the loss's gradient "
-              f"w.r.t. the input shrinks by a factor below 1 per step back (a straight line in log scale, R² ≥ 0.9), "
+              f"w.r.t. the input shrinks by a factor below 1 per step back (a straight line in log scale, "
+              f"R² ≥ 0.9), "
               f"beside a mean spectral radius of the recurrent Jacobian W_hhᵀ diag(1 − h²) below 1.",
               rnn_f is not None and rnn_f < 1 and fit is not None and fit >= 0.9 and radius is not None and radius < 1,
               {"per_step_factor": cells["tanh RNN"]["factors"], "fit_r2": cells["tanh RNN"]["fits"],
