@@ -26,7 +26,7 @@ TITLE = "Transformers: norm placement, warm-up and skips"
 # post-LN's last layers at init grows with depth, pre-LN's does not)
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"depth": 6, "steps": 80, "lr": 1e-2},
-    "quick": {"depth": 12, "steps": 200, "lr": 1e-2},
+    "quick": {"depth": 12, "steps": 150, "lr": 5e-3},
     "full": {"depth": 24, "steps": 400, "lr": 3e-3},
 }
 WIDTH, HEADS = 32, 2
