@@ -21,7 +21,9 @@ CIFAR_TABLE6 = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56"
 PREACT_CIFAR = {"preact_resnet164": 1.7, "preact_resnet1001": 10.3}
 
 # Input for each family, at a small size; the huge ones are thinned (base_width) to stay fast
-SMALL = {"resnet1202": {"base_width": 4}, "preact_resnet1001": {"base_width": 4}}
+SMALL = {"resnet1202": {"base_width": 4}, "preact_resnet1001": {"base_width": 4},
+         "transformer": {"depth": 2, "width": 16, "heads": 2}, "rnn": {"hidden": 8}, "lstm": {"hidden": 8},
+         "gru": {"hidden": 8}}
 
 
 def _input_for(name: str) -> torch.Tensor:
@@ -33,6 +35,8 @@ def _input_for(name: str) -> torch.Tensor:
         return torch.randn(2, 3, 32, 32)
     if name == "convnet":
         return torch.randn(2, 1, 12, 12)
+    if builder in ("transformer", "rnn"):
+        return torch.randint(0, 256, (2, 12))  # token ids
     return torch.randn(2, 64)
 
 
@@ -48,8 +52,12 @@ def test_every_registered_model_runs_forward_and_backward(name):
         kwargs["num_classes"] = 10
     model = gradhealth.create_model(name, **kwargs)
     out = model(_input_for(name))
-    assert out.shape == (2, 10)
-    F.cross_entropy(out, torch.tensor([1, 2])).backward()
+    if name == "transformer":  # a language model by default: next-token scores at every step
+        assert out.shape == (2, 12, 256)
+        F.cross_entropy(out.flatten(0, 1), torch.randint(0, 256, (24,))).backward()
+    else:
+        assert out.shape == (2, 10)
+        F.cross_entropy(out, torch.tensor([1, 2])).backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"

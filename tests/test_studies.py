@@ -38,7 +38,8 @@ def assert_claims_hold(result: StudyResult) -> None:
 
 
 def test_registry_lists_every_study_in_the_materials_order():
-    assert list_studies() == ["vanishing", "exploding", "residual", "normalization", "clipping", "schedules", "init"]
+    assert list_studies() == ["vanishing", "exploding", "residual", "normalization", "clipping", "schedules", "init",
+                              "transformer", "recurrent"]
 
 
 def test_vanishing_sigmoid_factor_is_below_a_quarter_and_matches_theory():
@@ -115,6 +116,42 @@ def test_init_constant_keeps_units_identical_and_fixup_trains():
     assert plain["normal(1)"]["first_last"]["mean"] > 1e3 and plain["normal(0.01)"]["first_last"]["mean"] < 1e-3
     res = {c["init"]: c for c in result.results["residual"]}
     assert res["fixup"]["losses"][0] < res["he"]["losses"][0]
+
+
+def test_transformer_post_ln_needs_warmup_and_skips_carry_the_gradient():
+    result = tiny("transformer")
+    assert_claims_hold(result)
+    final = {label: s["mean"] for label, s in result.results["final_loss"].items()}
+    best = result.results["task"]["best_loss"]
+    assert final["pre-LN"] < best + 0.3 and final["post-LN + warm-up"] < best + 0.3  # near ln 2
+    assert final["post-LN"] > final["pre-LN"] + 0.5
+    ratios = result.results["first_last"]
+    assert ratios["none-norm plain"]["mean"] < 1e-2 < ratios["none-norm residual"]["mean"]
+    depth = result.results["depth"]
+    assert all(len(p) == depth for ps in result.results["init_block_grad_norms"].values() for p in ps)
+    runs = {r["label"]: r for r in result.results["runs"]}
+    assert runs["post-LN + warm-up"]["warmup_steps"] == result.results["warmup_steps"] > 0
+    assert runs["post-LN"]["warmup_steps"] == 0 and "norm=post" in runs["post-LN"]["model"]
+
+
+def test_recurrent_gradient_through_time_gates_orthogonal_and_clipping():
+    result = tiny("recurrent")
+    assert_claims_hold(result)
+    nets = result.results["nets"]
+    rnn = nets["tanh RNN"]
+    # oracle: the fitted per-step factor sits near the Jacobian's spectral radius (Pascanu et al. 2013)
+    radius = result.results["jacobian"][0]["radius"]
+    assert rnn["per_step_factor"][0] == pytest.approx(radius, rel=0.25)
+    length = result.results["length"]
+    # geometric: the first/last ratio is the factor to the power of the steps between them
+    assert math.log10(rnn["first_last"][0]) == pytest.approx((length - 1) * math.log10(rnn["per_step_factor"][0]),
+                                                             abs=2.0)
+    for label in ("tanh RNN, orthogonal W_hh", "LSTM", "GRU"):
+        assert nets[label]["per_step_factor"][0] > rnn["per_step_factor"][0]
+    exploding = result.results["exploding"]
+    assert exploding["init_grad_norm"][0] > 100
+    clipped = exploding["clipped"][0]
+    assert clipped["first_nonfinite"] is None and max(clipped["grad_norm"]) > 1.0  # it clipped something
 
 
 def test_helpers_seeds_spread_and_strict_json():

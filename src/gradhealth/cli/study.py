@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME", help=names)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", const="quick", dest="size",
-                      help="the quick size: minutes on a laptop CPU (all seven studies: about 4)")
+                      help="the quick size: minutes on a laptop CPU (all nine studies: about 6)")
     size.add_argument("--size", choices=SIZES, help="tiny (seconds, for tests), quick, or full (the default: deeper "
                       "nets, more steps, 3 seeds; an hour or more on a CPU)")
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: study/NAME, or study for all)")

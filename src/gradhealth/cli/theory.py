@@ -11,7 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("theory", help="predict vanishing/exploding gradients from activation, init scale and depth",
                        description="Mean-field signal propagation (Poole et al. 2016, Schoenholz et al. 2017): the "
                                    "per-layer gradient factor sqrt(chi_1), its depth scale and regime, for a wide "
-                                   "plain or residual fully-connected net at initialization.")
+                                   "plain or residual fully-connected net at initialization. It does not model attention "
+                                   "or recurrence: for the transformer and rnn/lstm/gru families, measure instead "
+                                   "(gradhealth diagnose, gradhealth study transformer / recurrent).")
     p.add_argument("--activation", default="tanh", help="sigmoid, tanh, relu, leaky_relu, elu, gelu, silu, identity")
     scale = p.add_mutually_exclusive_group()
     scale.add_argument("--sigma-w", type=float, help="weight scale: W ~ N(0, sigma_w^2 / fan_in)")

@@ -40,6 +40,22 @@ def infer_nonlinearity(model: nn.Module) -> tuple[str, float]:
     return "linear", 0.0
 
 
+def _recurrent_weight_blocks(model: nn.Module) -> list[Tensor]:
+    """Each gate's (hidden, in) block of every RNN/LSTM/GRU weight matrix, as views to set in place.
+
+    torch stacks the gates' matrices in one parameter; a scheme's fan-in and orthogonality are
+    those of one gate's matrix, not of the stack.
+    """
+    gates = {"LSTM": 4, "GRU": 3}
+    blocks: list[Tensor] = []
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase):
+            for pname, param in module.named_parameters():
+                if pname.startswith("weight"):
+                    blocks += list(param.data.chunk(gates.get(module.mode, 1), dim=0))
+    return blocks
+
+
 def zero_init_last(model: nn.Module) -> int:
     """Zero the last layer (or last norm's scale) of every residual branch; returns the count.
 
@@ -181,11 +197,22 @@ def apply_init(
         _reset_norms(model)
         for layer in weight_layers(model):
             _init_weight(layer.weight, name, arg, nonlinearity, slope)
+        for weight in _recurrent_weight_blocks(model):
+            _init_weight(weight, name, arg, "linear", 0.0)
     if name != "default":
         with torch.no_grad():
             for layer in weight_layers(model):
                 if layer.bias is not None:
                     layer.bias.zero_()
+            for module in model.modules():
+                if isinstance(module, nn.RNNBase):
+                    for pname, param in module.named_parameters():
+                        if pname.startswith("bias"):
+                            param.zero_()
+    # a model whose recurrent weights follow their own rule (orthogonal, identity) sets them again
+    for module in model.modules():
+        if callable(getattr(module, "reset_recurrent", None)):
+            module.reset_recurrent()
     if name == "lsuv":
         _lsuv(model, data)
     if zero_init_last:

@@ -20,8 +20,10 @@ from gradhealth.models.blocks import (
 )
 from gradhealth.models.convnet import ConvNet, convnet
 from gradhealth.models.mlp import MLP, MLPBlock, PreActMLPBlock, mlp
+from gradhealth.models.recurrent import RecurrentNet, rnn
 from gradhealth.models.resnet import IMAGENET_LAYERS, CifarResNet, ImageNetResNet, imagenet_block
 from gradhealth.models.spec import split_spec
+from gradhealth.models.transformer import Transformer, TransformerBlock, transformer
 
 __all__ = [
     "create_model",
@@ -43,8 +45,13 @@ __all__ = [
     "ConvNet",
     "CifarResNet",
     "ImageNetResNet",
+    "Transformer",
+    "TransformerBlock",
+    "RecurrentNet",
     "mlp",
     "convnet",
+    "transformer",
+    "rnn",
     "imagenet_block",
     "IMAGENET_LAYERS",
 ]

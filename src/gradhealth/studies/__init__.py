@@ -31,6 +31,8 @@ STUDIES = {
     "clipping": "gradhealth.studies.clipping",
     "schedules": "gradhealth.studies.schedules",
     "init": "gradhealth.studies.initialization",
+    "transformer": "gradhealth.studies.transformer",
+    "recurrent": "gradhealth.studies.recurrent",
 }
 
 
