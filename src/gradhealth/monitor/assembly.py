@@ -80,13 +80,19 @@ def build_record(pending: PendingStep, v: dict[str, list[float]], layout: ModelL
         activations=activations,
         metrics=metrics,
     )
-    record.first_nonfinite = locate_nonfinite(pending, v, record, bad_calls)
+    ranks = v.get("grad_bad_rank")
+    bad_rank = {names[i]: int(ranks[i]) for i in layer_order if ranks[i] >= 0} if ranks else None
+    record.first_nonfinite = locate_nonfinite(pending, v, record, bad_calls, bad_rank)
     return record
 
 
 def locate_nonfinite(pending: PendingStep, v: dict[str, list[float]], record: StepRecord,
-                     bad_calls: list[str]) -> NonFiniteEvent | None:
-    """The earliest place NaN/Inf shows: input, forward calls as they ran, loss, then backward order."""
+                     bad_calls: list[str], bad_rank: dict[str, int] | None = None) -> NonFiniteEvent | None:
+    """The earliest place NaN/Inf shows: input, forward calls as they ran, loss, then backward order.
+
+    ``bad_rank``: for a sharded model, the rank that had each layer's non-finite gradient.
+    """
+    bad_rank = bad_rank or {}
     extremes = v.get("in_extremes", [])
     for i, batch in enumerate(pending.input_batches):
         if not (math.isfinite(extremes[2 * i]) and math.isfinite(extremes[2 * i + 1])):
@@ -100,7 +106,7 @@ def locate_nonfinite(pending: PendingStep, v: dict[str, list[float]], record: St
     # backward runs from the output to the input: the first bad gradient is the last layer's
     for name in reversed(list(record.layers)):
         if record.layers[name].grad_nonfinite:
-            return NonFiniteEvent("gradient", name, pending.batch, pending.step)
+            return NonFiniteEvent("gradient", name, pending.batch, pending.step, bad_rank.get(name))
     return None
 
 

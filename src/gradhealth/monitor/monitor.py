@@ -312,6 +312,7 @@ class GradientMonitor:
         if not grads and not detailed and self._follow_new_parameters():
             positions, grads = measures.grads()
         device = measures.device
+        pending.sharded = measures.sharded
         if detailed:
             pending.pieces["weight_l2"] = measures.weight_norms()
             if self._optimizers and self.measure_updates:
