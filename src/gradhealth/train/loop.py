@@ -350,8 +350,9 @@ class _Run:
     def _clip(self) -> None:
         if self.clipper.mode != "none":
             # with no clipping the gradients after it are those the monitor has just measured
-            self.clipper(self.model.parameters())
-            self.monitor.after_clip()
+            result = self.clipper(self.model.parameters())
+            # per step: whether clipping fired (the coefficient is post / pre of the record's norms)
+            self.monitor.after_clip(metrics={"clipped": result.clipped})
 
     def _optimizer_step(self) -> bool:
         """The optimizer step; False when GradScaler skipped it (it lowered the scale on inf/NaN)."""
