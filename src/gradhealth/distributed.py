@@ -29,6 +29,7 @@ from gradhealth.tensor_norms import NORM_DTYPE, fused_norms, max_abs
 
 __all__ = [
     "is_sharded",
+    "own_pieces",
     "local_pieces",
     "counted_squares",
     "local_maxes",
@@ -84,6 +85,14 @@ def local_pieces(tensors: list[Tensor]) -> tuple[list[Tensor], list[bool]]:
             counted.append(_counted_here(t))
             pieces.append(t)
     return pieces, counted
+
+
+def own_pieces(tensors: list[Tensor]) -> list[Tensor]:
+    """The tensors as this rank holds them: a sharded list's local pieces, a plain list itself.
+
+    For checks each rank makes on its own and then agrees on (e.g. all finite, then one all-reduce).
+    """
+    return local_pieces(tensors)[0] if is_sharded(tensors) else tensors
 
 
 def counted_squares(pieces: list[Tensor], counted: list[bool]) -> Tensor:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from gradhealth.distributed import own_pieces
 from gradhealth.errors import ConfigError, Interrupted, NonFiniteError
 from gradhealth.io import write_json_atomic
 from gradhealth.monitor.monitor import GradientMonitor
@@ -47,6 +48,13 @@ from gradhealth.train.checkpoint import build_checkpoint, load_checkpoint, resto
 from gradhealth.train.config import TrainConfig
 from gradhealth.train.data import DataBundle, EpochShuffleSampler, load_data
 from gradhealth.train.distributed import DistInfo, agree_any, init_distributed, shutdown_distributed
+from gradhealth.train.sharded_checkpoint import (
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    restore_rest,
+    save_sharded_checkpoint,
+)
+from gradhealth.train.strategy import no_gradient_sync, spread_model
 from gradhealth.train.progress import Progress
 from gradhealth.train.setup import autocast_dtype, build_model, check_outputs, input_mismatch, pick_device
 
@@ -104,10 +112,9 @@ class _Run:
             x0, _ = self.data.train[: config.batch_size]
             model = build_model(config, self.data.model_kwargs(), x0)
         self.model = model.to(self.device)
-        self.net: nn.Module = self.model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.net: nn.Module = spread_model(self.model, config.strategy, self.dist, self.device)
+        # FSDP2: every rank writes its shards of each checkpoint
+        self.sharded = self.dist.enabled and config.strategy == "fsdp"
         self.optimizer = create_optimizer(config.optimizer, self.model, config.lr, momentum=config.optimizer_momentum(),
                                           nesterov=config.nesterov, weight_decay=config.weight_decay,
                                           l2_mode=config.l2_mode)
@@ -120,6 +127,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         self.out = Path(config.out) if config.out else None
         self.writes = self.out is not None and self.dist.is_main
+        self.saves = self.out is not None and (self.dist.is_main or self.sharded)
         self.step, self.epoch, self.position, self.batch_index = 0, 0, 0, -1
         self.best_val = math.inf
         self.consecutive_skips = 0
@@ -168,9 +176,16 @@ class _Run:
     _monitor_state: dict[str, Any] | None = None
 
     def _resume(self, path: str) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
-        info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                  scaler=self.scaler, clipper=self.clipper)
+        if self.sharded or is_sharded_checkpoint(path):
+            if not self.sharded:
+                raise ConfigError(f"{path} is a sharded checkpoint; resume it under torchrun with --strategy fsdp "
+                                  "and the number of processes that wrote it.")
+            own = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer, info=self.dist)
+            info = restore_rest(own, scheduler=self.scheduler, scaler=self.scaler, clipper=self.clipper)
+        else:
+            ckpt = load_checkpoint(path, map_location=self.device)
+            info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                      scaler=self.scaler, clipper=self.clipper)
         extra = info.get("extra") or {}
         saved = info.get("config") or {}
         now = self.config.to_json()
@@ -262,7 +277,7 @@ class _Run:
                         self.stopped = "interrupted"
                         break
                     self._one_step(batches)
-                if self.writes:
+                if self.saves:
                     self._save("last.pt")
             finally:
                 self.progress.close()
@@ -317,7 +332,7 @@ class _Run:
         for micro in range(c.accumulate):
             x, y = next(batches)
             # DDP: all-reduce the gradients once, on the last micro-batch
-            sync = contextlib.nullcontext() if not self.dist.enabled or micro == c.accumulate - 1 else self.net.no_sync()
+            sync = contextlib.nullcontext() if micro == c.accumulate - 1 else no_gradient_sync(self.net, self.dist)
             with sync:
                 total, loss, right = self._loss(x, y)
                 scaled = total / c.accumulate
@@ -338,7 +353,8 @@ class _Run:
             # under fp16 an inf gradient is GradScaler's business: it skips the step and lowers the scale
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if grads:
-                finite = finite & all_finite(grads)
+                # each rank checks its own shards; agree_any spreads a NaN on any rank to all
+                finite = finite & all_finite(own_pieces(grads))
         return agree_any(~finite, self.dist, self.device)
 
     def _capture_first_nonfinite(self, x: Tensor, y: Tensor) -> None:
@@ -367,10 +383,10 @@ class _Run:
     def _after_step(self, record: StepRecord | None) -> None:
         if record is not None:
             self.progress.update(self.step, record.loss, record.global_grad_norm, record.lr)
-        if self.writes and self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+        if self.saves and self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
             self._save("last.pt")
         val = self.last_val.get("val_loss")
-        if self.writes and val is not None and val < self.best_val:
+        if self.saves and val is not None and val < self.best_val:
             self.best_val = val
             self._save("best.pt")
 
@@ -391,7 +407,7 @@ class _Run:
             return
         self.stopped = "nonfinite"
         self.stop_reason = f"training produced NaN/Inf at step {self.step}: {where}"
-        if self.writes:
+        if self.saves:
             self._save("last.pt")
 
     # ---- files -------------------------------------------------------------------------------
@@ -399,6 +415,13 @@ class _Run:
     def _save(self, name: str) -> None:
         extra = {"epoch": self.epoch, "position": self.position, "batch_index": self.batch_index,
                  "best_val": self.best_val}
+        if self.sharded:
+            state = {"scheduler": self.scheduler.state_dict(), "scaler": _state_of(self.scaler),
+                     "clipper": self.clipper.state_dict(), "monitor": self.monitor.state_dict(), "step": self.step,
+                     "epoch": self.epoch, "config": self.config.to_json(), "extra": extra}
+            save_sharded_checkpoint(self.out / "checkpoints" / name.replace(".pt", ".dcp"), model=self.model,
+                                    optimizer=self.optimizer, state=state, info=self.dist)
+            return
         state = build_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                  scaler=self.scaler, clipper=self.clipper, monitor_state=self.monitor.state_dict(),
                                  step=self.step, epoch=self.epoch, config=self.config.to_json(), extra=extra)
@@ -448,6 +471,10 @@ class _Run:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _state_of(obj: Any) -> Any:
+    return obj.state_dict() if obj is not None else None
 
 
 def _describe(event: NonFiniteEvent) -> str:
