@@ -117,8 +117,12 @@ class Counter:
                 setattr(dist, name, fn)
 
 
-def train_step(model: nn.Module, x, y, *, clip: str | None = None, poison=None, count: bool = False) -> dict:
-    """One monitored SGD step (every number on a detailed step); the summary and the collectives it cost."""
+def train_step(model: nn.Module, x, y, *, clip: float | tuple[str, float] | None = None, poison=None,
+               count: bool = False) -> dict:
+    """One monitored SGD step (every number on a detailed step); the summary and the collectives it cost.
+
+    ``clip``: a max norm, or (mode, value) for another clip mode.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=LR)
     counter = Counter()
@@ -129,11 +133,14 @@ def train_step(model: nn.Module, x, y, *, clip: str | None = None, poison=None, 
         with counter.counting():
             mon.step()
             if clip is not None:
-                create_clipper("norm", clip)(model.parameters())
-                mon.after_clip()
+                mode, value = clip if isinstance(clip, tuple) else ("norm", clip)
+                head = {"model": model, "head": "head"} if mode == "agc" else {}
+                result = create_clipper(mode, value, **head)(model.parameters())
+                mon.after_clip(metrics={"clipped": result.clipped})
             opt.step()
         record = mon.records[-1]
     out = summary(record)
+    out["clipped"] = record.metrics.get("clipped")
     if count:
         out["collectives"] = counter.calls
         out["bytes"] = counter.bytes
@@ -159,6 +166,8 @@ def fsdp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
         result["fsdp"] = train_step(shard(), x, y, count=True)
         result["fsdp_clipped"] = train_step(shard(), x, y, clip=0.05, count=True)
+        for mode, value in (("value", 0.05), ("agc", 0.01), ("autoclip", 50.0)):
+            result[f"fsdp_{mode}"] = train_step(shard(), x, y, clip=(mode, value))
         result["ddp"] = train_step(nn.parallel.DistributedDataParallel(make_net()), x, y)
         result["plain"] = train_step(make_net(), x, y, count=True)
 

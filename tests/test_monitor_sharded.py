@@ -35,11 +35,11 @@ def _spawn(worker, world: int, tmp_path) -> list[dict]:
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
 
 
-def _oracle(model, x, y, clip: float | None = None) -> dict:
+def _oracle(model, x, y, clip: float | tuple[str, float] | None = None) -> dict:
     return workers.train_step(model, x, y, clip=clip)
 
 
-def _net_oracle(world: int, clip: float | None = None) -> dict:
+def _net_oracle(world: int, clip: float | tuple[str, float] | None = None) -> dict:
     """The unsharded model on every rank's batch at once: the mean loss over it is the ranks' average."""
     batches = [workers.net_batch(r) for r in range(world)]
     x = torch.cat([b[0] for b in batches])
@@ -70,7 +70,7 @@ def _same_on_every_rank(ranks: list[dict], key: str) -> None:
 def test_fsdp2_uneven_frozen_tied_mixed_precision_and_nan(tmp_path):
     world = 2
     ranks = _spawn(workers.fsdp_worker, world, tmp_path)
-    for key in ("fsdp", "fsdp_clipped", "nan", "bf16"):
+    for key in ("fsdp", "fsdp_clipped", "fsdp_value", "fsdp_agc", "fsdp_autoclip", "nan", "bf16"):
         _same_on_every_rank(ranks, key)
     got = ranks[0]
 
@@ -79,6 +79,14 @@ def test_fsdp2_uneven_frozen_tied_mixed_precision_and_nan(tmp_path):
     clipped = _net_oracle(world, clip=0.05)
     _assert_same_numbers(got["fsdp_clipped"], clipped)
     assert got["fsdp_clipped"]["total_post"] == pytest.approx(0.05, rel=1e-4)
+    assert got["fsdp_clipped"]["clipped"] == 1.0 and got["fsdp"]["clipped"] is None
+    # every clip mode clips the sharded gradients as it clips the whole ones
+    for mode, value in (("value", 0.05), ("agc", 0.01), ("autoclip", 50.0)):
+        want = _net_oracle(world, clip=(mode, value))
+        _assert_same_numbers(got[f"fsdp_{mode}"], want)
+        assert got[f"fsdp_{mode}"]["clipped"] == want["clipped"], mode
+    # value and agc bounds this tight fire; autoclip's first step clips at its only norm, so does not
+    assert got["fsdp_value"]["clipped"] == got["fsdp_agc"]["clipped"] == 1.0
     assert got["fsdp"]["layers"]["frozen"]["grad_norm"] is None
     assert got["fsdp"]["layers"]["frozen"]["weight_norm"] is not None
 
