@@ -287,7 +287,8 @@ class _Run:
             raise NonFiniteError(self.stop_reason + ".")
         if self.stopped == "interrupted":
             raise Interrupted(f"interrupted at step {self.step}; checkpoint written"
-                              + (f" to {self.out / 'checkpoints' / 'last.pt'}." if self.writes else "."))
+                              + (f" to {self.out / 'checkpoints' / ('last.dcp' if self.sharded else 'last.pt')}."
+                                 if self.writes else "."))
         return result
 
     def _one_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
