@@ -87,8 +87,8 @@ def load_sharded_checkpoint(folder: str | Path, *, model: nn.Module, optimizer: 
     saved_world = torch.load(folder / "rank0.pt", weights_only=True).get("world_size")
     if saved_world != info.world_size:
         raise CheckpointError(f"checkpoint {str(folder)!r} was written by {saved_world} processes and this run has "
-                              f"{info.world_size}; resume it with torchrun --nproc-per-node {saved_world} "
-                              "(in all, over every node).")
+                              f"{info.world_size}; resume it with {saved_world} processes in all (torchrun --nnodes "
+                              "times --nproc-per-node).")
     own = torch.load(folder / f"rank{info.rank}.pt", weights_only=True)
     model_state, optim_state = get_state_dict(model, optimizer)
     loaded = {"model": model_state, "optimizer": optim_state}
