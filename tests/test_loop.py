@@ -26,6 +26,8 @@ def test_training_with_norm_clipping_lowers_the_loss_and_writes_the_run(tmp_path
     losses = [r.loss for r in result.records]
     assert losses[-1] < 0.8 * losses[0]
     assert all(r.global_grad_norm_post_clip <= 1.0 + 1e-6 for r in result.records)
+    # the record says whether clipping fired: exactly when the pre-clip norm was over the bound
+    assert all(r.metrics["clipped"] == float(r.global_grad_norm > 1.0) for r in result.records)
     for name in ("metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (tmp_path / name).exists(), name
     summary = json.loads((tmp_path / "summary.json").read_text())

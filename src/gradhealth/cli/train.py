@@ -62,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-every", type=int, default=TRAIN_DEFAULTS["eval_every"], help="evaluate on the validation split every K steps")
     p.add_argument("--checkpoint-every", type=int, default=TRAIN_DEFAULTS["checkpoint_every"])
     p.add_argument("--device", default=TRAIN_DEFAULTS["device"])
+    p.add_argument("--strategy", default=TRAIN_DEFAULTS["strategy"], choices=("ddp", "fsdp"),
+                   help="under torchrun: ddp (a full model per process) or fsdp (FSDP2, parameters sharded)")
     p.add_argument("--num-workers", type=int, default=TRAIN_DEFAULTS["num_workers"])
     p.add_argument("--out", default="run", help="output folder (default: ./run)")
     p.add_argument("--resume", help="checkpoint to resume from (e.g. run/checkpoints/last.pt)")
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     summary.update({k: v for k, v in result.summary.items() if k.startswith("final_val")})
     print(json.dumps(summary, indent=2, default=str))
     print(f"loss: {result.summary['loss']}", file=sys.stderr)
-    print(f"wrote {out}/metrics.jsonl, {out}/checkpoints/last.pt, {out}/summary.json", file=sys.stderr)
+    last = "last.dcp" if config.strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1 else "last.pt"
+    print(f"wrote {out}/metrics.jsonl, {out}/checkpoints/{last}, {out}/summary.json", file=sys.stderr)
     skipped, steps = result.summary.get("skipped_steps") or 0, result.summary.get("steps") or 0
     if steps and skipped * 2 > steps:
         # --on-nonfinite skip kept the run alive, but a run that skipped most of its steps did not train

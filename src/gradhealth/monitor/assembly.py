@@ -82,17 +82,21 @@ def build_record(pending: PendingStep, v: dict[str, list[float]], layout: ModelL
         metrics=metrics,
         time_grads={key[len(PIECE_PREFIX):]: values for key, values in v.items() if key.startswith(PIECE_PREFIX)},
     )
-    record.first_nonfinite = locate_nonfinite(pending, v, record, bad_calls)
+    ranks = v.get("grad_bad_rank")
+    bad_rank = {names[i]: int(ranks[i]) for i in layer_order if ranks[i] >= 0} if ranks else None
+    record.first_nonfinite = locate_nonfinite(pending, v, record, bad_calls, bad_rank)
     return record
 
 
 def locate_nonfinite(pending: PendingStep, v: dict[str, list[float]], record: StepRecord,
-                     bad_calls: list[str]) -> NonFiniteEvent | None:
+                     bad_calls: list[str], bad_rank: dict[str, int] | None = None) -> NonFiniteEvent | None:
     """The earliest place NaN/Inf shows: input, forward calls as they ran, loss, then backward order.
 
     A non-finite loss on a step whose forward pass was not watched also names the layer whose
     gradient went bad first in backward order (the one nearest the output): all that was measured.
+    ``bad_rank``: for a sharded model, the rank that had each layer's non-finite gradient.
     """
+    bad_rank = bad_rank or {}
     extremes = v.get("in_extremes", [])
     for i, batch in enumerate(pending.input_batches):
         if not (math.isfinite(extremes[2 * i]) and math.isfinite(extremes[2 * i + 1])):
@@ -106,7 +110,7 @@ def locate_nonfinite(pending: PendingStep, v: dict[str, list[float]], record: St
     if record.loss is not None and not math.isfinite(record.loss):
         return NonFiniteEvent("loss", None if pending.detailed else first_bad, pending.batch, pending.step)
     if first_bad is not None:
-        return NonFiniteEvent("gradient", first_bad, pending.batch, pending.step)
+        return NonFiniteEvent("gradient", first_bad, pending.batch, pending.step, bad_rank.get(first_bad))
     return None
 
 

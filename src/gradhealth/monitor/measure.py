@@ -2,13 +2,18 @@
 
 Every result stays a device tensor (a float64 vector over the layers, in the layout's order); the
 monitor moves all of a step's results to the host at once (``transfer.py``).
+
+A sharded model (DTensor parameters: FSDP2, tensor parallelism, HSDP) is measured on each rank's
+own pieces: its L2 pieces are this rank's share of each layer's SQUARED norm (``sharded``), which
+``sharded.py`` sums over the ranks in the step's one collective before the transfer.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from gradhealth.monitor.stats import group_l2, group_max
+from gradhealth.distributed import counted_squares, is_sharded, local_maxes, local_pieces
+from gradhealth.monitor.stats import group_l2, group_max, group_squares
 from gradhealth.monitor.structure import ModelLayout
 from gradhealth.tensor_norms import NORM_DTYPE, fused_norms, max_abs
 
@@ -33,6 +38,8 @@ class LayerMeasures:
         self._param_index: dict[torch.device, Tensor] = {}
         self._kept_copy: list[Tensor] | None = None
         self.all_positions = list(range(len(layout.params)))
+        # DTensor parameters: per-layer pieces are squared shares, combined across ranks later
+        self.sharded = is_sharded(layout.params)
 
     def is_current(self, model: nn.Module) -> bool:
         """Whether ``model``'s parameters are the ones measured (not replaced since)."""
@@ -71,9 +78,19 @@ class LayerMeasures:
         mx = group_max(maxes, index, groups) if maxes is not None else None
         return l2, mx
 
+    def _shares(self, tensors: list[Tensor], positions: list[int]) -> Tensor:
+        """Sharded model: this rank's share of each layer's squared norm of ``tensors``."""
+        pieces, counted = local_pieces(tensors)
+        squares = counted_squares(pieces, counted)
+        index = self.index_on(squares.device, positions)
+        return group_squares(squares, index, len(self.layout.layer_names))
+
     def weight_norms(self) -> Tensor:
-        """The L2 norm of each layer's weights."""
-        weights = fused_norms([p.detach() for p in self.layout.params])
+        """The L2 norm of each layer's weights (sharded: this rank's share of its square)."""
+        params = [p.detach() for p in self.layout.params]
+        if self.sharded:
+            return self._shares(params, self.all_positions)
+        weights = fused_norms(params)
         return self.per_layer(weights, self.all_positions)[0]
 
     def gradient_norms(self, positions: list[int], grads: list[Tensor], detailed: bool,
@@ -83,27 +100,49 @@ class LayerMeasures:
         ``grad_scale``: the gradients are still scaled by it (AMP), so the norms are divided by it.
         """
         pieces: dict[str, Tensor] = {}
-        norms = fused_norms(grads)
-        maxes = max_abs(grads) if detailed else None
-        if grad_scale is not None:
-            inv = 1.0 / torch.as_tensor(grad_scale, dtype=NORM_DTYPE, device=norms.device)
-            norms = norms * inv
-            maxes = maxes * inv if maxes is not None else None
-        grad_l2, grad_max = self.per_layer(norms, positions, maxes)
+        if self.sharded:
+            grad_l2, grad_max, device = self._sharded_gradient_norms(positions, grads, detailed, grad_scale)
+        else:
+            norms = fused_norms(grads)
+            maxes = max_abs(grads) if detailed else None
+            if grad_scale is not None:
+                inv = 1.0 / torch.as_tensor(grad_scale, dtype=NORM_DTYPE, device=norms.device)
+                norms = norms * inv
+                maxes = maxes * inv if maxes is not None else None
+            grad_l2, grad_max = self.per_layer(norms, positions, maxes)
+            device = norms.device
         pieces["grad_l2"] = grad_l2
         if len(positions) < len(self.layout.params):
             # which layers have a gradient at all (without this piece: every layer)
-            has = torch.zeros(len(self.layout.layer_names), dtype=NORM_DTYPE, device=norms.device)
-            pieces["has_grad"] = has.index_fill_(0, self.index_on(norms.device, positions), 1.0)
+            has = torch.zeros(len(self.layout.layer_names), dtype=NORM_DTYPE, device=device)
+            pieces["has_grad"] = has.index_fill_(0, self.index_on(device, positions), 1.0)
         if grad_max is not None:
             pieces["grad_max"] = grad_max
         return pieces
+
+    def _sharded_gradient_norms(self, positions: list[int], grads: list[Tensor], detailed: bool,
+                                grad_scale: Tensor | float | None) -> tuple[Tensor, Tensor | None, torch.device]:
+        """Sharded ``grad_l2`` (squared shares) and ``grad_max`` (this rank's maxima), and their device."""
+        pieces, counted = local_pieces(grads)
+        squares = counted_squares(pieces, counted)
+        device = squares.device
+        maxes = local_maxes(pieces) if detailed else None
+        if grad_scale is not None:
+            inv = 1.0 / torch.as_tensor(grad_scale, dtype=NORM_DTYPE, device=device)
+            squares = squares * inv.square()
+            maxes = maxes * inv if maxes is not None else None
+        groups = len(self.layout.layer_names)
+        index = self.index_on(device, positions)
+        grad_max = group_max(maxes, index, groups) if maxes is not None else None
+        return group_squares(squares, index, groups), grad_max, device
 
     def post_clip_norms(self) -> Tensor | None:
         """The per-layer norms of the gradients as they are now (after clipping), or None without any."""
         positions, grads = self.grads()
         if not grads:
             return None
+        if self.sharded:
+            return self._shares(grads, positions)
         return self.per_layer(fused_norms(grads), positions)[0]
 
     def copy_of_weights(self) -> list[Tensor]:
@@ -113,7 +152,7 @@ class LayerMeasures:
         not touched yet costs a page fault per 4 KiB, several times the copy itself (a GPU's
         caching allocator keeps freed memory already, so there the copy is made afresh).
         """
-        weights = [p.detach() for p in self.layout.params]
+        weights = self._local_weights()
         if any(w.device.type != "cpu" for w in weights):
             return torch._foreach_mul(weights, 1.0)
         kept = self._kept_copy
@@ -130,5 +169,16 @@ class LayerMeasures:
         ``before`` (a ``copy_of_weights``) is overwritten.
         """
         # in place: before - after has the norm of the update, without a second copy
-        torch._foreach_sub_(before, [p.detach() for p in self.layout.params])
+        torch._foreach_sub_(before, self._local_weights())
+        if self.sharded:
+            # the difference of two pieces is the piece of the difference: it counts where they do
+            _, counted = local_pieces([p.detach() for p in self.layout.params])
+            squares = counted_squares(before, counted)
+            return group_squares(squares, self.index_on(squares.device, self.all_positions),
+                                 len(self.layout.layer_names))
         return self.per_layer(fused_norms(before), self.all_positions)[0]
+
+    def _local_weights(self) -> list[Tensor]:
+        """The weights as tensors this rank holds (a sharded model's own pieces)."""
+        weights = [p.detach() for p in self.layout.params]
+        return local_pieces(weights)[0] if self.sharded else weights

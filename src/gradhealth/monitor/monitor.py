@@ -346,6 +346,7 @@ class GradientMonitor:
         if not grads and not detailed and self._follow_new_parameters():
             positions, grads = measures.grads()
         device = measures.device
+        pending.sharded = measures.sharded
         if detailed:
             pending.pieces["weight_l2"] = measures.weight_norms()
             if self._optimizers and self.measure_updates:
@@ -368,14 +369,19 @@ class GradientMonitor:
                 pending.metric_floats[key] = None if value is None else float(value)
 
     @torch.no_grad()
-    def after_clip(self) -> None:
-        """Measure the gradients again after clipping: ``grad_norm_post_clip`` per layer."""
+    def after_clip(self, metrics: dict[str, Tensor | float | None] | None = None) -> None:
+        """Measure the gradients again after clipping: ``grad_norm_post_clip`` per layer.
+
+        ``metrics``: what the clipper said (e.g. whether it fired), added to the step's metrics.
+        """
         pending = self._pending
         if pending is None:
             return
         post = self._measures.post_clip_norms()
         if post is not None:
             pending.pieces["post_l2"] = post
+        if metrics:
+            self._add_loss_and_metrics(pending, self._measures.device, None, metrics)
 
     def _on_optimizer_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         """Each attached optimizer's step post-hook: the step's record is complete once all have stepped."""

@@ -85,6 +85,8 @@ class NonFiniteEvent:
     layer: str | None = None
     batch: int | None = None
     step: int | None = None
+    # sharded models: the lowest rank whose piece of the gradient was NaN/Inf
+    rank: int | None = None
 
 
 @dataclass

@@ -5,6 +5,9 @@ step is complete they are concatenated and copied to the host in ONE transfer. O
 goes to pinned memory without waiting (an event says when it has landed), so the CPU keeps
 queueing the next steps' kernels; a step is read back once its copy has landed, at the latest when
 ``MAX_IN_FLIGHT`` steps are waiting or when anything reads the records.
+
+A sharded model's step first combines every rank's pieces (``sharded.py``): one collective,
+right before the transfer, so every rank sends the same numbers.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 from torch import Tensor
 
 from gradhealth.monitor.forward_tally import CallInfo
+from gradhealth.monitor.sharded import combine_ranks
 from gradhealth.tensor_norms import NORM_DTYPE
 
 __all__ = ["MAX_IN_FLIGHT", "PendingStep", "InFlight", "HostTransfer"]
@@ -44,6 +48,8 @@ class PendingStep:
     snapshot: list[Tensor] | None = None
     stepped: bool = False
     stepped_by: set[int] = field(default_factory=set)
+    # the pieces are this rank's shares of a sharded model's norms, to combine across ranks
+    sharded: bool = False
 
 
 @dataclass
@@ -63,6 +69,8 @@ class HostTransfer:
 
     def send(self, pending: PendingStep) -> None:
         """Start moving the step's pieces to the host, as one flat float64 vector."""
+        if pending.sharded:
+            pending.pieces = combine_ranks(pending.pieces)
         pieces = list(pending.pieces.values())
         if not pieces:
             self._in_flight.append(InFlight(pending, torch.zeros(0, dtype=NORM_DTYPE)))

@@ -4,6 +4,9 @@ Norms come from ``tensor_norms.fused_norms``, the kernels the monitor measures w
 float64 where float32 would overflow: the squares of exploding gradients (1e20 and beyond)
 overflow float32 while the gradients themselves are still finite, and a clipper that saw an
 infinite norm would zero every gradient.
+
+Sharded gradients (DTensor: FSDP2, tensor parallelism) are clipped by the global norm over all
+shards (``gradhealth.distributed``), never by a shard's own, and scaled in their local pieces.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from gradhealth.distributed import is_sharded, local_pieces, sharded_global_norm
 from gradhealth.errors import CheckpointError
 from gradhealth.tensor_norms import NORM_DTYPE, fused_norms
 
@@ -45,6 +49,8 @@ def grads_of(parameters: Parameters) -> tuple[list[Tensor], list[Tensor]]:
 
 def global_norm(tensors: list[Tensor]) -> Tensor:
     """The L2 norm of all tensors as one vector, in float64, on the first tensor's device."""
+    if is_sharded(tensors):
+        return sharded_global_norm(tensors)
     if not tensors:
         return torch.zeros((), dtype=NORM_DTYPE)
     return torch.linalg.vector_norm(fused_norms(tensors))
@@ -63,6 +69,8 @@ def scale_grads_(grads: list[Tensor], coef: Tensor) -> None:
 
     The multiplication runs even when ``coef`` is 1: asking first would cost a device-to-host sync.
     """
+    if is_sharded(grads):
+        grads = local_pieces(grads)[0]
     for (device, dtype), group in _by_device_and_dtype(grads).items():
         torch._foreach_mul_(group, coef.to(device=device, dtype=dtype))
 

@@ -10,8 +10,10 @@ by position ("the last two parameters" breaks as soon as a model registers its h
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from gradhealth.distributed import is_sharded, local_pieces
 from gradhealth.errors import ConfigError
 from gradhealth.remedies._clip_base import ClipResult, GradClipper, Parameters, grads_of
 from gradhealth.tensor_norms import NORM_DTYPE
@@ -94,16 +96,25 @@ class AdaptiveGradClipper(GradClipper):
         body = [i for i, p in enumerate(params) if id(p) not in head_ids]
         kept = [grads[i] for i, p in enumerate(params) if id(p) in head_ids]
         body_grads = [grads[i] for i in body]
+        body_weights = [params[i].detach() for i in body]
+        sharded = is_sharded(grads)
+        if sharded:
+            body_grads, body_weights, body_counted, kept, kept_counted = _local_units(body_grads, body_weights, kept)
 
         grad_units = unit_norms(body_grads)
-        weight_units = unit_norms([params[i].detach() for i in body])
+        weight_units = unit_norms(body_weights)
         sizes = [n.numel() for n in grad_units]
         gn = _flat(grad_units, device)
         max_norm = _flat(weight_units, device).clamp_min(self.eps).mul(self.value)
         kept_norms = torch._foreach_norm(kept, 2, dtype=NORM_DTYPE) if kept else []
-        kept_sq = _flat(list(kept_norms), device).square().sum()
+        kept_squares = _flat(list(kept_norms), device).square()
+        # a sharded unit that is a duplicate of another rank's counts once (see gradhealth.distributed)
+        weight = _flat([torch.full((s,), float(c), dtype=NORM_DTYPE) for s, c in zip(sizes, body_counted)],
+                       device) if sharded else 1.0
+        kept_sq = (kept_squares * _flat([torch.tensor([float(c)], dtype=NORM_DTYPE) for c in kept_counted],
+                                        device) if sharded else kept_squares).sum()
 
-        pre = (gn.square().sum() + kept_sq).sqrt()
+        pre = _summed((gn.square() * weight).sum() + kept_sq, sharded).sqrt()
         finite = torch.isfinite(pre)
         over = (gn > max_norm) & finite
         factor = torch.where(over, max_norm / gn.clamp_min(_GRAD_FLOOR), torch.ones_like(gn))
@@ -112,8 +123,33 @@ class AdaptiveGradClipper(GradClipper):
                    for g, f in zip(body_grads, torch.split(factor, sizes))]
         if body_grads:
             torch._foreach_mul_(body_grads, factors)
-        post = torch.where(finite, ((gn * factor).square().sum() + kept_sq).sqrt(), pre)
-        return ClipResult(pre, post, over.any())
+        post_sq, clipped = ((gn * factor).square() * weight).sum() + kept_sq, over.any().to(NORM_DTYPE)
+        if sharded:
+            post_sq, clipped = _summed(torch.stack([post_sq, clipped]), True).unbind()
+        post = torch.where(finite, post_sq.sqrt(), pre)
+        return ClipResult(pre, post, clipped > 0)
+
+
+def _local_units(grads: list[Tensor], weights: list[Tensor], kept: list[Tensor]):
+    """Sharded AGC: each rank clips the units (output rows) it holds, so a row must not be split."""
+    for g in grads:
+        if any(getattr(p, "dim", 0) != 0 for p in getattr(g, "placements", ()) if p.is_shard()):
+            raise ConfigError(
+                "agc clips whole output rows but a gradient here is sharded along another dim (tensor-parallel "
+                "row-wise sharding); use clip mode 'norm' or 'autoclip' for this model."
+            )
+    grads, counted = local_pieces(grads)
+    weights = local_pieces(weights)[0]
+    kept, kept_counted = local_pieces(kept)
+    return grads, weights, counted, kept, kept_counted
+
+
+def _summed(value: Tensor, sharded: bool) -> Tensor:
+    """``value`` summed over all ranks when the gradients are sharded (one all-reduce)."""
+    if sharded and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
 
 
 def _flat(norms: list[Tensor], device: torch.device) -> Tensor:

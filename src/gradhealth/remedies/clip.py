@@ -20,8 +20,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from gradhealth.distributed import is_sharded, local_pieces
 from gradhealth.errors import ConfigError, unknown_name
 from gradhealth.remedies._clip_base import ClipResult, GradClipper, Parameters, global_norm, grads_of, scale_grads_
 from gradhealth.remedies.agc import AdaptiveGradClipper, resolve_head
@@ -84,10 +86,15 @@ class ValueClipper(GradClipper):
         if not grads:
             return ClipResult(pre, pre.clone(), torch.zeros((), dtype=torch.bool))
         finite = torch.isfinite(pre)
-        largest = torch.stack([m.to(pre.device) for m in torch._foreach_norm(grads, math.inf, dtype=pre.dtype)]).max()
+        sharded = is_sharded(grads)
+        pieces = local_pieces(grads)[0] if sharded else grads
+        largest = torch.stack([m.to(pre.device) for m in torch._foreach_norm(pieces, math.inf, dtype=pre.dtype)]).max()
+        if sharded and dist.is_initialized():
+            # clipped on any rank is clipped: every rank reports the same flag
+            dist.all_reduce(largest, op=dist.ReduceOp.MAX)
         # an infinite bound leaves a non-finite step untouched without asking the device which case it is
         bound = torch.where(finite, torch.full_like(pre, self.value), torch.full_like(pre, math.inf))
-        for g in grads:
+        for g in pieces:
             b = bound.to(g.device, g.dtype)
             g.clamp_(min=-b, max=b)
         return ClipResult(pre, global_norm(grads), finite & (largest > self.value))

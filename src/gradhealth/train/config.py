@@ -62,6 +62,8 @@ class TrainConfig:
     out: str | None = None
     resume: str | None = None
     tensorboard: bool = False
+    # under torchrun: ddp (a full model per rank) or fsdp (FSDP2, sharded; train/strategy.py)
+    strategy: str = "ddp"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -87,6 +89,8 @@ class TrainConfig:
                 non_negative_number(name, getattr(self, name))
         if self.amp not in AMP_MODES:
             raise unknown_name("AMP mode", self.amp, AMP_MODES)
+        if self.strategy not in ("ddp", "fsdp"):
+            raise unknown_name("strategy", self.strategy, ("ddp", "fsdp"))
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise unknown_name("non-finite policy", self.on_nonfinite, NONFINITE_POLICIES)
         if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(self.device)):

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from gradhealth.distributed import own_pieces
 from gradhealth.errors import ConfigError, Interrupted, NonFiniteError
 from gradhealth.io import write_json_atomic
 from gradhealth.monitor.monitor import GradientMonitor
@@ -50,6 +51,13 @@ from gradhealth.train.config import TrainConfig
 from gradhealth.train.data import DataBundle, EpochShuffleSampler, first_examples, load_data
 from gradhealth.train.distributed import DistInfo, agree_any, init_distributed, shutdown_distributed
 from gradhealth.train.outputs import call_rule, check_logits, correct, cross_entropy, loss_description, read_output
+from gradhealth.train.sharded_checkpoint import (
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    restore_rest,
+    save_sharded_checkpoint,
+)
+from gradhealth.train.strategy import no_gradient_sync, spread_model
 from gradhealth.train.progress import Progress
 from gradhealth.train.setup import autocast_dtype, build_model, input_mismatch, pick_device
 
@@ -109,10 +117,9 @@ class _Run:
         self.model = model.to(self.device)
         self.call = call_rule(self.model, self.data.task)
         self.own_loss = False
-        self.net: nn.Module = self.model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.net: nn.Module = spread_model(self.model, config.strategy, self.dist, self.device)
+        # FSDP2: every rank writes its shards of each checkpoint
+        self.sharded = self.dist.enabled and config.strategy == "fsdp"
         self.optimizer = create_optimizer(config.optimizer, self.model, config.lr, momentum=config.optimizer_momentum(),
                                           nesterov=config.nesterov, weight_decay=config.weight_decay,
                                           l2_mode=config.l2_mode)
@@ -125,6 +132,7 @@ class _Run:
         self.scaler = torch.amp.GradScaler(self.device.type) if config.amp == "fp16" else None
         self.out = Path(config.out) if config.out else None
         self.writes = self.out is not None and self.dist.is_main
+        self.saves = self.out is not None and (self.dist.is_main or self.sharded)
         self.step, self.epoch, self.position, self.batch_index = 0, 0, 0, -1
         self.best_val = math.inf
         self.consecutive_skips = 0
@@ -172,18 +180,28 @@ class _Run:
 
     _monitor_state: dict[str, Any] | None = None
 
-    def _resume(self, path: str) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
-        # the settings first: a model sized by them (seq_len, data) would otherwise fail as "another model"
-        saved = ckpt.get("config") or {}
+    def _check_resume_settings(self, path: str, saved: dict[str, Any]) -> None:
         now = self.config.to_json()
         changed = [key for key in RESUME_MUST_MATCH if key in saved and saved[key] != now.get(key)]
         if changed:
             key = changed[0]
             raise ConfigError(f"the checkpoint {path} was trained with {key}={saved[key]!r}, and this run asks for "
                               f"{key}={now.get(key)!r}; a resumed run continues the same run: give the same {key}.")
-        info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                  scaler=self.scaler, clipper=self.clipper)
+
+    def _resume(self, path: str) -> None:
+        if self.sharded or is_sharded_checkpoint(path):
+            if not self.sharded:
+                raise ConfigError(f"{path} is a sharded checkpoint; resume it under torchrun with --strategy fsdp "
+                                  "and the number of processes that wrote it.")
+            own = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer, info=self.dist)
+            self._check_resume_settings(path, own.get("config") or {})
+            info = restore_rest(own, scheduler=self.scheduler, scaler=self.scaler, clipper=self.clipper)
+        else:
+            ckpt = load_checkpoint(path, map_location=self.device)
+            # the settings first: a model sized by them (seq_len, data) would otherwise fail as "another model"
+            self._check_resume_settings(path, ckpt.get("config") or {})
+            info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                      scaler=self.scaler, clipper=self.clipper)
         extra = info.get("extra") or {}
         self.step = int(info["step"])
         if self.step >= self.total_steps:
@@ -275,7 +293,7 @@ class _Run:
                         self.stopped = "interrupted"
                         break
                     self._one_step(batches)
-                if self.writes:
+                if self.saves:
                     self._save("last.pt")
             finally:
                 self.progress.close()
@@ -285,7 +303,8 @@ class _Run:
             raise NonFiniteError(self.stop_reason + ".")
         if self.stopped == "interrupted":
             raise Interrupted(f"interrupted at step {self.step}; checkpoint written"
-                              + (f" to {self.out / 'checkpoints' / 'last.pt'}." if self.writes else "."))
+                              + (f" to {self.out / 'checkpoints' / ('last.dcp' if self.sharded else 'last.pt')}."
+                                 if self.writes else "."))
         return result
 
     def _one_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
@@ -330,7 +349,7 @@ class _Run:
         for micro in range(c.accumulate):
             x, y = next(batches)
             # DDP: all-reduce the gradients once, on the last micro-batch
-            sync = contextlib.nullcontext() if not self.dist.enabled or micro == c.accumulate - 1 else self.net.no_sync()
+            sync = contextlib.nullcontext() if micro == c.accumulate - 1 else no_gradient_sync(self.net, self.dist)
             with sync:
                 total, loss, hits = self._loss(x, y)
                 scaled = total / c.accumulate
@@ -351,7 +370,8 @@ class _Run:
             # under fp16 an inf gradient is GradScaler's business: it skips the step and lowers the scale
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if grads:
-                finite = finite & all_finite(grads)
+                # each rank checks its own shards; agree_any spreads a NaN on any rank to all
+                finite = finite & all_finite(own_pieces(grads))
         return agree_any(~finite, self.dist, self.device)
 
     def _capture_first_nonfinite(self, x: Tensor, y: Tensor) -> None:
@@ -363,8 +383,9 @@ class _Run:
     def _clip(self) -> None:
         if self.clipper.mode != "none":
             # with no clipping the gradients after it are those the monitor has just measured
-            self.clipper(self.model.parameters())
-            self.monitor.after_clip()
+            result = self.clipper(self.model.parameters())
+            # per step: whether clipping fired (the coefficient is post / pre of the record's norms)
+            self.monitor.after_clip(metrics={"clipped": result.clipped})
 
     def _optimizer_step(self) -> bool:
         """The optimizer step; False when GradScaler skipped it (it lowered the scale on inf/NaN)."""
@@ -379,10 +400,10 @@ class _Run:
     def _after_step(self, record: StepRecord | None) -> None:
         if record is not None:
             self.progress.update(self.step, record.loss, record.global_grad_norm, record.lr)
-        if self.writes and self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
+        if self.saves and self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
             self._save("last.pt")
         val = self.last_val.get("val_loss")
-        if self.writes and val is not None and val < self.best_val:
+        if self.saves and val is not None and val < self.best_val:
             self.best_val = val
             self._save("best.pt")
 
@@ -403,7 +424,7 @@ class _Run:
             return
         self.stopped = "nonfinite"
         self.stop_reason = f"training produced NaN/Inf at step {self.step}: {where}"
-        if self.writes:
+        if self.saves:
             self._save("last.pt")
 
     # ---- files -------------------------------------------------------------------------------
@@ -411,6 +432,13 @@ class _Run:
     def _save(self, name: str) -> None:
         extra = {"epoch": self.epoch, "position": self.position, "batch_index": self.batch_index,
                  "best_val": self.best_val}
+        if self.sharded:
+            state = {"scheduler": self.scheduler.state_dict(), "scaler": _state_of(self.scaler),
+                     "clipper": self.clipper.state_dict(), "monitor": self.monitor.state_dict(), "step": self.step,
+                     "epoch": self.epoch, "config": self.config.to_json(), "extra": extra}
+            save_sharded_checkpoint(self.out / "checkpoints" / name.replace(".pt", ".dcp"), model=self.model,
+                                    optimizer=self.optimizer, state=state, info=self.dist)
+            return
         state = build_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                  scaler=self.scaler, clipper=self.clipper, monitor_state=self.monitor.state_dict(),
                                  step=self.step, epoch=self.epoch, config=self.config.to_json(), extra=extra)
@@ -462,6 +490,10 @@ class _Run:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _state_of(obj: Any) -> Any:
+    return obj.state_dict() if obj is not None else None
 
 
 def _describe(event: NonFiniteEvent) -> str:
