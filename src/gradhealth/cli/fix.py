@@ -8,6 +8,8 @@ from pathlib import Path
 
 from gradhealth.cli.checks import given_or, writable_folder
 from gradhealth.cli.defaults import TRAIN_DEFAULTS
+from gradhealth.cli.outputs import claim_folder
+from gradhealth.cli.userio import user_output_to_stderr
 from gradhealth.errors import ConfigError
 from gradhealth.io import write_json_atomic
 from gradhealth.validate import positive_int
@@ -32,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", type=Path, help="folder for trials.json and report.html")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs OUT already holds")
     p.set_defaults(run=run)
 
 
@@ -44,11 +47,13 @@ def run(args: argparse.Namespace) -> int:
         positive_int("--workers", args.workers)
     if args.out is not None:
         writable_folder(args.out)
+        claim_folder(args.out, overwrite=args.overwrite)
     config = TrainConfig(model=given_or(args.model, DEFAULT_MODEL), data=given_or(args.data, DEFAULT_DATA),
                          steps=given_or(args.steps, DEFAULT_STEPS), lr=args.lr, optimizer=args.optimizer,
                          batch_size=args.batch_size, init=args.init, seed=args.seed, on_nonfinite="stop",
                          clip_head=args.clip_head)
-    trials = plan_trials(config)
+    with user_output_to_stderr():
+        trials = plan_trials(config)
     if args.only:
         wanted = {k.strip() for k in args.only.split(",") if k.strip()}
         if not wanted:
@@ -59,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                               f"{', '.join(t.key for t in trials)}.")
         trials = [t for t in trials if t.key in wanted or t.key == "baseline"]
     config.validate()
-    results = [r.to_json() for r in run_trials(config, trials, workers=args.workers)]
+    with user_output_to_stderr():  # the model file's prints must not break --json
+        results = [r.to_json() for r in run_trials(config, trials, workers=args.workers)]
     baseline = next((r for r in results if r["trial"]["key"] == "baseline"), None)
     if baseline is not None and baseline.get("error"):
         # without the run every remedy is compared with, nothing can be ranked

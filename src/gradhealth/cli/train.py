@@ -11,6 +11,8 @@ from dataclasses import fields
 
 from gradhealth.cli.checks import agc_head, writable_folder
 from gradhealth.cli.defaults import DEFAULT_STEPS, TRAIN_DEFAULTS
+from gradhealth.cli.outputs import RUN_OUTPUTS, claim_folder
+from gradhealth.cli.userio import user_output_to_stderr
 from gradhealth.errors import ConfigError, GradHealthError
 
 CLIP_MODES = ("none", "norm", "value", "agc", "autoclip")
@@ -81,13 +83,17 @@ def run(args: argparse.Namespace) -> int:
     from gradhealth.train.loop import fit
 
     config = config_from_args(args)
+    writable_folder(config.out)
     out = Path(config.out)
     if config.resume is None and not args.overwrite and any(
             (out / name).exists() for name in ("metrics.jsonl", "checkpoints/last.pt", "summary.json")):
         raise ConfigError(f"{out}/ already holds a run: continue it with --resume {out}/checkpoints/last.pt, "
                           "pass another --out, or --overwrite to replace it.")
-    writable_folder(out)
-    result = fit(config)
+    # a resumed run continues the run in its folder; a new one refuses any other command's outputs
+    claim_folder(out, overwrite=args.overwrite, keeps=[] if config.resume is None else
+                 [out / name for name in RUN_OUTPUTS])
+    with user_output_to_stderr():  # stdout carries the JSON summary alone
+        result = fit(config)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes and speaks
         return 0
     if result.stopped == "nonfinite":
