@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from gradhealth.errors import CheckpointError
-from gradhealth.io import atomic_write, temp_prefix
+from gradhealth.io import atomic_write, signals_deferred, temp_prefix
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_checkpoint", "restore_checkpoint",
            "capture_rng_state", "restore_rng_state", "unwrap_model"]
@@ -37,7 +37,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *, verify: b
     ``verify`` first reads the bytes back as ``load_checkpoint`` will (weights only), so a state that
     could not be resumed from is refused at once, naming its entry, and nothing is written.
     """
-    path = Path(path)
+    # a second Ctrl-C waits for the checkpoint being written, the read-back check included
+    with signals_deferred():
+        return _save(Path(path), state, verify)
+
+
+def _save(path: Path, state: dict[str, Any], verify: bool) -> Path:
     folder = path.parent
     if verify:
         data = io.BytesIO()

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from gradhealth.errors import CheckpointError, ConfigError, GradHealthError, Interrupted, NonFiniteError
-from gradhealth.io import write_json_atomic
+from gradhealth.io import signals_deferred, write_json_atomic
 from gradhealth.monitor.monitor import GradientMonitor
 from gradhealth.monitor.records import NonFiniteEvent, RunMeta, StepRecord, read_jsonl, write_jsonl
 from gradhealth.monitor.sinks import TensorBoardSink
@@ -424,6 +424,10 @@ class _Run:
     # ---- files -------------------------------------------------------------------------------
 
     def _save(self, name: str) -> None:
+        with signals_deferred():  # a signal now is answered once this checkpoint is whole
+            self._write_checkpoint(name)
+
+    def _write_checkpoint(self, name: str) -> None:
         extra = {"epoch": self.epoch, "position": self.position, "batch_index": self.batch_index,
                  "best_val": self.best_val}
         state = build_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -481,7 +485,9 @@ class _Run:
 
         def request_stop(signum: int, frame: Any) -> None:
             if self._interrupted:  # a second Ctrl-C: the user means it
-                raise KeyboardInterrupt
+                stop = KeyboardInterrupt()
+                stop.signame = signal.Signals(signum).name  # for the command line's sentence
+                raise stop
             self._interrupted = True
 
         previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
