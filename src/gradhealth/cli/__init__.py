@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from gradhealth import __version__
 from gradhealth.errors import GradHealthError
-from gradhealth.runlock import release_all
+from gradhealth.runlock import release_all as _release_all
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     finally:
-        release_all()
+        _release_all()
         if threading.current_thread() is threading.main_thread():
             for sig, handler in previous.items():
                 if handler is not None:

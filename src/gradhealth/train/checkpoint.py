@@ -63,8 +63,8 @@ def _save(path: Path, state: dict[str, Any], verify: bool) -> Path:
                 torch.save(state, handle)
     except (OSError, RuntimeError) as err:
         if _disk_full(err):
-            raise CheckpointError(f"the disk holding {str(path)!r} is full; the previous checkpoint there is "
-                                  "unchanged.", disk_full=True) from None
+            raise CheckpointError(f"the disk holding {str(path)!r} is full; the previous one is unchanged.",
+                                  disk_full=True) from None
         if isinstance(err, RuntimeError):
             raise
         if not opened:  # the temp file could not even be created
