@@ -261,6 +261,13 @@ def test_json_output_stays_json_when_the_model_file_prints(model_file, tmp_path,
     assert json.loads(capsys.readouterr().out)["steps"] == 2
 
 
+def test_fix_json_stays_json_when_the_model_prints_in_its_workers(model_file, capfd):
+    assert main(["fix", f"{model_file}:noisy", *FAST, "--steps", "2", "--only", "lower_lr", "--workers", "2",
+                 "--json"]) == 0
+    out, err = capfd.readouterr()  # the workers write to the file descriptors, not to sys.stdout
+    assert [t["trial"]["key"] for t in json.loads(out)["trials"]] and "printed by the factory" in err
+
+
 # ---- user mistakes, not internal errors -------------------------------------------------------
 
 @pytest.mark.parametrize("more, message", [
