@@ -185,7 +185,8 @@ def test_a_full_disk_under_torch_save_keeps_the_last_good_checkpoint(tmp_path, c
     monkeypatch.setattr(checkpoint_module.torch, "save", save)
     assert main(_train(out, "--steps", "6", "--checkpoint-every", "2")) == 1
     err = _error(capsys)
-    assert f"the disk holding {out / 'checkpoints' / 'last.pt'} is full; the last good checkpoint (step 2) is kept" in err
+    last = out / "checkpoints" / "last.pt"
+    assert f"the disk holding {last} is full; the last good checkpoint (step 2) is kept" in err
     monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 2
 

@@ -255,7 +255,7 @@ class _Run:
         """A forward pass that raised its own exception: the model's, with its message and the step."""
         message = (str(exc).strip().splitlines() or [""])[0]
         return GradHealthError(f"the model {self._model_name()} raised {type(exc).__name__} in its forward pass at "
-                               f"step {self.step}: {message.rstrip('.')}; the error is in the model's own code.")
+                               f"step {self.step}: {message.rstrip('.') or 'no message'}.")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -444,7 +444,7 @@ class _Run:
         self.saved_steps[name] = self.step
 
     def _disk_full(self, path: Any) -> CheckpointError:
-        where = path if path is not None else self.out
+        where = path or self.out or "this run's files"
         kept = self.saved_steps.get("last.pt")
         last = (f"the last good checkpoint (step {kept}) is kept" if kept is not None
                 else "no checkpoint of this run was written yet")
