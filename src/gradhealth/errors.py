@@ -35,7 +35,12 @@ class DataError(GradHealthError):
 
 
 class CheckpointError(GradHealthError):
-    """A checkpoint is missing, corrupt, truncated or for another architecture."""
+    """A checkpoint is missing, corrupt, truncated or for another architecture, or cannot be written
+    (``disk_full``: the disk ran out of space, the previous checkpoint is kept)."""
+
+    def __init__(self, message: str, *, disk_full: bool = False):
+        super().__init__(message)
+        self.disk_full = disk_full
 
 
 class RecordError(GradHealthError):

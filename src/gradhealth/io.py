@@ -10,12 +10,14 @@ import contextlib
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "strict_json", "temp_prefix"]
+__all__ = ["atomic_write", "signals_deferred", "write_text_atomic", "write_json_atomic", "strict_json", "temp_prefix"]
 
 
 def temp_prefix(path: Path) -> str:
@@ -34,6 +36,39 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, newline: str | Non
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    with signals_deferred():
+        with _atomic_write(target, mode, newline=newline, durable=durable) as handle:
+            yield handle
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM arriving inside the block are answered when it ends, so a second Ctrl-C
+    cannot cut a checkpoint in half; the signal then reaches whatever handler was there before."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    # a handler installed outside Python (getsignal gives None) cannot be put back, so it is left alone
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: handler for sig, handler in previous.items() if handler is not None}
+    for sig in previous:
+        signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
+
+
+@contextlib.contextmanager
+def _atomic_write(target: Path, mode: str, *, newline: str | None, durable: bool) -> Iterator[IO[Any]]:
     # a replaced file keeps its mode; a new one gets what open() would give it (mkstemp's is private)
     file_mode = target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=temp_prefix(target), suffix=".tmp")

@@ -21,6 +21,7 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -195,6 +196,12 @@ def _run_one(config: TrainConfig, trial: Trial) -> TrialResult:
                        time.perf_counter() - started, loss_steps=[s for s, _ in curve], losses=[v for _, v in curve])
 
 
+def _user_output_to_stderr() -> None:
+    # a worker's results travel back pickled; what a model file prints there must not reach the
+    # caller's stdout (``gradhealth fix --json`` prints JSON alone)
+    sys.stdout = sys.stderr
+
+
 def run_trials(config: TrainConfig, trials: Sequence[Trial] | None = None, *, workers: int | None = None) -> list[TrialResult]:
     """Run the trials (the baseline included), best first; ``workers`` processes side by side."""
     trials = list(trials) if trials is not None else plan_trials(config)
@@ -207,7 +214,8 @@ def run_trials(config: TrainConfig, trials: Sequence[Trial] | None = None, *, wo
     else:
         # spawn: a fresh interpreter per worker, never a fork of a process that holds torch threads
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
+                                                    initializer=_user_output_to_stderr) as pool:
             results = list(pool.map(_run_one, [config] * len(trials), trials))
     baseline = next(r for r in results if r.trial == BASELINE)
     for r in results:

@@ -12,13 +12,20 @@ __all__ = ["writable_folder", "writable_file", "given_or", "agc_head"]
 
 def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     """``path`` as a folder that exists (created if need be) and can be written to."""
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; pass a folder name.")
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
+    try:
+        is_file = folder.exists() and not folder.is_dir()
+    except OSError as exc:  # a name longer than the file system allows, a loop of links, ...
+        raise ConfigError(f"{flag} {_shown(folder)} cannot be used as a folder ({exc.strerror or exc}); "
+                          "pass another folder.") from None
+    if is_file:
         raise ConfigError(f"{flag} {str(folder)!r} is a file, not a folder; pass a folder.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the folder {str(folder)!r} for {flag} ({exc.strerror or exc}); "
+        raise ConfigError(f"cannot create the folder {_shown(folder)} for {flag} ({exc.strerror or exc}); "
                           "pass a writable folder.") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(f"the folder {str(folder)!r} of {flag} is not writable; pass a writable folder.")
@@ -27,11 +34,24 @@ def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
 
 def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
     """``path`` as a file whose folder exists (created if need be) and can be written to."""
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; pass a file name.")
     target = Path(path)
-    if target.is_dir():
+    try:
+        is_dir = target.is_dir()
+    except OSError as exc:
+        raise ConfigError(f"{flag} {_shown(target)} cannot be used as a file ({exc.strerror or exc}); "
+                          "pass another path.") from None
+    if is_dir:
         raise ConfigError(f"{flag} {str(target)!r} is a folder; pass a file name.")
     writable_folder(target.parent if str(target.parent) else ".", flag=f"the folder of {flag}")
     return target
+
+
+def _shown(path: Path) -> str:
+    """The path for a sentence: a name of hundreds of characters is cut to its start."""
+    text = str(path)
+    return repr(text) if len(text) <= 80 else repr(text[:60]) + f"… ({len(text)} characters)"
 
 
 def given_or(value, default):

@@ -15,12 +15,16 @@ from pathlib import Path
 from gradhealth.diagnose.findings import FINDING_KINDS
 from gradhealth.cli.checks import agc_head, given_or, writable_folder
 from gradhealth.cli.defaults import TRAIN_DEFAULTS
+from gradhealth.cli.outputs import claim_folder, refuse_input_as_output
 from gradhealth.errors import ConfigError
 from gradhealth.io import write_json_atomic
 
 EXIT_FOUND = 3
 # not a finding kind: the verdict when too little of the model was measured to call it healthy
 INCONCLUSIVE = "inconclusive"
+
+# the files of a training run, beside which --from-log may write the run's diagnosis
+RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt", "tensorboard")
 
 # How a MODEL is run (option -> default): the parser's defaults, and what --from-log must leave alone
 # (data and steps default to None: a MODEL run falls back on checkup's own defaults)
@@ -51,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=RUN_DEFAULTS["seed"])
     p.add_argument("--json", action="store_true", help="print the diagnosis as JSON")
     p.add_argument("--out", type=Path, help="folder for findings.json and report.html (and the run's files)")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs OUT already holds")
     p.add_argument("--fail-on", default="", help="comma-separated finding kinds that make the exit status 3; "
                                                    "'inconclusive' also fails a run the diagnosis could not see whole")
     p.set_defaults(run=run)
@@ -67,8 +72,6 @@ def _fail_kinds(text: str) -> set[str]:
 
 def run(args: argparse.Namespace) -> int:
     fail_on = _fail_kinds(args.fail_on)
-    if args.out is not None:
-        writable_folder(args.out)
     if args.from_log is not None:
         if args.model:
             raise ConfigError("give either a MODEL to run or --from-log, not both.")
@@ -76,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         if ignored:
             flag = "--" + ignored[0].replace("_", "-")
             raise ConfigError(f"{flag} sets how a MODEL is run and does nothing with --from-log; drop it.")
+    if args.out is not None:
+        _claim_out(args)
+    if args.from_log is not None:
         from gradhealth.diagnose.rules import diagnose_log
         from gradhealth.monitor.records import read_jsonl
 
@@ -114,6 +120,18 @@ def run(args: argparse.Namespace) -> int:
     if INCONCLUSIVE in fail_on and diagnosis.verdict == INCONCLUSIVE:
         found.add(INCONCLUSIVE)
     return EXIT_FOUND if found else 0
+
+
+def _claim_out(args: argparse.Namespace) -> None:
+    writable_folder(args.out)
+    keeps = []
+    if args.from_log is not None:
+        refuse_input_as_output([args.out / "findings.json", args.out / "report.html"], [args.from_log])
+        keeps = [args.from_log]
+        if args.from_log.parent.resolve() == args.out.resolve():
+            # the diagnosis of a run may go beside it, in the run's own folder
+            keeps += [args.out / name for name in RUN_FILES]
+    claim_folder(args.out, overwrite=args.overwrite, keeps=keeps)
 
 
 def write_outputs(out: Path, log, diagnosis) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gradhealth.cli.checks import given_or, writable_folder
 from gradhealth.cli.defaults import TRAIN_DEFAULTS
+from gradhealth.cli.outputs import claim_folder
 from gradhealth.errors import ConfigError
 from gradhealth.io import write_json_atomic
 from gradhealth.validate import positive_int
@@ -33,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", type=Path, help="folder for trials.json and report.html")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs OUT already holds")
     p.set_defaults(run=run)
 
 
@@ -45,12 +47,16 @@ def run(args: argparse.Namespace) -> int:
         positive_int("--workers", args.workers)
     if args.out is not None:
         writable_folder(args.out)
+        claim_folder(args.out, overwrite=args.overwrite)
     config = TrainConfig(model=given_or(args.model, DEFAULT_MODEL), data=given_or(args.data, DEFAULT_DATA),
                          steps=given_or(args.steps, DEFAULT_STEPS), lr=args.lr, optimizer=args.optimizer,
                          batch_size=args.batch_size, seq_len=args.seq_len, init=args.init, seed=args.seed,
                          on_nonfinite="stop",
                          clip_head=args.clip_head)
-    trials = plan_trials(config)
+    from gradhealth.models.spec import user_code
+
+    with user_code():
+        trials = plan_trials(config)
     if args.only:
         wanted = {k.strip() for k in args.only.split(",") if k.strip()}
         if not wanted:
@@ -61,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
                               f"{', '.join(t.key for t in trials)}.")
         trials = [t for t in trials if t.key in wanted or t.key == "baseline"]
     config.validate()
-    from gradhealth.models.spec import user_code
-
     with user_code():  # a user's model may print: stdout carries only the ranking
         results = [r.to_json() for r in run_trials(config, trials, workers=args.workers)]
     baseline = next((r for r in results if r["trial"]["key"] == "baseline"), None)

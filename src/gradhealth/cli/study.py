@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from gradhealth.cli.checks import writable_folder
+from gradhealth.cli.outputs import claim_folder
 from gradhealth.errors import ConfigError
 from gradhealth.validate import positive_int
 
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "cifar10:DIR ...); with cifar10 the full residual study runs He et al.'s recipe")
     p.add_argument("--seeds", type=int, metavar="K", help="seeds per configuration (default: 1, full size 3)")
     p.add_argument("--gallery", type=Path, metavar="DIR", help="also write each study's key figure to DIR/NAME.svg")
+    p.add_argument("--overwrite", action="store_true", help="replace the results DIR already holds")
     p.set_defaults(run=run, size=None)
 
 
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     writable_folder(out)
     if args.gallery is not None:
         writable_folder(args.gallery, flag="--gallery")
+    claim_folder(out, overwrite=args.overwrite)
     started = time.perf_counter()
 
     def announce(name: str) -> None:

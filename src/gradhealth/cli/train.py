@@ -11,6 +11,7 @@ from dataclasses import fields
 
 from gradhealth.cli.checks import agc_head, writable_folder
 from gradhealth.cli.defaults import DEFAULT_STEPS, TRAIN_DEFAULTS
+from gradhealth.cli.outputs import RUN_OUTPUTS, claim_folder
 from gradhealth.errors import ConfigError, GradHealthError
 
 CLIP_MODES = ("none", "norm", "value", "agc", "autoclip")
@@ -85,12 +86,15 @@ def run(args: argparse.Namespace) -> int:
     from gradhealth.train.loop import fit
 
     config = config_from_args(args)
+    writable_folder(config.out)
     out = Path(config.out)
     if config.resume is None and not args.overwrite and any(
             (out / name).exists() for name in ("metrics.jsonl", "checkpoints/last.pt", "summary.json")):
         raise ConfigError(f"{out}/ already holds a run: continue it with --resume {out}/checkpoints/last.pt, "
                           "pass another --out, or --overwrite to replace it.")
-    writable_folder(out)
+    # a resumed run continues the run in its folder; a new one refuses any other command's outputs
+    claim_folder(out, overwrite=args.overwrite, keeps=[] if config.resume is None else
+                 [out / name for name in RUN_OUTPUTS])
     from gradhealth.models.spec import user_code
 
     # a user's model or loader may print while it is built or run: stdout carries only the summary

@@ -51,6 +51,30 @@ def _first_tensor(value: Any) -> Tensor | None:
     return None
 
 
+class _InertHook:
+    """What a monitor hook becomes in a pickled model: it does nothing."""
+
+    def __call__(self, *args: Any) -> None:
+        return None
+
+
+class _Hook:
+    """A monitor hook on a module. It pickles as an inert hook, so ``pickle.dumps(model)`` and
+    ``torch.save(model)`` work with a monitor attached, and the copy comes back unmonitored
+    (the monitor's own state, weak references and device buffers, is not the model's to carry)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return (_InertHook, ())
+
+
 class MonitorHooks:
     """Counts steps and batches, decides which are measured, and holds the hooks that measure them.
 
@@ -107,7 +131,7 @@ class MonitorHooks:
     def attach(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer],
                on_optimizer_step: OptimizerHook) -> None:
         """Hook the model's forward pass and every optimizer's step (``self.layout`` set first)."""
-        self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
+        self._handles.append(model.register_forward_pre_hook(_Hook(self._on_root_forward)))
         for opt in optimizers:
             self._handles.append(opt.register_step_post_hook(on_optimizer_step))
         if not self.residual:
@@ -248,14 +272,14 @@ class MonitorHooks:
         if self.measure_activations:
             # PReLU owns parameters, so it is among the layers already
             modules += [(n, m) for n, m, _ in self.layout.activations if n not in self.layout.layer_names]
-        self._layer_handles = [m.register_forward_hook(self._make_layer_hook(n, m, names_of.get(id(m), [n])))
+        self._layer_handles = [m.register_forward_hook(_Hook(self._make_layer_hook(n, m, names_of.get(id(m), [n]))))
                                for n, m in modules]
-        self._layer_handles += [m.register_forward_pre_hook(self._make_probe_hook(n))
+        self._layer_handles += [m.register_forward_pre_hook(_Hook(self._make_probe_hook(n)))
                                 for n, m in self.layout.recurrent]
         if self.forward_order is None:
             # a module that owns parameters and has children (the model itself, attention) runs
             # before its children, though its forward hook fires after theirs: a pre-hook says when
-            self._layer_handles += [m.register_forward_pre_hook(self._make_order_hook(names_of.get(id(m), [n])))
+            self._layer_handles += [m.register_forward_pre_hook(_Hook(self._make_order_hook(names_of.get(id(m), [n]))))
                                     for n, m in modules if next(m.children(), None) is not None]
 
     def _make_probe_hook(self, name: str):

@@ -46,6 +46,7 @@ from gradhealth.monitor.measure import LayerMeasures, scalar_piece
 from gradhealth.monitor.records import BlockInfo, NonFiniteEvent, RunMeta, StepRecord
 from gradhealth.monitor.structure import ModelLayout, layout_of
 from gradhealth.monitor.transfer import HostTransfer, PendingStep
+from gradhealth.runlock import RunLock, lock_file
 
 __all__ = ["GradientMonitor"]
 
@@ -111,6 +112,9 @@ class GradientMonitor:
         self._assembly = RecordAssembly(history=history, jsonl=jsonl, append=append, sinks=sinks,
                                         meta=lambda: self.meta)
         self._pending: PendingStep | None = None
+        # one writer per log: a second monitor on the same jsonl path is refused at attach
+        self._jsonl = jsonl
+        self._jsonl_lock: RunLock | None = None
 
     # the schedule's settings, kept by the hooks that follow it
 
@@ -144,6 +148,8 @@ class GradientMonitor:
         """Register the hooks (idempotent)."""
         if self._hooks.attached:
             return self
+        if self._jsonl is not None and self._jsonl_lock is None:
+            self._jsonl_lock = lock_file(self._jsonl)
         model = self._hooks.live_model()
         self._use_layout(layout_of(model))
         self._hooks.before_forward = self._check_unfinished_step
@@ -182,6 +188,9 @@ class GradientMonitor:
         self._hooks.detach()
         self._use_layout(ModelLayout())
         self._assembly.close()
+        if self._jsonl_lock is not None:
+            self._jsonl_lock, lock = None, self._jsonl_lock
+            lock.release()
 
     close = detach
 

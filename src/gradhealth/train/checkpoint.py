@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import os
 import random
 import re
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from gradhealth.errors import CheckpointError
-from gradhealth.io import atomic_write, temp_prefix
+from gradhealth.io import atomic_write, signals_deferred, temp_prefix
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_checkpoint", "restore_checkpoint",
            "capture_rng_state", "restore_rng_state", "unwrap_model"]
@@ -29,10 +31,23 @@ __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "build_checkpoint", "
 FORMAT = {"name": "gradhealth", "version": 1}
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically; on any failure the previous file is left as it was."""
-    path = Path(path)
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *, verify: bool = False) -> Path:
+    """Write ``state`` to ``path`` atomically; on any failure the previous file is left as it was.
+
+    ``verify`` first reads the bytes back as ``load_checkpoint`` will (weights only), so a state that
+    could not be resumed from is refused at once, naming its entry, and nothing is written.
+    """
+    # a second Ctrl-C waits for the checkpoint being written, the read-back check included
+    with signals_deferred():
+        return _save(Path(path), state, verify)
+
+
+def _save(path: Path, state: dict[str, Any], verify: bool) -> Path:
     folder = path.parent
+    if verify:
+        data = io.BytesIO()
+        torch.save(state, data)
+        _check_loadable(state, data.getvalue())
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
@@ -42,13 +57,68 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     try:
         with atomic_write(path, "wb", durable=True) as handle:
             opened = True
-            torch.save(state, handle)
-    except OSError as err:
+            if verify:
+                handle.write(data.getbuffer())
+            else:
+                torch.save(state, handle)
+    except (OSError, RuntimeError) as err:
+        if _disk_full(err):
+            raise CheckpointError(f"the disk holding {str(path)!r} is full; the previous one is unchanged.",
+                                  disk_full=True) from None
+        if isinstance(err, RuntimeError):
+            raise
         if not opened:  # the temp file could not even be created
             raise _unwritable(folder, err) from None
         raise CheckpointError(f"writing checkpoint {str(path)!r} failed ({err}); "
                               "the previous one is unchanged.") from None
     return path
+
+
+def _disk_full(err: BaseException) -> bool:
+    """ENOSPC as an OSError, or as torch.save's zip writer reports it (a RuntimeError about its
+    write position, raised from inline_container.cc)."""
+    if isinstance(err, OSError):
+        return err.errno == errno.ENOSPC
+    text = str(err)
+    return "unexpected pos" in text or "inline_container.cc" in text or "No space left on device" in text
+
+
+def _check_loadable(state: dict[str, Any], data: bytes) -> None:
+    """Raise a CheckpointError naming the first entry a weights-only load refuses."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return
+    except Exception as err:  # noqa: BLE001 - any refusal is the answer; which entry is found below
+        reason = _short_reason(err)
+    entry = next((name for name, value in _entries(state) if not _loads_alone(value)), "an entry")
+    raise CheckpointError(f"the checkpoint's {entry} cannot be read back by the weights-only load that --resume "
+                          f"uses ({reason}); keep only tensors and plain data in the model's state_dict "
+                          "(e.g. what get_extra_state returns).")
+
+
+def _entries(state: dict[str, Any], prefix: str = ""):
+    """(dotted name, value) of every leaf of the state, the model's entries first."""
+    keys = sorted(state, key=lambda k: k != "model") if not prefix else list(state)
+    for key in keys:
+        value, name = state[key], f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _entries(value, f"{name}.")
+        else:
+            yield (f"entry {name!r}", value)
+
+
+def _loads_alone(value: Any) -> bool:
+    data = io.BytesIO()
+    try:
+        torch.save(value, data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(io.BytesIO(data.getvalue()), map_location="cpu", weights_only=True)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _unwritable(folder: Path, err: OSError) -> CheckpointError:
@@ -96,7 +166,33 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> di
     if not isinstance(version, int) or version > FORMAT["version"]:
         raise CheckpointError(f"checkpoint {where} has format version {version!r}, newer than the {FORMAT['version']} "
                               "this gradhealth reads; upgrade gradhealth to load it.")
+    problem = _field_problem(ckpt)
+    if problem:
+        raise CheckpointError(f"checkpoint {where} is corrupt: {problem}; use an earlier checkpoint.")
     return ckpt
+
+
+# the fields a resume reads, with the types gradhealth writes them as (None: not saved)
+_MAPPINGS = ("model", "optimizer", "scheduler", "scaler", "clipper", "monitor", "config", "extra", "rng")
+
+
+def _field_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with the checkpoint's fields, if anything (a forged or damaged file)."""
+    step = ckpt.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        return f"its step is {step!r}, not a whole number"
+    if step < 0:
+        return f"its step is {step}, which is negative"
+    epoch = ckpt.get("epoch")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+        return f"its epoch is {epoch!r}, not a non-negative whole number"
+    for key in _MAPPINGS:
+        value = ckpt.get(key)
+        if value is not None and not isinstance(value, dict):
+            return f"its {key} is a {type(value).__name__}, not a mapping"
+    if not isinstance(ckpt.get("model"), dict):
+        return "it holds no model state"
+    return None
 
 
 def _short_reason(err: Exception) -> str:
@@ -215,5 +311,9 @@ def restore_checkpoint(ckpt: dict[str, Any], *, model: nn.Module, optimizer: Any
             raise CheckpointError(f"the checkpoint's {key} state does not fit this {key} ({err}); "
                                   "resume with the settings the run was started with.") from None
     if ckpt.get("rng") is not None:
-        restore_rng_state(ckpt["rng"])
+        try:
+            restore_rng_state(ckpt["rng"])
+        except (TypeError, ValueError, KeyError, IndexError, RuntimeError, AttributeError) as err:
+            raise CheckpointError(f"the checkpoint's random number generator state is corrupt ({err}); "
+                                  "use an earlier checkpoint.") from None
     return {key: ckpt.get(key) for key in ("step", "epoch", "config", "monitor", "extra")}

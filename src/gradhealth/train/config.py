@@ -16,6 +16,11 @@ NONFINITE_POLICIES = ("raise", "skip", "stop")
 DEFAULT_STEPS = 100
 # tokens per example of text data: long enough for a byte-level model to see words and lines
 DEFAULT_SEQ_LEN = 64
+# a million micro-batches per step is already far past any real recipe (large-batch training uses
+# hundreds): a larger count is a typo, and each step would take a day or more
+MAX_ACCUMULATE = 1_000_000
+# the largest float32: optimizers multiply float32 parameters by these scales, and a larger one overflows
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -77,6 +82,9 @@ class TrainConfig:
             positive_number("epochs", self.epochs)
         for name in ("batch_size", "accumulate", "monitor_every", "seq_len"):
             positive_int(name, getattr(self, name))
+        if self.accumulate > MAX_ACCUMULATE:
+            raise ConfigError(f"accumulate {self.accumulate} is past {MAX_ACCUMULATE:,} micro-batches per optimizer "
+                              "step, which would take a day or more for one step; pass a smaller count.")
         if self.detail_every is not None:
             positive_int("detail_every", self.detail_every)
         for name in ("eval_every", "checkpoint_every", "num_workers", "seed"):
@@ -87,6 +95,11 @@ class TrainConfig:
         for name in ("weight_decay", "l1", "momentum"):
             if getattr(self, name) is not None:
                 non_negative_number(name, getattr(self, name))
+        for name, value in (("the learning rate", self.lr), ("weight_decay", self.weight_decay), ("l1", self.l1),
+                            ("momentum", self.momentum)):
+            if value is not None and value > FLOAT32_MAX:
+                raise ConfigError(f"{name} {value:g} overflows the float32 numbers the parameters are updated in "
+                                  f"(at most {FLOAT32_MAX:.3g}); pass a smaller value.")
         if self.amp not in AMP_MODES:
             raise unknown_name("AMP mode", self.amp, AMP_MODES)
         if self.strategy not in ("ddp", "fsdp"):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import signal
 import threading
@@ -36,8 +37,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from gradhealth.distributed import own_pieces
-from gradhealth.errors import ConfigError, Interrupted, NonFiniteError
-from gradhealth.io import write_json_atomic
+from gradhealth.errors import CheckpointError, ConfigError, GradHealthError, Interrupted, NonFiniteError
+from gradhealth.io import signals_deferred, write_json_atomic
 from gradhealth.monitor.monitor import GradientMonitor
 from gradhealth.monitor.records import NonFiniteEvent, RunMeta, StepRecord, read_jsonl, write_jsonl
 from gradhealth.monitor.sinks import TensorBoardSink
@@ -110,7 +111,7 @@ class _Run:
         self.data = data if data is not None else load_data(config.data, seed=config.seed, seq_len=config.seq_len)
         self._make_loaders()
         per_epoch = max(1, len(self.train_loader) // config.accumulate)
-        self.total_steps = config.steps if config.steps is not None else math.ceil(config.epochs * per_epoch)
+        self.total_steps = config.steps if config.steps is not None else _steps_of_epochs(config.epochs, per_epoch)
         if model is None:
             x0, _ = first_examples(self.data.train, config.batch_size)
             model = build_model(config, self.data.model_kwargs(), x0)
@@ -141,6 +142,8 @@ class _Run:
         self.stopped: str | None = None
         self.shapes_checked = False
         self.stop_reason = ""
+        # the step of each checkpoint file as last written whole (what a full disk leaves in place)
+        self.saved_steps: dict[str, int] = {}
         if config.resume:
             self._resume(config.resume)
         self.monitor = self._make_monitor()
@@ -207,18 +210,26 @@ class _Run:
         if self.step >= self.total_steps:
             raise ConfigError(f"the checkpoint {path} is already at step {self.step}, the end of the "
                               f"{self.total_steps} steps asked for: pass more steps to train on.")
-        self.epoch, self.position = int(extra.get("epoch", 0)), int(extra.get("position", 0))
-        self.batch_index = int(extra.get("batch_index", -1))
-        self.best_val = float(extra.get("best_val", math.inf))
+        try:
+            self.epoch, self.position = _count(extra.get("epoch", 0)), _count(extra.get("position", 0))
+            self.batch_index = _count(extra.get("batch_index", -1), least=-1)
+            self.best_val = float(extra.get("best_val", math.inf))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} is corrupt: its data position is wrong ({exc}); "
+                                  "use an earlier checkpoint.") from None
         self._monitor_state = info.get("monitor")
         if self.writes and (self.out / "metrics.jsonl").exists():
             # a run killed after its last checkpoint logged steps that will now be trained again
             log = read_jsonl(self.out / "metrics.jsonl")
-            theirs = log.meta.config or {}
-            if (log.meta.model, theirs.get("seed")) != (self.config.model, self.config.seed):
-                raise ConfigError(f"{self.out}/metrics.jsonl is the log of another run (model {log.meta.model}, seed "
-                                  f"{theirs.get('seed')}); resume into the folder of the checkpoint's own run, "
-                                  "or pass another --out.")
+            theirs = {"model": log.meta.model, **(log.meta.config or {})}
+            # the whole identity of a run, as the checkpoint's own run had it (init included)
+            ours = {**now, **saved}
+            differ = [key for key in (*RESUME_MUST_MATCH, "init") if key in theirs and theirs[key] != ours.get(key)]
+            if differ:
+                key = differ[0]
+                raise ConfigError(f"{self.out}/metrics.jsonl is the log of another run ({key}={theirs[key]!r} there, "
+                                  f"{ours.get(key)!r} in the checkpoint's run); resume into the folder of the "
+                                  "checkpoint's own run, or pass another --out.")
             write_jsonl(self.out / "metrics.jsonl", [r for r in log.records if r.step < self.step], log.meta)
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -245,10 +256,14 @@ class _Run:
             # a sentence; later ones are the model's own
             try:
                 output = self.call.call(self.net, x, y)
-            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
-                if self.shapes_checked:
-                    raise
-                raise input_mismatch(exc, self.data, self._model_name(), self.config.data) from exc
+            except Exception as exc:
+                if _out_of_memory(exc):
+                    raise  # a size the machine cannot hold: the command line says so
+                if not self.shapes_checked and isinstance(exc, (RuntimeError, ValueError, IndexError, TypeError)):
+                    raise input_mismatch(exc, self.data, self._model_name(), self.config.data) from exc
+                if _raised_by_gradhealth(exc):
+                    raise  # our own hooks failed: a bug to report, not the model's doing
+                raise self._model_failed(exc) from exc
             logits, own = read_output(output, self._model_name())
             if not self.shapes_checked:
                 check_logits(logits, y, self.data, self._model_name(), self.config.data)
@@ -266,6 +281,12 @@ class _Run:
         if self.config.l2_mode == "penalty" and self.config.weight_decay > 0:
             total = total + l2_penalty(self.model, self.config.weight_decay)
         return total, loss.detach(), correct(logits, y)
+
+    def _model_failed(self, exc: Exception) -> GradHealthError:
+        """A forward pass that raised its own exception: the model's, with its message and the step."""
+        message = (str(exc).strip().splitlines() or [""])[0]
+        return GradHealthError(f"the model {self._model_name()} raised {type(exc).__name__} in its forward pass at "
+                               f"step {self.step}: {message.rstrip('.') or 'no message'}.")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -286,25 +307,32 @@ class _Run:
         started = time.perf_counter()
         self.net.train()
         batches = self._batches()
-        with self._signals(), self.monitor:
-            try:
-                while self.step < self.total_steps and self.stopped is None:
-                    if agree_any(self._interrupted, self.dist, self.device):
-                        self.stopped = "interrupted"
-                        break
-                    self._one_step(batches)
-                if self.saves:
-                    self._save("last.pt")
-            finally:
-                self.progress.close()
-        result = self._result(time.perf_counter() - started)
+        try:
+            with self._signals(), self.monitor:
+                try:
+                    while self.step < self.total_steps and self.stopped is None:
+                        if agree_any(self._interrupted, self.dist, self.device):
+                            self.stopped = "interrupted"
+                            break
+                        self._one_step(batches)
+                    if self.saves:
+                        self._save("last.pt")
+                finally:
+                    self.progress.close()
+            result = self._result(time.perf_counter() - started)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise self._disk_full(exc.filename) from None
         shutdown_distributed(self.dist)
         if self.stopped == "nonfinite" and self.config.on_nonfinite == "raise":
             raise NonFiniteError(self.stop_reason + ".")
         if self.stopped == "interrupted":
-            raise Interrupted(f"interrupted at step {self.step}; checkpoint written"
-                              + (f" to {self.out / 'checkpoints' / ('last.dcp' if self.sharded else 'last.pt')}."
-                                 if self.writes else "."))
+            if self.saves:
+                name = "last.dcp" if self.sharded else "last.pt"
+                raise Interrupted(f"interrupted at step {self.step}; checkpoint written to "
+                                  f"{self.out / 'checkpoints' / name}.")
+            raise Interrupted(f"interrupted at step {self.step}; nothing was saved (the run had no output folder).")
         return result
 
     def _one_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> None:
@@ -430,6 +458,10 @@ class _Run:
     # ---- files -------------------------------------------------------------------------------
 
     def _save(self, name: str) -> None:
+        with signals_deferred():  # a signal now is answered once this checkpoint is whole
+            self._write_checkpoint(name)
+
+    def _write_checkpoint(self, name: str) -> None:
         extra = {"epoch": self.epoch, "position": self.position, "batch_index": self.batch_index,
                  "best_val": self.best_val}
         if self.sharded:
@@ -438,11 +470,27 @@ class _Run:
                      "epoch": self.epoch, "config": self.config.to_json(), "extra": extra}
             save_sharded_checkpoint(self.out / "checkpoints" / name.replace(".pt", ".dcp"), model=self.model,
                                     optimizer=self.optimizer, state=state, info=self.dist)
+            self.saved_steps[name] = self.step
             return
         state = build_checkpoint(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                  scaler=self.scaler, clipper=self.clipper, monitor_state=self.monitor.state_dict(),
                                  step=self.step, epoch=self.epoch, config=self.config.to_json(), extra=extra)
-        save_checkpoint(self.out / "checkpoints" / name, state)
+        path = self.out / "checkpoints" / name
+        try:
+            # the first save proves the checkpoint can be read back, not the --resume of a finished run
+            save_checkpoint(path, state, verify=not self.saved_steps)
+        except CheckpointError as exc:
+            if exc.disk_full:
+                raise self._disk_full(path) from None
+            raise
+        self.saved_steps[name] = self.step
+
+    def _disk_full(self, path: Any) -> CheckpointError:
+        where = path or self.out or "this run's files"
+        kept = self.saved_steps.get("last.pt")
+        last = (f"the last good checkpoint (step {kept}) is kept" if kept is not None
+                else "no checkpoint of this run was written yet")
+        return CheckpointError(f"the disk holding {where} is full; {last}.")
 
     def _result(self, seconds: float) -> TrainResult:
         records = list(self.monitor.records)
@@ -481,7 +529,9 @@ class _Run:
 
         def request_stop(signum: int, frame: Any) -> None:
             if self._interrupted:  # a second Ctrl-C: the user means it
-                raise KeyboardInterrupt
+                stop = KeyboardInterrupt()
+                stop.signame = signal.Signals(signum).name  # for the command line's sentence
+                raise stop
             self._interrupted = True
 
         previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -494,6 +544,37 @@ class _Run:
 
 def _state_of(obj: Any) -> Any:
     return obj.state_dict() if obj is not None else None
+
+
+# past this many optimizer steps a run length is a typo, not a plan (a trillion steps: years on any machine)
+MAX_STEPS = 10**12
+
+
+def _count(value: Any, least: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{value!r} is not a whole number of at least {least}")
+    return value
+
+
+def _steps_of_epochs(epochs: float, per_epoch: int) -> int:
+    steps = epochs * per_epoch
+    if not math.isfinite(steps) or steps > MAX_STEPS:
+        raise ConfigError(f"--epochs {epochs:g} makes more than {MAX_STEPS:.0e} optimizer steps ({per_epoch} per "
+                          "epoch), more than any run can take; pass fewer epochs.")
+    return math.ceil(steps)
+
+
+def _raised_by_gradhealth(exc: BaseException) -> bool:
+    """Whether the innermost Python frame of ``exc``'s traceback is in this package's code."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    package = str(Path(__file__).resolve().parents[1])
+    return tb is not None and str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(package)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc)
 
 
 def _describe(event: NonFiniteEvent) -> str:
