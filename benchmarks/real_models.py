@@ -75,8 +75,8 @@ def gpt2(seed: int) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=6, n_embd=128, n_head=4, vocab_size=256, n_positions=64,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(n_layer=6, n_embd=128, n_head=4, vocab_size=256, n_positions=64, bos_token_id=0,
+                        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     return GPT2LMHeadModel(config)
 
 
@@ -137,7 +137,9 @@ def diagnose_run(name: str, model: nn.Module, opt: torch.optim.Optimizer, batche
     diagnosis = diagnose_log(log).to_json()
     losses = [r.loss for r in log.records if r.loss is not None]
     findings = [{"kind": f["kind"], "severity": f["severity"], "layers": f["layers"][:4], "step": f["step"],
-                 "remedies": [r["key"] for r in f["remedies"]][:3]} for f in diagnosis["findings"]]
+                 "remedies": [r["key"] for r in f["remedies"]][:3],
+                 **{k: f["evidence"][k] for k in ("factor", "horizon", "length") if k in f["evidence"]}}
+                for f in diagnosis["findings"]]
     result = {"verdict": diagnosis["verdict"], "findings": findings, "coverage": diagnosis.get("coverage"),
               "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
               "seconds": round(seconds, 1), "steps": steps}
@@ -171,10 +173,6 @@ def cases(quick: bool, folder: Path) -> dict[str, dict]:
                                                    torch.optim.Adam(model.parameters(), lr=1e-3),
                                                    first_element_batches(32, 200, 0), class_loss, rnn_steps, folder)
     return out
-
-
-def through_time(result: dict) -> dict | None:
-    return next((f for f in result["findings"] if f["kind"].endswith("_through_time")), None)
 
 
 # ---- overhead -----------------------------------------------------------------------------------
@@ -224,8 +222,11 @@ def markdown_section(result: dict) -> str:
         cov = r.get("coverage") or {}
         matrices = cov.get("weight_matrices") or {}
         measured = f"{matrices.get('measured')}/{matrices.get('total')}" if matrices else "?"
-        found = "; ".join(f"{f['kind']} ({f['severity']}; remedies {', '.join(f['remedies']) or '-'})"
-                          for f in r["findings"]) or "-"
+        found = "; ".join(f"{f['kind']} ({f['severity']}" + (f" at step {f['step']}" if f["step"] is not None else "")
+                          + (f"; factor {f['factor']}, horizon {f['horizon']} of {f['length']} steps"
+                             if "horizon" in f else "")
+                          + (f"; layers {', '.join(f['layers'][:2])}" if f["layers"] else "")
+                          + f"; remedies {', '.join(f['remedies']) or '-'})" for f in r["findings"]) or "-"
         rows.append([name, r["steps"], r["verdict"], measured, found,
                      f"{r['first_loss']:.3g} -> {r['last_loss']:.3g}" if r["first_loss"] is not None else "-"])
     lines += [harness.markdown_table(["case", "steps", "verdict", "weight matrices measured", "findings",
