@@ -125,8 +125,11 @@ def test_train_a_hugging_face_gpt2_on_text(files, tmp_path, capsys):
     assert len(read_jsonl(out / "metrics.jsonl").records) == 4
 
 
-def test_train_then_resume_gives_the_records_of_one_run(files, tmp_path, capsys):
-    common = ["train", f"{files}/nanogpt_like.py:build", "--data", f"text:{files}/hamlet.txt", *SMALL]
+@pytest.mark.parametrize("model", ["nanogpt_like.py:build", "transformer:depth=2,width=16,heads=2,norm=post"])
+def test_train_then_resume_gives_the_records_of_one_run(files, tmp_path, capsys, model):
+    # a user's factory and the built-in transformer family alike
+    model = f"{files}/{model}" if model.endswith(":build") else model
+    common = ["train", model, "--data", f"text:{files}/hamlet.txt", *SMALL]
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert main([*common, "--steps", "6", "--out", str(whole)]) == 0
     assert main([*common, "--steps", "3", "--out", str(part)]) == 0
@@ -141,6 +144,15 @@ def test_train_then_resume_gives_the_records_of_one_run(files, tmp_path, capsys)
     assert main([*common, "--steps", "8", "--seq-len", "8", "--out", str(part),
                  "--resume", str(part / "checkpoints" / "last.pt")]) == 2
     assert "seq_len=16" in _one_error(capsys)
+
+
+def test_fix_runs_its_trials_on_a_transformer_spec(files, tmp_path, capsys):
+    spec = "transformer:depth=2,width=16,heads=2,norm=post"
+    assert main(["fix", spec, "--data", f"text:{files}/hamlet.txt", "--steps", "3", "--only", "warmup,pre_ln,clip_norm",
+                 "--out", str(tmp_path / "fix"), "--json", *SMALL[:4]]) == 0
+    ranking = json.loads(capsys.readouterr().out)
+    assert ranking["model"] == spec and ranking["trials"]
+    assert all(t["final_loss"] is not None for t in ranking["trials"])
 
 
 def test_a_language_model_on_classification_data_names_what_fits(files, tmp_path, capsys):

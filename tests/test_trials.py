@@ -22,6 +22,15 @@ def test_plan_offers_only_what_applies():
     assert "residual" not in {t.key for t in plan_trials(user)}
 
 
+def test_a_transformer_is_offered_pre_ln_not_a_kind_of_norm():
+    post = {t.key: t for t in plan_trials(TrainConfig(model="transformer:depth=4,norm=post", data="text", steps=5))}
+    assert "pre_ln" in post and not {"batchnorm", "layernorm", "relu"} & set(post)
+    assert apply_trial(TrainConfig(model="transformer:depth=4,norm=post", steps=5), post["pre_ln"]).model == \
+        "transformer:depth=4,norm=pre"
+    pre = {t.key for t in plan_trials(TrainConfig(model="transformer:depth=4,norm=pre", data="text", steps=5))}
+    assert "pre_ln" not in pre
+
+
 def test_a_trial_rewrites_the_spec():
     residual = next(t for t in plan_trials(DEEP_SIGMOID) if t.key == "relu")
     config = apply_trial(DEEP_SIGMOID, residual)

@@ -87,10 +87,16 @@ def _spec_trials(options: dict[str, Any]) -> list[Trial]:
     """Architecture remedies a built-in spec can take, leaving out what it already has."""
     activation, norm = options.get("activation"), options.get("norm")
     trials = []
-    if "activation" in options and activation not in ("relu", "leaky_relu", "prelu"):
+    # a transformer's norm option is the LayerNorm's place (pre, post, none), not a kind of norm
+    placement = "branch_scale" in options
+    if placement and norm != "pre":
+        # Xiong et al. 2020: LayerNorm before each sublayer keeps the skip path clear, so a deep
+        # stack trains without warm-up
+        trials.append(Trial("pre_ln", "Pre-LN: LayerNorm before each sublayer", {"norm": "pre"}))
+    if "activation" in options and activation not in ("relu", "leaky_relu", "prelu", "gelu", "silu"):
         trials.append(Trial("relu", "ReLU with He init", {"activation": "relu", "init": "he"}))
         trials.append(Trial("leaky_relu", "LeakyReLU with He init", {"activation": "leaky_relu", "init": "he"}))
-    if "norm" in options and norm in ("none", None):
+    if "norm" in options and norm in ("none", None) and not placement:
         trials.append(Trial("batchnorm", "BatchNorm", {"norm": "batch"}))
         trials.append(Trial("layernorm", "LayerNorm", {"norm": "layer"}))
     if "residual" in options and not options.get("residual"):

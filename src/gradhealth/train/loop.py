@@ -197,12 +197,14 @@ class _Run:
                 raise ConfigError(f"{path} is a sharded checkpoint; resume it under torchrun with --strategy fsdp "
                                   "and the number of processes that wrote it.")
             own = load_sharded_checkpoint(path, model=self.model, optimizer=self.optimizer, info=self.dist)
-            self._check_resume_settings(path, own.get("config") or {})
+            saved = own.get("config") or {}
+            self._check_resume_settings(path, saved)
             info = restore_rest(own, scheduler=self.scheduler, scaler=self.scaler, clipper=self.clipper)
         else:
             ckpt = load_checkpoint(path, map_location=self.device)
             # the settings first: a model sized by them (seq_len, data) would otherwise fail as "another model"
-            self._check_resume_settings(path, ckpt.get("config") or {})
+            saved = ckpt.get("config") or {}
+            self._check_resume_settings(path, saved)
             info = restore_checkpoint(ckpt, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                       scaler=self.scaler, clipper=self.clipper)
         extra = info.get("extra") or {}
@@ -223,7 +225,7 @@ class _Run:
             log = read_jsonl(self.out / "metrics.jsonl")
             theirs = {"model": log.meta.model, **(log.meta.config or {})}
             # the whole identity of a run, as the checkpoint's own run had it (init included)
-            ours = {**now, **saved}
+            ours = {**self.config.to_json(), **saved}
             differ = [key for key in (*RESUME_MUST_MATCH, "init") if key in theirs and theirs[key] != ours.get(key)]
             if differ:
                 key = differ[0]
