@@ -7,7 +7,7 @@ from torch import nn
 
 import gradhealth
 from gradhealth.errors import ConfigError
-from gradhealth.train.distributed import DistInfo
+from gradhealth.distributed import DistInfo
 from gradhealth.train.strategy import fsdp_units, spread_model
 
 

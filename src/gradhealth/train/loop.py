@@ -50,7 +50,7 @@ from gradhealth.remedies.schedules import create_scheduler
 from gradhealth.train.checkpoint import build_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
 from gradhealth.train.config import TrainConfig
 from gradhealth.train.data import DataBundle, EpochShuffleSampler, first_examples, load_data
-from gradhealth.train.distributed import DistInfo, agree_any, init_distributed, shutdown_distributed
+from gradhealth.distributed import DistInfo, agree_any, init_distributed, shutdown_distributed
 from gradhealth.train.outputs import call_rule, check_logits, correct, cross_entropy, loss_description, read_output
 from gradhealth.train.sharded_checkpoint import (
     is_sharded_checkpoint,

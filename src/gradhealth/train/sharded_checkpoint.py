@@ -25,7 +25,7 @@ from torch import nn
 
 from gradhealth.errors import CheckpointError
 from gradhealth.train.checkpoint import FORMAT, capture_rng_state, restore_rng_state
-from gradhealth.train.distributed import DistInfo
+from gradhealth.distributed import DistInfo
 
 __all__ = ["save_sharded_checkpoint", "load_sharded_checkpoint", "restore_rest", "is_sharded_checkpoint"]
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from gradhealth.errors import ConfigError
-from gradhealth.train.distributed import DistInfo
+from gradhealth.distributed import DistInfo
 
 __all__ = ["STRATEGIES", "fsdp_units", "spread_model", "no_gradient_sync"]
 
