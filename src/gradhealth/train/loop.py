@@ -36,7 +36,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from gradhealth.distributed import own_pieces
 from gradhealth.errors import CheckpointError, ConfigError, GradHealthError, Interrupted, NonFiniteError
 from gradhealth.io import signals_deferred, write_json_atomic
 from gradhealth.monitor.monitor import GradientMonitor
@@ -50,7 +49,7 @@ from gradhealth.remedies.schedules import create_scheduler
 from gradhealth.train.checkpoint import build_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint
 from gradhealth.train.config import TrainConfig
 from gradhealth.train.data import DataBundle, EpochShuffleSampler, first_examples, load_data
-from gradhealth.distributed import DistInfo, agree_any, init_distributed, shutdown_distributed
+from gradhealth.distributed import DistInfo, agree_any, init_distributed, own_pieces, shutdown_distributed
 from gradhealth.train.outputs import call_rule, check_logits, correct, cross_entropy, loss_description, read_output
 from gradhealth.train.sharded_checkpoint import (
     is_sharded_checkpoint,
