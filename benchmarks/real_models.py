@@ -18,6 +18,7 @@ interleaved in one process (harness.interleaved), median of paired ratios.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -178,7 +179,7 @@ def cases(quick: bool, folder: Path) -> dict[str, dict]:
 # ---- overhead -----------------------------------------------------------------------------------
 
 def overhead(quick: bool, device: torch.device) -> dict[str, dict]:
-    reps, steps = (3, 3) if quick else (9, 10)
+    reps, steps = (3, 3) if quick else (5, 10)
     text = stdlib_bytes()
     setups = {
         "gpt2": (lambda: gpt2(0), lm_loss, next(text_batches(text, 8, 64, 0))),
@@ -204,7 +205,7 @@ def overhead(quick: bool, device: torch.device) -> dict[str, dict]:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-            period = 1 if mon is None else mon.every * getattr(mon, "detail_every", 1)
+            period = 1 if mon is None else math.lcm(mon.every, getattr(mon, "detail_every", 1))
             candidates.append(harness.Candidate(label, step, label, steps=harness.every_multiple(steps, period)))
         times = harness.interleaved(candidates, reps=reps, steps=steps, device=device)
         for undo in detach:
