@@ -161,6 +161,18 @@ def interleaved(
     return times
 
 
+def time_against_baseline(candidates: Sequence[Candidate], removers: Sequence[Callable[[], None]], *, reps: int,
+                          steps: int, device: torch.device, baseline: str, warmup: int = 2,
+                          rep_warmup: int = 1) -> dict[str, dict]:
+    """``interleaved`` then ``summarize``; the measuring tools come off the models (``removers``) however it ends."""
+    try:
+        times = interleaved(candidates, reps=reps, steps=steps, device=device, warmup=warmup, rep_warmup=rep_warmup)
+    finally:
+        for remove in removers:
+            remove()
+    return summarize(times, baseline)
+
+
 def summarize(times: dict[str, list[float]], baseline: str) -> dict[str, dict]:
     """Per candidate: median step time and the median of the paired ratios to ``baseline``."""
     base = times[baseline]

@@ -112,13 +112,8 @@ def run_model(name: str, s: dict, configs: list[str], device: torch.device) -> d
         removers.append(remove)
     print(f"{name}: batch {s['batch']}, {s['reps']} reps x {s['steps']} steps, configs {', '.join(configs)}",
           file=sys.stderr)
-    try:
-        times = harness.interleaved(candidates, reps=s["reps"], steps=s["steps"], device=device,
-                                    warmup=s["warmup"], rep_warmup=s["rep_warmup"])
-    finally:
-        for remove in removers:
-            remove()
-    summary = harness.summarize(times, "baseline")
+    summary = harness.time_against_baseline(candidates, removers, reps=s["reps"], steps=s["steps"], device=device,
+                                            baseline="baseline", warmup=s["warmup"], rep_warmup=s["rep_warmup"])
     for config, row in summary.items():
         goal = GOALS_PCT.get(config)
         row["label"] = LABELS[config]

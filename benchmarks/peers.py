@@ -220,13 +220,8 @@ def run_model(name: str, s: dict, configs: list[str], device: torch.device) -> d
         setups[config] = setup
     print(f"{name}: batch {s['batch']}, {s['reps']} reps, configs {', '.join(c.name for c in candidates)}",
           file=sys.stderr)
-    try:
-        times = harness.interleaved(candidates, reps=s["reps"], steps=s["steps"], device=device,
-                                    warmup=s["warmup"], rep_warmup=s["rep_warmup"])
-    finally:
-        for remove in removers:
-            remove()
-    summary = harness.summarize(times, "baseline")
+    summary = harness.time_against_baseline(candidates, removers, reps=s["reps"], steps=s["steps"], device=device,
+                                            baseline="baseline", warmup=s["warmup"], rep_warmup=s["rep_warmup"])
     for config, row in summary.items():
         row["label"] = LABELS[config]
     return {"settings": s, "params": sum(p.numel() for p in template.parameters()), "results": summary,

@@ -207,10 +207,8 @@ def overhead(quick: bool, device: torch.device) -> dict[str, dict]:
 
             period = 1 if mon is None else math.lcm(mon.every, getattr(mon, "detail_every", 1))
             candidates.append(harness.Candidate(label, step, label, steps=harness.every_multiple(steps, period)))
-        times = harness.interleaved(candidates, reps=reps, steps=steps, device=device)
-        for undo in detach:
-            undo()
-        results[name] = harness.summarize(times, "unmonitored")
+        results[name] = harness.time_against_baseline(candidates, detach, reps=reps, steps=steps, device=device,
+                                                      baseline="unmonitored")
     return results
 
 
