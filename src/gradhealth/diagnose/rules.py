@@ -18,14 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from gradhealth.diagnose.catalogue import RELU_FAMILY, SATURATING_ACTIVATIONS, remedies_for
-from gradhealth.diagnose.coverage import coverage, not_run_entry, recurrent_without_time
+from gradhealth.diagnose.catalogue import ONE_SIDED_ACTIVATIONS, RELU_FAMILY, SATURATING_ACTIVATIONS, remedies_for
+from gradhealth.diagnose.coverage import (
+    coverage,
+    frozen_layers,
+    not_run_entry,
+    recurrent_without_time,
+    unmeasured_activations_and_sequences,
+)
 from gradhealth.diagnose.findings import SEVERITIES, Diagnosis, Finding
 from gradhealth.diagnose.structure import RECURRENT_TYPES, block_of, norm_placement, recurrent_types, tied_layers
 from gradhealth.diagnose.through_time import VANISHED_FRACTION, time_profiles
 from gradhealth.errors import ConfigError
 from gradhealth.monitor.records import RunLog, StepRecord
-from gradhealth.vocabulary import TRUE_WORDS, split_spec
+from gradhealth.vocabulary import TRUE_WORDS, canonical_activation, split_spec
 
 __all__ = [
     "diagnose_log", "run_context", "data_name", "layer_roles", "weight_layers", "gradient_profile",
@@ -62,6 +68,9 @@ FINAL_FRACTION = 0.1
 # of the layer not learning (xavier-initialized sigmoid/tanh MLPs on digits measure 0..1 %)
 SATURATION_HIGH = 0.3
 SATURATION_SEVERE = 0.8
+# GELU/SiLU-type activations are flat only for negative inputs: zero-mean pre-activations of any
+# scale put at most half of the elements there, so beyond half they were pushed off (see find_saturation)
+ONE_SIDED_OFF_HIGH = 0.5
 # ReLU family: units off for a whole batch; healthy He-initialized nets measure ~0
 DEAD_HIGH = 0.4
 DEAD_SEVERE = 0.9
@@ -241,7 +250,15 @@ def profile_gap(log: RunLog) -> str | None:
     if found >= MIN_WEIGHT_LAYERS:
         return None
     plural = "blocks" if kind == "block" else "weight layers"
-    return f"needs {MIN_WEIGHT_LAYERS} {plural} with gradients, found {found}"
+    frozen = _frozen_units(units, log)
+    return (f"needs {MIN_WEIGHT_LAYERS} {plural} with gradients, found {found}"
+            + (f" ({len(frozen)} more frozen)" if frozen else ""))
+
+
+def _frozen_units(units: dict[str, list[str]], log: RunLog) -> list[str]:
+    """Units whose weight layers are all frozen: out of the profile for that reason, said so."""
+    frozen = frozen_layers(log)
+    return [unit for unit, members in units.items() if members and all(n in frozen for n in members)]
 
 
 def gradient_profile(log: RunLog) -> dict[str, Any] | None:
@@ -254,7 +271,8 @@ def gradient_profile(log: RunLog) -> dict[str, Any] | None:
     point per block, its weight layers' norms taken together, placed at its count of weight layers
     from the output (so ``decay_factor`` stays per weight layer) and ``block_factor`` is per block;
     the layers outside the blocks (embeddings, stem, head) are left out and listed. None (frozen or
-    unused layers) and non-finite values are left out; zeros are left out of the fit and listed.
+    unused layers) and non-finite values are left out, the frozen units listed as ``frozen``; zeros
+    are left out of the fit and listed.
     """
     records = _early_records(log)
     units, unit, outside, tied = _profile_units(log)
@@ -278,6 +296,9 @@ def gradient_profile(log: RunLog) -> dict[str, Any] | None:
                  "layers_per_block": max(sizes)}
     if tied:
         extra["tied"] = tied
+    frozen = _frozen_units(units, log)
+    if frozen:
+        extra["frozen"] = frozen
     return {
         "basis": f"median over the first {len(steps)} records (steps {steps[0]}..{steps[-1]})",
         **extra,
@@ -552,16 +573,23 @@ def _activation_medians(log: RunLog, metric: str, last_half: bool = False) -> di
 
 
 def find_saturation(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
-    """Activation layers (not the ReLU family) whose median saturation fraction is high."""
+    """Activation layers (not the ReLU family) whose median saturation fraction is high.
+
+    Sigmoid and tanh saturate on both sides, for any input too large. GELU, SiLU and their kin do
+    not: their flat side is the negative one, where the unit is off, as a ReLU's is; a zero-mean
+    input of any scale puts at most half of the elements there, so they are read as units pushed
+    off (past ``ONE_SIDED_OFF_HIGH``), with the remedies for that, not told to become a ReLU.
+    """
     ctx = run_context(log, context)
     names = {layer.name: layer.activation for layer in log.meta.layers if layer.role == "activation"}
     # ReLU's flat side is its "off" side: that is measured as dead units, and half off is normal
     relu_like = {n for r in log.records for n, a in r.activations.items() if a.dead_fraction is not None}
     fractions = {n: f for n, f in _activation_medians(log, "saturation").items()
                  if n not in relu_like and names.get(n) not in RELU_FAMILY}
-    hot = _ordered([n for n, f in fractions.items() if f >= SATURATION_HIGH], log)
+    one_sided = {n for n in fractions if canonical_activation(names.get(n) or "") in ONE_SIDED_ACTIVATIONS}
+    hot = _ordered([n for n, f in fractions.items() if n not in one_sided and f >= SATURATION_HIGH], log)
     if not hot:
-        return None
+        return _units_off(log, ctx, names, {n: fractions[n] for n in one_sided})
     worst = sorted(hot, key=lambda n: -fractions[n])
     kind = names.get(worst[0]) or ctx.get("activation") or "the activation"
     text = (f"In {len(hot)} activation layer(s) at least {SATURATION_HIGH:.0%} of the units (up to "
@@ -575,6 +603,28 @@ def find_saturation(log: RunLog, context: dict[str, Any] | None = None) -> Findi
                     f"Saturated units: {fractions[worst[0]]:.0%} in {worst[0]}", text, {**ctx, "activation": kind},
                     layers=hot, evidence={"worst": [[n, _num(fractions[n])] for n in worst[:5]],
                                           "threshold": SATURATION_HIGH, "basis": "median over records"})
+
+
+def _units_off(log: RunLog, ctx: dict[str, Any], names: dict[str, str | None],
+               fractions: dict[str, float]) -> Finding | None:
+    """GELU/SiLU-type layers with most of their elements on the flat negative side: units off."""
+    hot = _ordered([n for n, f in fractions.items() if f >= ONE_SIDED_OFF_HIGH], log)
+    if not hot:
+        return None
+    worst = sorted(hot, key=lambda n: -fractions[n])
+    kind = names.get(worst[0]) or "the activation"
+    text = (f"In {len(hot)} activation layer(s) more than {ONE_SIDED_OFF_HIGH:.0%} of the units (up to "
+            f"{fractions[worst[0]]:.0%} in {worst[0]}) sit on the negative side of {kind}, where the derivative "
+            f"is below 1 % of its maximum. {kind} does not saturate for positive inputs (its derivative tends to "
+            "1 there, as a ReLU's is); on the negative side the unit is off and passes almost no gradient back. "
+            "Zero-mean inputs of any scale leave at most half of the units there, so more means the "
+            "pre-activations were pushed negative, as dying ReLU units are: by updates too large (a learning "
+            "rate too high, no warm-up) or an init scale too large.")
+    return _finding("saturation", "error" if fractions[worst[0]] >= SATURATION_SEVERE else "warning",
+                    f"Units off: {fractions[worst[0]]:.0%} of {worst[0]} on the flat negative side of {kind}",
+                    text, {**ctx, "activation": kind}, layers=hot,
+                    evidence={"worst": [[n, _num(fractions[n])] for n in worst[:5]], "threshold": ONE_SIDED_OFF_HIGH,
+                              "side": "negative", "basis": "median over records"})
 
 
 def find_dead_units(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
@@ -787,13 +837,15 @@ def rules_not_run(log: RunLog) -> list[dict[str, Any]]:
     if not _update_ratios(log, weight_layers(log)):
         out.append(not_run_entry("update size", ["lr_too_high", "lr_too_low"],
                                  "no update_ratio recorded (the monitor measures it when it is given the optimizer)"))
+    unhooked, time_unmeasured = unmeasured_activations_and_sequences(log)
     if not any(r.activations for r in log.records):
-        why = (f"{len(log.meta.unhooked)} module(s) look like activations but have no rule"
-               if log.meta.unhooked else "no activation module was measured (functional activations are not seen)")
+        why = (f"{len(unhooked)} activation(s) could not be measured: " + "; ".join(unhooked[:3])
+               if unhooked else "no activation module was measured (functional activations are not seen)")
         out.append(not_run_entry("activations", ["saturation", "dead_units"], why))
     if recurrent_without_time(log):
-        out.append(not_run_entry("gradient through time", ["vanishing_through_time", "exploding_through_time"],
-                                 "the model is recurrent but the records carry no time_grads"))
+        why = ("the model is recurrent but the records carry no time_grads"
+               + (": " + "; ".join(time_unmeasured[:3]) if time_unmeasured else ""))
+        out.append(not_run_entry("gradient through time", ["vanishing_through_time", "exploding_through_time"], why))
     return out
 
 
