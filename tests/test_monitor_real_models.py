@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from _real_models import TorchViT, tiny_decoder, vgg
+
 from gradhealth.diagnose.coverage import coverage
 from gradhealth.diagnose.rules import diagnose_log, rules_not_run
 from gradhealth.monitor import GradientMonitor, read_jsonl
@@ -572,23 +574,10 @@ def _coverage_is_whole(mon: GradientMonitor) -> dict:
     return cover
 
 
-def _tiny_decoder(kind: str, tied: bool, layers: int = 2):
-    transformers = pytest.importorskip("transformers")
-    config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
-                                 "mistral": ("MistralConfig", "MistralForCausalLM"),
-                                 "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[kind]
-    config = getattr(transformers, config_class)(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=32, tie_word_embeddings=tied)
-    model = getattr(transformers, model_class)(config)
-    model.train()
-    return model
-
-
 @pytest.mark.parametrize("kind, tied", [("llama", False), ("llama", True), ("mistral", False), ("qwen2", True)])
 def test_a_llama_style_decoder_is_seen_whole(kind, tied):
     torch.manual_seed(0)
-    model = _tiny_decoder(kind, tied)
+    model = tiny_decoder(kind, tied)
     tokens = torch.randint(0, 64, (2, 10))
     with GradientMonitor(model, detail_every=1) as mon:
         model(input_ids=tokens, labels=tokens).loss.backward()
@@ -643,27 +632,6 @@ def test_a_hugging_face_vit_counts_its_class_token_and_position_embeddings():
     assert meta.blocks == [BlockInfo(name, True) for name in blocks] and len(blocks) == 2
 
 
-class TorchViT(nn.Module):
-    """A ViT as many write it: a Conv2d patch embedding, a learned class token and position embedding
-    owned by the model itself, ``nn.TransformerEncoderLayer`` blocks, a linear head."""
-
-    def __init__(self, dim: int = 16, depth: int = 2, classes: int = 5, activation: str | nn.Module = "gelu"):
-        super().__init__()
-        self.patch_embed = nn.Conv2d(3, dim, 4, 4)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, 17, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, 2, 2 * dim, dropout=0.0, activation=activation, batch_first=True,
-                                           norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, x):
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
-        return self.head(self.norm(self.encoder(x))[:, 0])
-
-
 @pytest.mark.parametrize("module_activation", [False, True], ids=["function", "module"])
 def test_a_vit_of_torch_layers_counts_its_own_class_token_and_says_a_functional_activation_is_unseen(
         module_activation):
@@ -690,19 +658,6 @@ def test_a_vit_of_torch_layers_counts_its_own_class_token_and_says_a_functional_
         assert cover["activations"] == {"hooked": 0, "total": 2, "unhooked": meta.unhooked}
 
 
-def vgg(widths=(4, 8, 8), classes: int = 5) -> nn.Sequential:
-    """VGG's shape: stages of conv-BN-ReLU twice, then a max-pool; no skip path anywhere."""
-    stages, cin = [], 3
-    for width in widths:
-        layers = []
-        for i in range(2):
-            layers += [nn.Conv2d(cin if i == 0 else width, width, 3, padding=1), nn.BatchNorm2d(width),
-                       nn.ReLU(inplace=True)]
-        stages.append(nn.Sequential(*layers, nn.MaxPool2d(2)))
-        cin = width
-    return nn.Sequential(*stages, nn.Flatten(), nn.Linear(widths[-1] * 2 * 2, classes))
-
-
 def test_a_vgg_style_plain_cnn_is_seen_whole_and_its_stages_have_no_skip_path():
     torch.manual_seed(0)
     model = vgg()
@@ -726,7 +681,7 @@ def test_a_vgg_style_plain_cnn_is_seen_whole_and_its_stages_have_no_skip_path():
 
 def test_frozen_parts_are_reported_frozen_not_unmeasured():
     torch.manual_seed(0)
-    model = _tiny_decoder("llama", tied=False, layers=3)
+    model = tiny_decoder("llama", tied=False, layers=3)
     tokens = torch.randint(0, 64, (2, 10))
     mon = GradientMonitor(model, detail_every=1).attach()
     # frozen after the monitor attached, before the first step: recorded as it trains
