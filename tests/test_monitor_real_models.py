@@ -14,7 +14,7 @@ from torch import nn
 from _real_models import TorchViT, tiny_decoder, vgg
 
 from gradhealth.diagnose.coverage import coverage
-from gradhealth.diagnose.rules import diagnose_log, rules_not_run
+from gradhealth.diagnose.rules import rules_not_run
 from gradhealth.monitor import GradientMonitor, read_jsonl
 from gradhealth.monitor.records import BlockInfo, RunLog, RunMeta
 
@@ -353,7 +353,8 @@ def test_watch_time_measures_a_users_own_sequence_and_packed_input_is_said_unmea
                   unhooked=mon.meta.time_unmeasured + mon.meta.unhooked, time_series=mon.meta.time_series)
     cover = coverage(RunLog(old, list(mon.records)))
     assert cover["activations"]["total"] == 1 and cover["time_unmeasured"] == mon.meta.time_unmeasured
-    why = next(n["reason"] for n in rules_not_run(RunLog(old, list(mon.records))) if n["rule"] == "gradient through time")
+    not_run = rules_not_run(RunLog(old, list(mon.records)))
+    why = next(n["reason"] for n in not_run if n["rule"] == "gradient through time")
     assert "PackedSequence input" in why
 
 
