@@ -15,6 +15,7 @@ from _real_models import TorchViT, tiny_decoder, vgg
 
 from gradhealth.diagnose.coverage import coverage
 from gradhealth.diagnose.rules import rules_not_run
+from gradhealth.diagnose.structure import norm_placement
 from gradhealth.monitor import GradientMonitor, read_jsonl
 from gradhealth.monitor.records import BlockInfo, RunLog, RunMeta
 
@@ -601,8 +602,9 @@ def test_a_llama_style_decoder_is_seen_whole(kind, tied):
     assert layers["model.embed_tokens"].tied == (["lm_head"] if tied else [])
     assert ("lm_head" in layers) is not tied
     assert meta.blocks == [BlockInfo("model.layers.0", True), BlockInfo("model.layers.1", True)]
-    # pre-norm: each block's first module in forward order is its RMSNorm
+    # pre-norm: each block's first module in forward order is its RMSNorm, whatever the library calls it
     assert [n for n in layers if n.startswith("model.layers.0.")][0] == "model.layers.0.input_layernorm"
+    assert norm_placement(RunLog(meta, [record])) == "pre"
 
 
 def test_a_hugging_face_vit_counts_its_class_token_and_position_embeddings():
