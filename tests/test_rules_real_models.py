@@ -377,22 +377,24 @@ def test_coverage_counts_frozen_and_unhooked_apart():
     assert coverage(unfrozen)["weight_matrices"]["total"] == 26 and coverage(unfrozen)["weight_matrices"]["frozen"] == 0
 
 
-def frozen_first_blocks(blocks: int = 2) -> RunLog:
-    """The GPT-2 with its embeddings and first blocks frozen: no gradient there, and said so."""
+def frozen_gpt2(blocks, embeddings: bool = True) -> RunLog:
+    """The GPT-2 with the given blocks (and its embeddings) frozen: no gradient there, and said so."""
     log = gpt2()
-    frozen = ("transformer.wte", "transformer.wpe", *(f"transformer.h.{k}." for k in range(blocks)))
+    frozen = (*(("transformer.wte", "transformer.wpe") if embeddings else ()),
+              *(f"transformer.h.{k}." for k in blocks))
     for param in log.meta.parameters:
         if param.layer is not None and param.layer.startswith(frozen):
             param.trainable = False
     for record in log.records:
         for name, stats in record.layers.items():
             if name.startswith(frozen):
-                stats.grad_norm = stats.update_ratio = None
+                # no gradient; the monitor measures that the weights did not move
+                stats.grad_norm, stats.update_ratio = None, 0.0
     return log
 
 
 def test_frozen_blocks_are_frozen_not_a_vanishing_gradient(tmp_path):
-    log = roundtrip(frozen_first_blocks(), tmp_path)
+    log = roundtrip(frozen_gpt2(range(2)), tmp_path)
     diagnosis = diagnose_log(log)
     assert diagnosis.findings == [] and diagnosis.verdict == "healthy", diagnosis.findings
     cover = diagnosis.coverage["weight_matrices"]
@@ -402,9 +404,17 @@ def test_frozen_blocks_are_frozen_not_a_vanishing_gradient(tmp_path):
     assert profile["layers"] == [f"transformer.h.{k}" for k in range(2, 6)]
     assert profile["frozen"] == ["transformer.h.0", "transformer.h.1"]
     # too few trainable blocks: the depth profile says the rest are frozen, not that it found nothing
-    few = frozen_first_blocks(4)
+    few = frozen_gpt2(range(4))
     assert diagnose_log(few).verdict == "inconclusive"
     assert profile_gap(few) == "needs 3 blocks with gradients, found 2 (4 more frozen)"
+
+
+def test_a_mostly_frozen_model_is_not_told_its_learning_rate_is_too_low():
+    # the first three blocks train; the last three, nearest the output, and the embeddings are frozen:
+    # their updates are 0 because nothing moved them, which says nothing of the rate
+    log = frozen_gpt2(range(3, 6))
+    diagnosis = diagnose_log(log)
+    assert by_kind(diagnosis, "lr_too_low") is None and diagnosis.verdict == "healthy", diagnosis.findings
 
 
 # ---- GELU/SiLU: no saturation on the positive side, units off on the negative one -----------------

@@ -647,8 +647,10 @@ def find_dead_units(log: RunLog, context: dict[str, Any] | None = None) -> Findi
 
 
 def _update_ratios(log: RunLog, names: Sequence[str]) -> list[float]:
+    # a layer without a gradient (frozen, unused) did not move because nothing moved it, not because
+    # the rate is low: its 0 would drag the median of a mostly frozen model down to "lr too low"
     return [r.layers[n].update_ratio for r in log.records if not r.skipped for n in names
-            if n in r.layers and _finite(r.layers[n].update_ratio)]
+            if n in r.layers and _finite(r.layers[n].update_ratio) and r.layers[n].grad_norm is not None]
 
 
 def _lr_evidence(log: RunLog, ratio: float) -> dict[str, Any]:
