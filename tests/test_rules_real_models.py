@@ -371,10 +371,10 @@ def test_coverage_counts_frozen_and_unhooked_apart():
     cover = coverage(log)
     assert cover["weight_matrices"]["total"] == 25 and cover["weight_matrices"]["frozen"] == 1
     assert cover["activations"] == {"hooked": 6, "total": 7, "unhooked": ["transformer.h.0.mlp.custom_act"]}
-    # a part frozen at the start and unfrozen later got gradients: it counts as the trainable matrix it became
-    unfrozen = gpt2()
-    unfrozen.meta.parameters[1].trainable = False
-    assert coverage(unfrozen)["weight_matrices"]["total"] == 26 and coverage(unfrozen)["weight_matrices"]["frozen"] == 0
+    # a matrix frozen while its bias trains (BitFit): its layer has a gradient, the matrix none
+    bitfit = next(p for p in log.meta.parameters if p.name == "transformer.h.0.attn.c_attn.weight")
+    bitfit.trainable = False
+    assert coverage(log)["weight_matrices"]["total"] == 24 and coverage(log)["weight_matrices"]["frozen"] == 2
 
 
 def frozen_gpt2(blocks, embeddings: bool = True) -> RunLog:

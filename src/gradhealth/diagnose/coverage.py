@@ -59,14 +59,13 @@ def coverage(log: RunLog) -> dict[str, Any]:
             continue
         # a tied tensor is listed once per module that holds it: count it once
         counted.update([param.name, *param.tied])
-        was_measured = param.layer is not None and param.layer in measured
-        # frozen is no gap in what was seen (it has no gradient to see), unless it got one after
-        # all: a part unfrozen later in the run is counted as the trainable matrix it became
-        if not param.trainable and not was_measured:
+        # frozen is no gap in what was seen: it has no gradient to see (a layer whose bias alone
+        # trains, as in BitFit, has a gradient, but not this matrix)
+        if not param.trainable:
             frozen += 1
             continue
         matrices.append(param.name)
-        if was_measured:
+        if param.layer is not None and param.layer in measured:
             seen.append(param.name)
     fraction = len(seen) / len(matrices) if matrices else None
     missing = [name for name in matrices if name not in set(seen)]
