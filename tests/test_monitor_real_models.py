@@ -18,6 +18,7 @@ from gradhealth.diagnose.rules import rules_not_run
 from gradhealth.diagnose.structure import norm_placement
 from gradhealth.monitor import GradientMonitor, read_jsonl
 from gradhealth.monitor.records import BlockInfo, RunLog, RunMeta
+from gradhealth.report.format import coverage_text
 
 
 def _norm(tensors) -> float:
@@ -349,6 +350,8 @@ def test_watch_time_measures_a_users_own_sequence_and_packed_input_is_said_unmea
     cover = coverage(RunLog(mon.meta, list(mon.records)))
     assert cover["activations"]["total"] == 1 and cover["activations"]["unhooked"] == mon.meta.unhooked
     assert cover["time_unmeasured"] == mon.meta.time_unmeasured
+    assert "0 of 1 activation modules hooked; gradient through time of lstm; gradient through time not measured: " \
+           "lstm (PackedSequence input" in coverage_text(cover)
     # a log written before time_unmeasured had its field listed the recurrent layer as unhooked
     old = RunMeta(layers=mon.meta.layers, parameters=mon.meta.parameters,
                   unhooked=mon.meta.time_unmeasured + mon.meta.unhooked, time_series=mon.meta.time_series)
