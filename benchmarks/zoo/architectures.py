@@ -11,7 +11,6 @@ architecture lies in the same half, and each family has members in both.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -306,8 +305,9 @@ class Architecture:
     relu_inputs: Callable[[nn.Module], list[tuple[nn.Module, str]]] | None = None
     # options every case of this architecture builds with, unless a breakage overrides them
     defaults: dict[str, Any] = field(default_factory=dict)
-    # parameters the "init scale" breakage multiplies (default: Linear/Conv weights)
-    init_targets: Callable[[nn.Module], list[Tensor]] | None = None
+    # what the "init scale" breakage changes (default: Linear/Conv weights): each matrix with None
+    # (multiplied by the gain) or its fan-in (redrawn from N(0, gain**2 / fan_in))
+    init_targets: Callable[[nn.Module], list[tuple[Tensor, int | None]]] | None = None
 
 
 def _seq_units(prefix: str) -> Callable[[nn.Module], list[str]]:
@@ -341,13 +341,20 @@ def _resnet_relus(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(model.get_submodule(f"{u}.bn1"), f"{u}.relu") for u in _resnet_units(model)]
 
 
-def _recurrent_weights(model: nn.Module) -> list[Tensor]:
-    return [p for n, p in model.rnn.named_parameters() if n.startswith("weight_hh")]
+def _recurrent_weights(model: nn.Module) -> list[tuple[Tensor, int | None]]:
+    return [(p, None) for n, p in model.rnn.named_parameters() if n.startswith("weight_hh")]
 
 
-def _lm_matrices(model: nn.Module) -> list[Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding)) or
-            type(m).__name__ == "Conv1D"]
+def _lm_matrices(model: nn.Module) -> list[tuple[Tensor, int | None]]:
+    # GPT-2 and Llama initialize N(0, 0.02), below the 1/sqrt(fan_in) that keeps the signal's scale at
+    # width 64: their matrices are redrawn relative to fan-in so that "4x" means a gain of 4 per layer
+    out = []
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            out.append((m.weight, m.weight.shape[1]))
+        elif type(m).__name__ == "Conv1D":  # HF's Conv1D stores (in, out)
+            out.append((m.weight, m.weight.shape[0]))
+    return out
 
 
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
@@ -390,11 +397,3 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
 def matrices_of(model: nn.Module) -> list[Tensor]:
     """The Linear/Conv weights: what an init-scale breakage multiplies by default."""
     return [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def fan_in_std(weight: Tensor) -> float:
-    return 1.0 / math.sqrt(weight[0].numel())

@@ -6,6 +6,7 @@ zero, and injecting a NaN into the output of a layer at one step.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -21,11 +22,15 @@ _WEIGHT_TYPES = (nn.Linear, nn.Conv2d, nn.MultiheadAttention, nn.RNNBase, nn.Emb
 
 
 def scale_init(arch: Architecture, model: nn.Module, gain: float) -> None:
-    """Multiply the weight matrices (recurrent: the hidden-to-hidden ones) by ``gain`` after init."""
-    targets = arch.init_targets(model) if arch.init_targets else matrices_of(model)
+    """Multiply the init scale by ``gain``: the weight matrices (recurrent: the hidden-to-hidden
+    ones) times ``gain``, or redrawn at ``gain`` times 1/sqrt(fan-in) where the architecture says so."""
+    targets = arch.init_targets(model) if arch.init_targets else [(w, None) for w in matrices_of(model)]
     with torch.no_grad():
-        for weight in {id(w): w for w in targets}.values():  # a tied matrix once
-            weight.mul_(gain)
+        for weight, fan_in in {id(w): (w, f) for w, f in targets}.values():  # a tied matrix once
+            if fan_in is None:
+                weight.mul_(gain)
+            else:
+                weight.normal_(0.0, gain / math.sqrt(fan_in))
 
 
 def kill_relus(arch: Architecture, model: nn.Module) -> list[str]:

@@ -29,6 +29,8 @@ LR_LOW_FACTOR = 1e-4
 NAN_STEP = 10
 LONG_RANGE, SHORT_RANGE = 100, 10
 STEPS = 40
+# the shallow plain twin a deep plain net is compared with (degradation)
+SHALLOW_DEPTH = 4
 
 # the consequences of oversized weights or updates
 _BLOWUP = ("exploding_gradient", "nonfinite", "saturation", "dead_units")
@@ -50,14 +52,18 @@ CAUSES: dict[str, Cause] = {c.name: c for c in (
     Cause("healthy", "the architecture's own healthy configuration"),
     Cause("saturating_depth", "sigmoid in every layer of a deep plain net (16 layers)",
           must=("vanishing_gradient",), may=("saturation",)),
+    # with the weights near zero a ReLU unit's input is its bias: one with a negative bias is off for
+    # every example, which is what a dead unit is
     Cause("init_small", f"weights initialized {INIT_SMALL}x their calibrated scale",
-          must=("vanishing_gradient",)),
+          must=("vanishing_gradient",), may=("dead_units",)),
     Cause("init_large", f"weights initialized {INIT_LARGE:g}x their calibrated scale",
           must=("exploding_gradient",), may=("nonfinite", "saturation", "lr_too_high")),
     Cause("recurrent_init_large", f"hidden-to-hidden weights {INIT_LARGE:g}x their default scale",
           must=("exploding_through_time",), may=("exploding_gradient", "nonfinite", "saturation", "lr_too_high")),
-    Cause("no_skip", "the residual connections taken out of a deep net (16 blocks)",
-          must=("vanishing_gradient",)),
+    # the degradation problem (He et al. 2016): the deep plain net trains worse than a shallow plain
+    # twin; diagnosed with that twin's run as ``diagnose_log(log, compare=[twin])``, as the depth study does
+    Cause("no_skip", f"the residual connections taken out of a deep net ({16} blocks), diagnosed against its "
+          f"{SHALLOW_DEPTH}-block plain twin", must=("degradation",), may=("vanishing_gradient",)),
     Cause("lr_high_sgd", f"SGD at lr {LR_HIGH_SGD:g}", must=("lr_too_high",), may=_BLOWUP),
     Cause("lr_high_adam", f"Adam at lr {LR_HIGH_ADAM:g}", must=("lr_too_high",), may=_BLOWUP),
     Cause("lr_low", f"the healthy optimizer at {LR_LOW_FACTOR:g}x its lr", must=("lr_too_low",)),
@@ -118,12 +124,13 @@ CASES: list[Case] = [
     *_cases("gru", "healthy", ("long_range", {"length": LONG_RANGE}), "lr_high_adam", "lr_low", "nan"),
 ]
 
-# The regression subset `make test` runs (tests/test_zoo.py): cheap cases of both halves that
-# between them need every kind the zoo labels except those only long runs show.
+# The regression subset `make test` runs (tests/test_zoo.py, well under 3 minutes on 2 cores): cases
+# of both halves and of every family, between them labelled with every kind the zoo asks for.
 QUICK: tuple[str, ...] = (
-    "mlp/healthy", "mlp/saturating_depth", "mlp/init_large", "mlp/lr_low", "mlp/dead_relu", "mlp/nan",
-    "rnn/long_range", "rnn/recurrent_init_large", "resmlp/lr_high_adam",
-    "frozen_tanh_mlp/healthy", "frozen_tanh_mlp/init_small", "frozen_tanh_mlp/lr_high_sgd", "gru/healthy",
+    "mlp/healthy", "mlp/saturating_depth", "mlp/init_small", "mlp/init_large", "mlp/lr_low", "mlp/dead_relu",
+    "mlp/nan", "vgg/lr_high_sgd", "resmlp/no_skip", "resmlp/lr_high_adam", "gpt2/nan", "rnn/long_range",
+    "rnn/recurrent_init_large", "lstm/healthy", "frozen_tanh_mlp/healthy", "frozen_tanh_mlp/init_small",
+    "frozen_tanh_mlp/lr_high_sgd", "resnet/dead_relu", "encoder_pre_ln/healthy", "gru/healthy", "gru/long_range",
 )
 
 

@@ -30,7 +30,7 @@ from zoo import score, tasks  # noqa: E402
 from zoo.architectures import ARCHITECTURES  # noqa: E402
 from zoo.breakages import inject_nan, kill_relus, scale_init  # noqa: E402
 from zoo.cases import (CASES, INIT_LARGE, INIT_SMALL, LR_HIGH_ADAM, LR_HIGH_SGD, LR_LOW_FACTOR, NAN_STEP,  # noqa: E402
-                       QUICK, SHORT_RANGE, STEPS, Case, case, label)
+                       QUICK, SHALLOW_DEPTH, SHORT_RANGE, STEPS, Case, case, label)
 
 from gradhealth.diagnose.rules import diagnose_log  # noqa: E402
 from gradhealth.monitor import GradientMonitor  # noqa: E402
@@ -60,10 +60,11 @@ def optimizer_for(c: Case, default: tuple[str, float]) -> tuple[str, float]:
     return default
 
 
-def run_case(c: Case, folder: Path, seed: int = 0) -> dict[str, Any]:
-    """Build, break, train and diagnose one case; what it found and what its label asks for."""
+def train(c: Case, options: dict[str, Any], path: Path, seed: int) -> tuple[list[str] | None, str, float]:
+    """Build, break and train one configuration into the log at ``path``; returns the layers the
+    label names (None: anywhere), the optimizer as words and the seconds the training took."""
     arch = ARCHITECTURES[c.arch]
-    options = {**arch.defaults, **c.options}
+    options = dict(options)
     warmup = options.pop("warmup", 0)
     length = options.pop("length", SHORT_RANGE)
     torch.manual_seed(seed)
@@ -81,7 +82,6 @@ def run_case(c: Case, folder: Path, seed: int = 0) -> dict[str, Any]:
     kind, lr = optimizer_for(c, (arch.optimizer, arch.lr))
     opt = make_optimizer(kind, model, lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup)) if warmup else None
-    path = folder / (c.name.replace("/", "__") + ".jsonl")
     start = time.perf_counter()
     batches = tasks.batches(arch.task, seed, length)
     with GradientMonitor(model, optimizer=opt, jsonl=path, detail_every=1) as mon:
@@ -95,9 +95,24 @@ def run_case(c: Case, folder: Path, seed: int = 0) -> dict[str, Any]:
                 schedule.step()
     if remove is not None:
         remove()
-    seconds = time.perf_counter() - start
+    words = f"{kind} lr {lr:g}" + (f", {warmup} warm-up steps" if warmup else "")
+    return where, words, time.perf_counter() - start
+
+
+def run_case(c: Case, folder: Path, seed: int = 0) -> dict[str, Any]:
+    """Train and diagnose one case (a deep plain net together with its shallow plain twin); what it
+    found and what its label asks for."""
+    arch = ARCHITECTURES[c.arch]
+    options = {**arch.defaults, **c.options}
+    path = folder / (c.name.replace("/", "__") + ".jsonl")
+    where, words, seconds = train(c, options, path, seed)
+    compare = []
+    if c.cause == "no_skip":
+        twin = folder / (c.name.replace("/", "__") + "__shallow.jsonl")
+        seconds += train(c, {**options, "depth": SHALLOW_DEPTH}, twin, seed)[2]
+        compare = [read_jsonl(twin)]
     log = read_jsonl(path)
-    diagnosis = diagnose_log(log).to_json()
+    diagnosis = diagnose_log(log, compare=compare).to_json()
     losses = [r.loss for r in log.records if r.loss is not None]
     cov = diagnosis.get("coverage") or {}
     matrices, acts = cov.get("weight_matrices") or {}, cov.get("activations") or {}
@@ -111,7 +126,7 @@ def run_case(c: Case, folder: Path, seed: int = 0) -> dict[str, Any]:
                      "unmeasured": matrices.get("unmeasured", []), "frozen": matrices.get("frozen"),
                      "activations": [acts.get("hooked"), acts.get("total")],
                      "unhooked": acts.get("unhooked", [])},
-        "optimizer": f"{kind} lr {lr:g}" + (f", {warmup} warm-up steps" if warmup else ""),
+        "optimizer": words,
         "steps": STEPS,
         "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         "seconds": round(seconds, 2),

@@ -72,6 +72,10 @@ MIN_DEAD_BATCH = 8
 # is far outside that band.
 LR_HIGH_RATIO = 1e-1
 LR_LOW_RATIO = 1e-5
+# The lower edge of that healthy band: a layer nearest the output that updates at least this fast
+# learns at a normal rate, so the tiny updates of the others come from their gradients (vanishing),
+# not from the learning rate. One slower than this is slow too, whatever the depth profile says.
+HEALTHY_UPDATE_MIN = 1e-4
 # a deeper plain net must end this much (relative) above a shallower one: more than seed noise
 DEGRADATION_MARGIN = 0.1
 # mixed precision skips steps whose scaled gradients overflowed while the loss scaler calibrates
@@ -670,14 +674,15 @@ def find_lr_too_low(log: RunLog, context: dict[str, Any] | None = None) -> Findi
     """Median update ratio over all weight layers below LR_LOW_RATIO, unless vanishing explains it.
 
     Vanishing layers have tiny update ratios whatever the learning rate; when the layer nearest the
-    output updates at a normal rate, the gradient (not the learning rate) is what is small.
+    output updates at a normal rate (HEALTHY_UPDATE_MIN or more), the gradient (not the learning
+    rate) is what is small.
     """
     names = weight_layers(log)
     ratios = _update_ratios(log, names)
     if not ratios or median(ratios) >= LR_LOW_RATIO:
         return None
     output = _update_ratios(log, names[-1:])
-    if output and median(output) >= LR_LOW_RATIO:
+    if output and median(output) >= HEALTHY_UPDATE_MIN:
         return None
     ratio = float(median(ratios))
     text = (f"A typical step changes the weights by only {ratio:.2g} of their norm, against about 1e-3 for "
