@@ -51,11 +51,11 @@ $(BENCH_STAMP): pyproject.toml constraints.txt
 bench: $(BENCH_STAMP)
 	$(BENCH_BIN)/python benchmarks/run_all.py
 
-# Only the diagnosis benchmark over the zoo of architectures (a few minutes on 2 cores), then
-# BENCHMARKS.md rewritten with it; `python benchmarks/zoo/run.py --record` keeps its figures as
-# the ones tests/test_zoo.py compares against.
+# Only the diagnosis benchmark over the zoo of architectures (a few minutes on 2 cores), its
+# section of BENCHMARKS.md rewritten; `python benchmarks/zoo/run.py --record` keeps its figures
+# as the ones tests/test_zoo.py compares against.
 zoo: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py --only zoo
+	$(BIN)/python benchmarks/zoo/run.py --markdown BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .cache build src/*.egg-info

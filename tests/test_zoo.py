@@ -91,6 +91,24 @@ def test_scores_split_by_half_with_confusion_and_coverage():
     assert "`lr_too_low` | 1 | 0 | 0 | 1 | - | 0.00" in text and "**below goal**" in text
 
 
+def test_the_zoo_section_replaces_its_old_self_or_lands_after_the_real_models():
+    doc = "# B\n\n## Real models\n\nr\n\n## Scaling\n\ns\n"
+    once = score.splice_section(doc, "## Zoo: x\n\n### held-out\n\nold")
+    assert once.index("## Real models") < once.index("## Zoo: x") < once.index("## Scaling")
+    twice = score.splice_section(once, "## Zoo: y\n\nnew")
+    assert "old" not in twice and "### held-out" not in twice and twice.count("## Zoo") == 1
+    assert twice.endswith("## Scaling\n\ns\n") and "r\n" in twice
+
+
+def test_labels_follow_the_cause_and_the_activation():
+    assert label("init_large") == {"must": {"exploding_gradient": []}, "may": ["nonfinite", "saturation",
+                                                                               "lr_too_high"]}
+    tanh = label("init_large", saturating=True)
+    assert set(tanh["must"]) == {"exploding_gradient", "saturation"} and "saturation" not in tanh["may"]
+    assert label("nan", ["blocks.2"]) == {"must": {"nonfinite": ["blocks.2"]}, "may": []}
+    assert label("healthy") == {"must": {}, "may": []}
+
+
 # ---- the zoo -------------------------------------------------------------------------------------
 
 def test_the_zoo_spans_families_and_halves_by_architecture():

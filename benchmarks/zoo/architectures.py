@@ -268,11 +268,22 @@ def llama(depth: int = 4, width: int = 64, initializer_range: float = 0.02) -> n
 # ---- recurrent --------------------------------------------------------------------------------------
 
 class Recurrent(nn.Module):
-    """``nn.RNN`` (tanh) / ``nn.LSTM`` / ``nn.GRU`` reading a sequence, a linear head on the last state."""
+    """``nn.RNN`` (tanh) / ``nn.LSTM`` / ``nn.GRU`` reading a sequence, a linear head on the last state.
+
+    ``irnn``: the ReLU ``nn.RNN`` of Le et al. 2015, whose hidden-to-hidden weights start as the
+    identity and biases at zero, so that the state (and the gradient through time) is carried unchanged.
+    """
 
     def __init__(self, cell: str, hidden: int = 32):
         super().__init__()
-        self.rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell](1, hidden, batch_first=True)
+        if cell == "irnn":
+            self.rnn = nn.RNN(1, hidden, nonlinearity="relu", batch_first=True)
+            with torch.no_grad():
+                self.rnn.weight_hh_l0.copy_(torch.eye(hidden))
+                self.rnn.bias_hh_l0.zero_()
+                self.rnn.bias_ih_l0.zero_()
+        else:
+            self.rnn = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell](1, hidden, batch_first=True)
         self.head = nn.Linear(hidden, 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -391,6 +402,9 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                  init_targets=_lm_matrices),
     Architecture("gru", "recurrent", HELD_OUT, "`nn.GRU`, 32 units", lambda **kw: Recurrent("gru", **kw),
                  "sequence", "adam", 3e-3, lambda m: ["rnn"], init_targets=_recurrent_weights),
+    Architecture("irnn", "recurrent", HELD_OUT, "ReLU `nn.RNN`, 32 units, identity recurrent init (IRNN)",
+                 lambda **kw: Recurrent("irnn", **kw), "sequence", "adam", 1e-3, lambda m: ["rnn"],
+                 init_targets=_recurrent_weights),
 )}
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gradhealth.diagnose.findings import FINDING_KINDS
 
 # The breakages' sizes, one value for every architecture (never one per case): init scaled by
 # 1/4 or 4 (the gain every layer multiplies the signal by moves away from 1 by the same factor as
@@ -46,6 +45,8 @@ class Cause:
     may: tuple[str, ...] = ()
     # "nan_unit" / "dead_relus": the label names layers for the first must-kind; None: anywhere
     where: str | None = None
+    # kinds it must produce too in a net of saturating activations (tanh, sigmoid)
+    must_if_saturating: tuple[str, ...] = ()
 
 
 CAUSES: dict[str, Cause] = {c.name: c for c in (
@@ -56,8 +57,13 @@ CAUSES: dict[str, Cause] = {c.name: c for c in (
     # every example, which is what a dead unit is
     Cause("init_small", f"weights initialized {INIT_SMALL}x their calibrated scale",
           must=("vanishing_gradient",), may=("dead_units",)),
+    # a tanh unit's input then has a standard deviation of several units (4 x Xavier's 5/3 gain): most
+    # of it lies where tanh' < 1 % of its maximum (|x| > 2.65), which is what saturation is
     Cause("init_large", f"weights initialized {INIT_LARGE:g}x their calibrated scale",
-          must=("exploding_gradient",), may=("nonfinite", "saturation", "lr_too_high")),
+          must=("exploding_gradient",), may=("nonfinite", "saturation", "lr_too_high"),
+          must_if_saturating=("saturation",)),
+    Cause("recurrent_init_small", f"hidden-to-hidden weights {INIT_SMALL}x their default scale",
+          must=("vanishing_through_time",)),
     Cause("recurrent_init_large", f"hidden-to-hidden weights {INIT_LARGE:g}x their default scale",
           must=("exploding_through_time",), may=("exploding_gradient", "nonfinite", "saturation", "lr_too_high")),
     # the degradation problem (He et al. 2016): the deep plain net trains worse than a shallow plain
@@ -75,7 +81,6 @@ CAUSES: dict[str, Cause] = {c.name: c for c in (
           must=("nonfinite",), where="nan_unit"),
     Cause("long_range", f"the label is the sign of step 1 of {LONG_RANGE}", must=("vanishing_through_time",)),
 )}
-assert all(k in FINDING_KINDS for c in CAUSES.values() for k in (*c.must, *c.may))
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,9 @@ CASES: list[Case] = [
     *_cases("vit", "healthy", _NO_SKIP, "lr_high_adam", "lr_low", "nan"),
     *_cases("llama", "healthy", "init_large", "lr_high_adam", "lr_high_sgd", "lr_low", "nan"),
     *_cases("gru", "healthy", ("long_range", {"length": LONG_RANGE}), "lr_high_adam", "lr_low", "nan"),
+    # the identity recurrent init exists to carry long dependencies (Le et al. 2015): no long-range case
+    *_cases("irnn", "healthy", ("recurrent_init_small", {"length": 30}), ("recurrent_init_large", {"length": 30}),
+            "lr_high_adam", "lr_low", "nan"),
 ]
 
 # The regression subset `make test` runs (tests/test_zoo.py, well under 3 minutes on 2 cores): cases
@@ -131,6 +139,7 @@ QUICK: tuple[str, ...] = (
     "mlp/nan", "vgg/lr_high_sgd", "resmlp/no_skip", "resmlp/lr_high_adam", "gpt2/nan", "rnn/long_range",
     "rnn/recurrent_init_large", "lstm/healthy", "frozen_tanh_mlp/healthy", "frozen_tanh_mlp/init_small",
     "frozen_tanh_mlp/lr_high_sgd", "resnet/dead_relu", "encoder_pre_ln/healthy", "gru/healthy", "gru/long_range",
+    "irnn/recurrent_init_small", "irnn/recurrent_init_large",
 )
 
 
@@ -141,10 +150,11 @@ def case(name: str) -> Case:
     return found
 
 
-def label(cause_name: str, where: list[str] | None = None) -> dict[str, Any]:
-    """The label of a case: ``must`` (kind -> the layers it must name, [] for anywhere), ``may``."""
+def label(cause_name: str, where: list[str] | None = None, saturating: bool = False) -> dict[str, Any]:
+    """The label of a case: ``must`` (kind -> the layers it must name, [] for anywhere), ``may``.
+    ``saturating``: the model's activation modules are tanh or sigmoid."""
     cause = CAUSES[cause_name]
-    must = {kind: [] for kind in cause.must}
+    must = {kind: [] for kind in (*cause.must, *(cause.must_if_saturating if saturating else ()))}
     if cause.where and where is not None:
         must[cause.must[0]] = list(where)
-    return {"must": must, "may": list(cause.may)}
+    return {"must": must, "may": [k for k in cause.may if k not in must]}

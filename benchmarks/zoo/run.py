@@ -3,6 +3,7 @@
     python benchmarks/zoo/run.py                 # every case (what `make bench` runs)
     python benchmarks/zoo/run.py --quick         # the regression subset tests/test_zoo.py runs
     python benchmarks/zoo/run.py --record        # also rewrite benchmarks/zoo/recorded.json
+    python benchmarks/zoo/run.py --markdown BENCHMARKS.md   # and its section there (`make zoo`)
     python benchmarks/zoo/run.py --case mlp/nan  # one case, its findings printed
 
 Each case trains in an ordinary user loop (``loss.backward(); mon.step(loss=loss); opt.step()``)
@@ -70,8 +71,8 @@ def train(c: Case, options: dict[str, Any], path: Path, seed: int) -> tuple[list
     torch.manual_seed(seed)
     model = arch.build(**options)
     where, remove = None, None
-    if c.cause in ("init_small", "init_large", "recurrent_init_large"):
-        scale_init(arch, model, INIT_SMALL if c.cause == "init_small" else INIT_LARGE)
+    if c.cause in ("init_small", "init_large", "recurrent_init_small", "recurrent_init_large"):
+        scale_init(arch, model, INIT_SMALL if c.cause.endswith("init_small") else INIT_LARGE)
     elif c.cause == "dead_relu":
         where = kill_relus(arch, model)
     elif c.cause == "nan":
@@ -82,6 +83,7 @@ def train(c: Case, options: dict[str, Any], path: Path, seed: int) -> tuple[list
     kind, lr = optimizer_for(c, (arch.optimizer, arch.lr))
     opt = make_optimizer(kind, model, lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup)) if warmup else None
+    path.unlink(missing_ok=True)  # a kept log of an earlier run is replaced, not appended to
     start = time.perf_counter()
     batches = tasks.batches(arch.task, seed, length)
     with GradientMonitor(model, optimizer=opt, jsonl=path, detail_every=1) as mon:
@@ -118,7 +120,7 @@ def run_case(c: Case, folder: Path, seed: int = 0) -> dict[str, Any]:
     matrices, acts = cov.get("weight_matrices") or {}, cov.get("activations") or {}
     return {
         "arch": c.arch, "family": arch.family, "half": arch.half, "cause": c.cause,
-        "label": label(c.cause, where),
+        "label": label(c.cause, where, saturating=options.get("activation") in ("tanh", "sigmoid")),
         "verdict": diagnosis["verdict"],
         "findings": [{"kind": f["kind"], "severity": f["severity"], "layers": f["layers"][:KEEP_LAYERS],
                       "step": f["step"]} for f in diagnosis["findings"]],
@@ -133,12 +135,15 @@ def run_case(c: Case, folder: Path, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def run_cases(names: list[str] | None, seed: int = 0) -> dict[str, dict]:
+def run_cases(names: list[str] | None, seed: int = 0, logs: Path | None = None) -> dict[str, dict]:
+    """Run the cases (all by default); their logs go to ``logs`` when given, else to a temporary folder."""
     chosen = [case(n) for n in names] if names else CASES
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(logs) if logs is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for c in chosen:
-            result = run_case(c, Path(tmp), seed)
+            result = run_case(c, folder, seed)
             out[c.name] = result
             verdicts = score.case_outcome(result)
             print(f"{c.name}: {result['verdict']} {[(f['kind'], f['severity']) for f in result['findings']]}"
@@ -153,11 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the figures repeat)")
     parser.add_argument("--record", action="store_true", help="also write benchmarks/zoo/recorded.json")
     parser.add_argument("--out", type=Path, default=None, help="JSON result file")
+    parser.add_argument("--logs", type=Path, default=None,
+                        help="keep every case's JSONL log in this folder (for gradhealth report / diagnose --from-log)")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="rewrite the zoo section of this file (BENCHMARKS.md), leaving the rest as it is")
     args = parser.parse_args(argv)
     threads = harness.set_threads(args.threads)
     names = args.case or (list(QUICK) if args.quick else None)
     start = time.perf_counter()
-    cases = run_cases(names)
+    cases = run_cases(names, logs=args.logs)
     result = {"cases": cases, "quick": args.quick or bool(args.case), "seconds": round(time.perf_counter() - start),
               "command": harness.command_line(), "date": harness.now(),
               "machine": {**harness.machine_info(torch.device("cpu")), "threads": threads}}
@@ -168,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     harness.write_result("zoo", result, args.out)
     if args.record:
         harness.write_result("zoo", result, RECORDED)
-    print(score.markdown_section(result))
+    section = score.markdown_section(result)
+    if args.markdown:
+        args.markdown.write_text(score.splice_section(args.markdown.read_text(), section))
+        print(f"wrote {args.markdown}", file=sys.stderr)
+    print(section)
     return 0
 
 

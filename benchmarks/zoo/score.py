@@ -214,3 +214,19 @@ def markdown_section(result: dict[str, Any]) -> str:
         from harness import describe_machine
         lines.append(f"Machine: {describe_machine(machine)}")
     return "\n".join(lines)
+
+
+def splice_section(document: str, section: str, after: str = "## Real models") -> str:
+    """``document`` with its zoo section (from its ``## Zoo`` heading to the next ``## `` heading)
+    replaced by ``section``, or inserted before the heading that follows ``after`` when it has none."""
+    lines = document.split("\n")
+    heads = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    start = next((i for i in heads if lines[i].startswith("## Zoo")), None)
+    if start is None:
+        anchor = next((i for i in heads if lines[i].startswith(after)), None)
+        start = next((i for i in heads if anchor is not None and i > anchor), len(lines))
+        end = start
+    else:
+        end = next((i for i in heads if i > start), len(lines))
+    new = section.rstrip("\n").split("\n") + [""]
+    return "\n".join(lines[:start] + new + lines[end:])
