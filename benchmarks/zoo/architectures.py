@@ -7,7 +7,8 @@ the model trains on, with which optimizer when healthy, where a NaN can be injec
 which modules feed its ReLUs (for a dead-ReLU breakage).
 
 The split into a tuning half and a held-out half is by architecture (``half``): every case of an
-architecture lies in the same half, and each family has members in both.
+architecture lies in the same half, and every family but the vision transformer (held out) has
+members in both.
 """
 from __future__ import annotations
 
@@ -299,9 +300,10 @@ class Architecture:
 
     ``build(**options)``: the model (options a breakage may set: depth, activation, residual,
     norm_first...). ``task``: ``vector``, ``image``, ``text`` or ``sequence``. ``optimizer``/``lr``:
-    its healthy training. ``layer(model, k)``: the name of its k-th repeated unit (block or layer),
-    where a NaN is injected and which a label names. ``relu_inputs(model)``: the modules whose bias
-    feeds a ReLU, with the names of those ReLUs (for a dead-ReLU breakage).
+    its healthy training. ``units(model)``: the names of its repeated units (blocks or layers) in
+    forward order; a NaN is injected into the middle one, which its label then names.
+    ``relu_inputs(model)``: the modules whose bias feeds a ReLU, with the names of those ReLUs (for
+    a dead-ReLU breakage).
     """
 
     name: str

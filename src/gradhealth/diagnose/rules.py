@@ -731,11 +731,31 @@ def _time_context(log: RunLog, ctx: dict[str, Any], module: str) -> dict[str, An
     return {**ctx, "recurrent": own or ctx.get("recurrent") or []}
 
 
+def _before_divergence(log: RunLog) -> RunLog:
+    """``log`` cut before the first record whose loss reached LOSS_DIVERGENCE x the first one (or
+    turned non-finite), keeping the first record at least.
+
+    The gradient through time of a net whose loss has diverged is the divergence's doing: its tanh
+    units saturate or its ReLU states die, and the gradient is then exactly zero a few steps back
+    whatever the recurrent weights were. The rule that names the divergence (a learning rate too
+    high, an exploding gradient) covers it; the recurrent Jacobian is read from the run before it.
+    """
+    first = next((r.loss for r in log.records if _finite(r.loss)), None)
+    if first is None or first <= 0:
+        return log
+    cut = next((i for i, r in enumerate(log.records) if r.loss is not None
+                and (not math.isfinite(r.loss) or r.loss >= LOSS_DIVERGENCE * first)), None)
+    if cut is None:
+        return log
+    return RunLog(log.meta, log.records[:max(cut, 1)])
+
+
 def find_vanishing_through_time(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
     """A recurrent module whose gradient falls below VANISHED_FRACTION of the last step's within the
-    sequence: the steps beyond that horizon do not reach training."""
+    sequence: the steps beyond that horizon do not reach training. Read over the records before the
+    loss diverged (``_before_divergence``)."""
     ctx = run_context(log, context)
-    hit = {n: p for n, p in time_profiles(log).items() if p["horizon"] is not None}
+    hit = {n: p for n, p in time_profiles(_before_divergence(log)).items() if p["horizon"] is not None}
     if not hit:
         return None
     name = min(hit, key=lambda n: hit[n]["horizon"])
