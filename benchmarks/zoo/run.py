@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the regression subset")
     parser.add_argument("--case", action="append", help="only this case (repeatable), e.g. mlp/nan")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the models' init and the data (recorded: 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the figures repeat)")
     parser.add_argument("--record", action="store_true", help="also write benchmarks/zoo/recorded.json")
     parser.add_argument("--out", type=Path, default=None, help="JSON result file")
@@ -166,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = harness.set_threads(args.threads)
     names = args.case or (list(QUICK) if args.quick else None)
     start = time.perf_counter()
-    cases = run_cases(names, logs=args.logs)
-    result = {"cases": cases, "quick": args.quick or bool(args.case), "seconds": round(time.perf_counter() - start),
+    cases = run_cases(names, seed=args.seed, logs=args.logs)
+    result = {"cases": cases, "quick": args.quick or bool(args.case), "seed": args.seed,
+              "seconds": round(time.perf_counter() - start),
               "command": harness.command_line(), "date": harness.now(),
               "machine": {**harness.machine_info(torch.device("cpu")), "threads": threads}}
     result["scores"] = score.scores(cases)
