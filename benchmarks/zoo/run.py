@@ -4,6 +4,7 @@
     python benchmarks/zoo/run.py --quick         # the regression subset tests/test_zoo.py runs
     python benchmarks/zoo/run.py --record        # also rewrite benchmarks/zoo/recorded.json
     python benchmarks/zoo/run.py --markdown BENCHMARKS.md   # and its section there (`make zoo`)
+    python benchmarks/zoo/run.py --render-only --markdown BENCHMARKS.md   # the recorded figures, rendered
     python benchmarks/zoo/run.py --case mlp/nan  # one case, its findings printed
 
 Each case trains in an ordinary user loop (``loss.backward(); mon.step(loss=loss); opt.step()``)
@@ -15,6 +16,7 @@ regression test compares against.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -163,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep every case's JSONL log in this folder (for gradhealth report / diagnose --from-log)")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="rewrite the zoo section of this file (BENCHMARKS.md), leaving the rest as it is")
+    parser.add_argument("--render-only", action="store_true",
+                        help="run nothing: render the recorded figures (into --markdown when given)")
     args = parser.parse_args(argv)
+    if args.render_only:
+        section = score.markdown_section(json.loads(RECORDED.read_text()))
+        if args.markdown:
+            args.markdown.write_text(score.splice_section(args.markdown.read_text(), section))
+        print(section)
+        return 0
     threads = harness.set_threads(args.threads)
     names = args.case or (list(QUICK) if args.quick else None)
     start = time.perf_counter()

@@ -176,12 +176,18 @@ def _cases_table(cases: dict[str, dict[str, Any]]) -> str:
                    "activations hooked", "loss", "s"], rows)
 
 
+def _misses(cases: dict[str, dict[str, Any]], half: str) -> str:
+    wrong = [f"`{name}` ({case_outcome(r)['status']})" for name, r in cases.items()
+             if r["half"] == half and case_outcome(r)["status"] != "correct"]
+    return "Cases not entirely right: " + ("; ".join(wrong) if wrong else "none") + "."
+
+
 def markdown_section(result: dict[str, Any]) -> str:
     from zoo.architectures import ARCHITECTURES
     from zoo.cases import CAUSES, STEPS
 
     lines = ["## Zoo: precision and recall of every finding on architectures with a known cause", "",
-             f"Each case trains {STEPS} steps in an ordinary user loop with `GradientMonitor(model, optimizer=opt, "
+             f"Each case trains {STEPS} steps (seed {result.get('seed', 0)}) in an ordinary user loop with `GradientMonitor(model, optimizer=opt, "
              "jsonl=..., detail_every=1)` and is diagnosed as `gradhealth diagnose --from-log` does "
              "(`benchmarks/zoo/`). A label comes from the cause of the breakage (`benchmarks/zoo/cases.py`): the "
              "kinds that must appear (and where, when that is knowable), the kinds the cause may bring along "
@@ -205,7 +211,7 @@ def markdown_section(result: dict[str, Any]) -> str:
                   f"{', '.join(s['healthy_with_error']) or 'none'}. Weight matrices measured: at least "
                   f"{s['weight_coverage_min']:.0%} on every model"
                   + (f" (below 100 %: {', '.join(s['below_full_coverage'])})" if s["below_full_coverage"] else "")
-                  + ".", "", _kinds_table(s["kinds"]), "", "Confusion (cases of each cause in which each kind was "
+                  + ".", "", _kinds_table(s["kinds"]), "", _misses(result["cases"], half), "", "Confusion (cases of each cause in which each kind was "
                   "reported, warning or error):", "", _confusion_table(s["confusion"]), ""]
     lines += ["Every case:", "", _cases_table(result["cases"]), ""]
     lines += [f"Command: `{result['command']}` ({result['seconds']} s)  ", f"Date: {result['date']}  "]
