@@ -200,7 +200,7 @@ def monitor_kwargs(wanted: dict) -> dict:
     return {k: v for k, v in wanted.items() if k in accepted}
 
 
-# ---- data the benchmarks train on (no download) ---------------------------------------------------------------------------------------
+# ---- data the benchmarks train on (no download) ---------------------------------------
 
 def stdlib_bytes(limit: int = 400_000) -> torch.Tensor:
     """Byte-level text with no download: the Python standard library's own sources, sorted."""
