@@ -59,6 +59,9 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, int]:
         "study_time": [sys.executable, "benchmarks/study_time.py"],
         "peers": [sys.executable, "benchmarks/peers.py", *common],
         "real_models": [sys.executable, "benchmarks/real_models.py", *common],
+        # the zoo trains on the CPU with one thread by default so that its figures repeat
+        "zoo": [sys.executable, "benchmarks/zoo/run.py", *(["--quick"] if args.quick else []),
+                *(["--threads", str(args.threads)] if args.threads else [])],
     }
     for name, cmd in jobs.items():
         if args.only and name not in args.only:
@@ -97,14 +100,16 @@ def section(name: str, codes: dict[str, int]) -> str:
     import scaling
     import study_time
     import throughput
+    from zoo import score as zoo_score
 
     result = harness.read_result(name)
     titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling", "study_time": "Studies",
-              "peers": "Peers", "real_models": "Real models"}
+              "peers": "Peers", "real_models": "Real models", "zoo": "Zoo"}
     if result is None:
         code = codes.get(name)
         why = f"the last run failed (exit code {code})" if code else "not run yet"
-        return f"## {titles[name]}\n\nNo result: {why}. Run `python benchmarks/{name}.py`."
+        script = "zoo/run" if name == "zoo" else name
+        return f"## {titles[name]}\n\nNo result: {why}. Run `python benchmarks/{script}.py`."
     if name == "throughput":
         text = throughput.markdown_section(result)
     elif name == "overhead":
@@ -120,6 +125,8 @@ def section(name: str, codes: dict[str, int]) -> str:
         text = peers.markdown_section(result)
     elif name == "real_models":
         text = real_models.markdown_section(result)
+    elif name == "zoo":
+        text = zoo_score.markdown_section(result)
     else:
         text = scaling.markdown_section(result)
     if result.get("quick"):
@@ -155,7 +162,7 @@ def render(note: str | None, codes: dict[str, int]) -> str:
     produced_by = harness.command_line()
     if note:
         produced_by = produced_by.replace(shlex.quote(note), "'(the note below)'")
-    names = ("throughput", "overhead", "peers", "real_models", "scaling", "study_time")
+    names = ("throughput", "overhead", "peers", "real_models", "zoo", "scaling", "study_time")
     parts = [intro(note, produced_by)] + [section(name, codes) for name in names] + gpu_sections()
     return "\n\n".join(parts) + "\n"
 
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", choices=("throughput", "overhead", "overhead_profile", "scaling", "peers", "real_models",
-                                                   "study_time"),
+                                                   "study_time", "zoo"),
                         action="append",
                         help="run only these (the others' last results are kept in BENCHMARKS.md)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md")

@@ -314,6 +314,31 @@ def test_exactly_zero_early_steps_count_as_vanished():
     assert finding.evidence["horizon"] == 90
 
 
+def test_a_gradient_through_time_that_dies_only_after_the_loss_diverged_is_the_divergence_not_the_cell():
+    # healthy (0.99 per step) on steps 0..3, then the loss blows up 10x and the gradient is exactly
+    # zero beyond the last two steps: saturated units, which the divergence explains
+    def died(step):
+        length = 100
+        if step % 2:
+            return {}
+        if step < 4:
+            return {"rnn": [0.99 ** (length - 1 - t) for t in range(length)]}
+        return {"rnn": [0.0] * (length - 2) + [0.5, 1.0]}
+
+    def losses(log, blow_up):
+        for record in log.records:
+            record.loss = 30.0 if blow_up and record.step >= 4 else 3.0 * 0.97 ** record.step
+        return log
+
+    layers = rnn_layers("RNN")
+    grads = lambda s: {"embedding": 0.3, "rnn.weight_ih_l0": 0.5, "rnn.weight_hh_l0": 0.6, "head": 1.0}  # noqa: E731
+    diverged = losses(build(layers, grads, steps=10, time_grads=died), blow_up=True)
+    assert by_kind(diagnose_log(diverged), "vanishing_through_time") is None
+    # the same gradients under a loss that stays put: the cell itself stopped carrying the gradient
+    steady = losses(build(layers, grads, steps=10, time_grads=died), blow_up=False)
+    assert by_kind(diagnose_log(steady), "vanishing_through_time") is not None
+
+
 def test_a_gradient_growing_back_through_time_explodes():
     finding = by_kind(diagnose_log(rnn_log("RNN", 1.2, length=50)), "exploding_through_time")
     assert finding is not None and finding.evidence["factor"] == pytest.approx(1.2, rel=1e-3)

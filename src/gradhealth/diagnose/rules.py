@@ -81,6 +81,10 @@ MIN_DEAD_BATCH = 8
 # is far outside that band.
 LR_HIGH_RATIO = 1e-1
 LR_LOW_RATIO = 1e-5
+# The lower edge of that healthy band: a layer nearest the output that updates at least this fast
+# learns at a normal rate, so the tiny updates of the others come from their gradients (vanishing),
+# not from the learning rate. One slower than this is slow too, whatever the depth profile says.
+HEALTHY_UPDATE_MIN = 1e-4
 # a deeper plain net must end this much (relative) above a shallower one: more than seed noise
 DEGRADATION_MARGIN = 0.1
 # mixed precision skips steps whose scaled gradients overflowed while the loss scaler calibrates
@@ -722,14 +726,15 @@ def find_lr_too_low(log: RunLog, context: dict[str, Any] | None = None) -> Findi
     """Median update ratio over all weight layers below LR_LOW_RATIO, unless vanishing explains it.
 
     Vanishing layers have tiny update ratios whatever the learning rate; when the layer nearest the
-    output updates at a normal rate, the gradient (not the learning rate) is what is small.
+    output updates at a normal rate (HEALTHY_UPDATE_MIN or more), the gradient (not the learning
+    rate) is what is small.
     """
     names = weight_layers(log)
     ratios = _update_ratios(log, names)
     if not ratios or median(ratios) >= LR_LOW_RATIO:
         return None
     output = _update_ratios(log, names[-1:])
-    if output and median(output) >= LR_LOW_RATIO:
+    if output and median(output) >= HEALTHY_UPDATE_MIN:
         return None
     ratio = float(median(ratios))
     text = (f"A typical step changes the weights by only {ratio:.2g} of their norm, against about 1e-3 for "
@@ -778,11 +783,31 @@ def _time_context(log: RunLog, ctx: dict[str, Any], module: str) -> dict[str, An
     return {**ctx, "recurrent": own or ctx.get("recurrent") or []}
 
 
+def _before_divergence(log: RunLog) -> RunLog:
+    """``log`` cut before the first record whose loss reached LOSS_DIVERGENCE x the first one (or
+    turned non-finite), keeping the first record at least.
+
+    The gradient through time of a net whose loss has diverged is the divergence's doing: its tanh
+    units saturate or its ReLU states die, and the gradient is then exactly zero a few steps back
+    whatever the recurrent weights were. The rule that names the divergence (a learning rate too
+    high, an exploding gradient) covers it; the recurrent Jacobian is read from the run before it.
+    """
+    first = next((r.loss for r in log.records if _finite(r.loss)), None)
+    if first is None or first <= 0:
+        return log
+    cut = next((i for i, r in enumerate(log.records) if r.loss is not None
+                and (not math.isfinite(r.loss) or r.loss >= LOSS_DIVERGENCE * first)), None)
+    if cut is None:
+        return log
+    return RunLog(log.meta, log.records[:max(cut, 1)])
+
+
 def find_vanishing_through_time(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
     """A recurrent module whose gradient falls below VANISHED_FRACTION of the last step's within the
-    sequence: the steps beyond that horizon do not reach training."""
+    sequence: the steps beyond that horizon do not reach training. Read over the records before the
+    loss diverged (``_before_divergence``)."""
     ctx = run_context(log, context)
-    hit = {n: p for n, p in time_profiles(log).items() if p["horizon"] is not None}
+    hit = {n: p for n, p in time_profiles(_before_divergence(log)).items() if p["horizon"] is not None}
     if not hit:
         return None
     name = min(hit, key=lambda n: hit[n]["horizon"])
