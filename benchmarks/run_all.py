@@ -59,6 +59,8 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, int]:
         "study_time": [sys.executable, "benchmarks/study_time.py"],
         "peers": [sys.executable, "benchmarks/peers.py", *common],
         "real_models": [sys.executable, "benchmarks/real_models.py", *common],
+        # its own processes on CPU (gloo): --device does not apply, --threads neither (one thread per process)
+        "sharded_overhead": [sys.executable, "benchmarks/sharded_overhead.py", *(["--quick"] if args.quick else [])],
     }
     for name, cmd in jobs.items():
         if args.only and name not in args.only:
@@ -95,17 +97,24 @@ def section(name: str, codes: dict[str, int]) -> str:
     import peers
     import real_models
     import scaling
+    import sharded_overhead
     import study_time
     import throughput
 
     result = harness.read_result(name)
     titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling", "study_time": "Studies",
               "peers": "Peers", "real_models": "Real models"}
-    if result is None:
+    if name == "sharded_overhead":
+        # the collectives counted by the tests are stated whether or not the timings ran
+        text = sharded_overhead.markdown_section(result)
+        code = codes.get(name)
+        if result is None and code:
+            text = text.replace("not measured yet;", f"the last run failed (exit code {code});")
+    elif result is None:
         code = codes.get(name)
         why = f"the last run failed (exit code {code})" if code else "not run yet"
         return f"## {titles[name]}\n\nNo result: {why}. Run `python benchmarks/{name}.py`."
-    if name == "throughput":
+    elif name == "throughput":
         text = throughput.markdown_section(result)
     elif name == "overhead":
         profile = harness.read_result("overhead_profile")
@@ -122,7 +131,7 @@ def section(name: str, codes: dict[str, int]) -> str:
         text = real_models.markdown_section(result)
     else:
         text = scaling.markdown_section(result)
-    if result.get("quick"):
+    if result is not None and result.get("quick"):
         text = text.replace("\n", "\n\n> Made with `--quick`: a check that the script runs, not a measurement.\n", 1)
     return text
 
@@ -155,7 +164,7 @@ def render(note: str | None, codes: dict[str, int]) -> str:
     produced_by = harness.command_line()
     if note:
         produced_by = produced_by.replace(shlex.quote(note), "'(the note below)'")
-    names = ("throughput", "overhead", "peers", "real_models", "scaling", "study_time")
+    names = ("throughput", "overhead", "peers", "real_models", "sharded_overhead", "scaling", "study_time")
     parts = [intro(note, produced_by)] + [section(name, codes) for name in names] + gpu_sections()
     return "\n\n".join(parts) + "\n"
 
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", choices=("throughput", "overhead", "overhead_profile", "scaling", "peers", "real_models",
-                                                   "study_time"),
+                                                   "sharded_overhead", "study_time"),
                         action="append",
                         help="run only these (the others' last results are kept in BENCHMARKS.md)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md")
