@@ -204,6 +204,9 @@ def markdown_section(result: dict | None) -> str:
              f"x{row['ratio_min']:.3f} to x{row['ratio_max']:.3f}"] for name, row in result["results"].items()]
     lines += [harness.markdown_table(["configuration", "ms/step (median)", "time vs FSDP2 alone",
                                       "range of paired ratios"], rows), ""]
+    base = result["results"]["fsdp"]
+    lines += [f"FSDP2 alone took {base['min_ms']:.0f} to {base['max_ms']:.0f} ms per step from one repetition to "
+              "the next (other work on the machine); the ratios, paired within each repetition, move far less.", ""]
     lines += [f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
               f"Machine: {harness.describe_machine(result['machine'])}"]
     return "\n".join(lines)
