@@ -1,5 +1,5 @@
-"""torchrun's entry point in tests/test_train_fsdp.py: gradhealth's command line as ``-m gradhealth`` runs it,
-plus this rank's exit status in ``$EXIT_STATUS_DIR/rank<RANK>`` (torchrun exits with its own status, not its workers')."""
+"""torchrun's entry point in tests/test_train_fsdp.py: gradhealth's command line as ``-m gradhealth`` runs it, plus
+this rank's exit status in ``$EXIT_STATUS_DIR/rank<RANK>`` (torchrun exits with its own status, not its workers')."""
 import os
 import sys
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "agree_any", "collective_device", "shutdown_distributed"]
+__all__ = ["DistInfo", "init_distributed", "agree_any", "collective_device", "backend_device_type",
+           "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def backend_device_type(backend: str) -> str:
     if ":" in backend:
         kinds = [pair.split(":", 1)[0] for pair in backend.split(",")]
     else:
-        kinds = [kind for kind, name in dist.Backend.default_device_backend_map.items() if name == backend]
+        defaults = getattr(dist.Backend, "default_device_backend_map", {"cpu": "gloo", "cuda": "nccl"})
+        kinds = [kind for kind, name in defaults.items() if name == backend]
     # a backend torch does not map (a plugin) is trusted with CPU tensors, as gloo is
     return "cpu" if not kinds or "cpu" in kinds else kinds[0]
 
