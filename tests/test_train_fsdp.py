@@ -117,10 +117,13 @@ def test_fsdp_run_stopped_by_sigterm_saves_exits_130_and_resumes_bit_exactly(tmp
     # every rank ends as the README says (torchrun itself exits with its own status, not 0)
     assert stopped.returncode != 0
     assert [int((statuses / f"rank{r}").read_text()) for r in range(2)] == [130, 130], stopped.stderr[-2000:]
-    said = re.findall(r"error: interrupted at step (\d+); checkpoint written to (\S+)\.\n", stopped.stderr)
+    # torchrun runs its workers unbuffered: a rank's message and its newline are two writes, between
+    # which another process may write
+    said = re.findall(r"error: interrupted at step (\d+); checkpoint written to " + re.escape(f"{last}."),
+                      stopped.stderr)
     assert len(said) == 2 and said[0] == said[1], stopped.stderr[-2000:]
-    step = int(said[0][0])
-    assert step >= 3 and Path(said[0][1]) == last
+    step = int(said[0])
+    assert step >= 3
     # both ranks agreed on the step they stopped at, and saved it whole: no temp or old folder is left
     for rank in range(2):
         assert torch.load(last / f"rank{rank}.pt", weights_only=True)["step"] == step
