@@ -1,8 +1,8 @@
 """What the monitor costs under FSDP2: step time with GradientMonitor against FSDP2 alone, 2 processes (gloo).
 
 The script starts the processes itself (``torch.multiprocessing.spawn``, gloo on CPU, one thread
-each); every rank builds the same model (``mlp:depth=10,width=256``, 64 input features), three
-copies of it with the same initial weights, each sharded as ``gradhealth train --strategy fsdp``
+each); every rank builds the same model (``mlp:depth=10,width=256``, 64 input features), one
+copy of it per configuration with the same initial weights, each sharded as ``gradhealth train --strategy fsdp``
 shards it (``fully_shard`` on each block, then the root), with its own SGD optimizer, and its own
 batch of 64 examples per rank. One step is forward + cross-entropy + backward + SGD step:
 
@@ -10,12 +10,15 @@ batch of 64 examples per rank. One step is forward + cross-entropy + backward + 
 * ``fsdp_monitor_every1``: ``GradientMonitor(model, optimizer=opt)`` with its defaults (every=1;
   one recorded step in ten detailed), ``mon.step(loss=loss)`` after backward: on a recorded step
   its one all-gather (``monitor/sharded.py``);
-* ``fsdp_monitor_every10``: ``every=10`` (detailed every 100 steps).
+* ``fsdp_monitor_every10``: ``every=10`` (detailed every 100 steps);
+* ``fsdp_monitor_undetailed``: every=1 with no detailed step in the timed ones (``detail_every=100000``):
+  what a recorded step with its one all-gather costs, without the detailed steps' weight norms,
+  update ratios and activation statistics.
 
-All three are timed interleaved in the same processes, one step at a time: a repetition is 100
+All are timed interleaved in the same processes, one step at a time: a repetition is 100
 rounds, each round one step of every configuration, the order rotated every round (every rank runs
 the same order, since each step is a collective). On a machine loaded by other work, the load of
-any second falls on all three alike, which blocks of steps (``harness.interleaved``) do not give
+any second falls on all alike, which blocks of steps (``harness.interleaved``) do not give
 here: FSDP2's many small collectives make a step's time swing by 2x with the load. 100 rounds hold
 every configuration's recorded and detailed steps in their real proportion (every=10 is detailed
 every 100 steps). The figure is rank 0's median over repetitions of the paired ratio
@@ -48,11 +51,13 @@ import gradhealth  # noqa: E402
 NAME = "sharded_overhead"
 WORLD = 2
 SPEC, INPUT, BATCH = "mlp:depth=10,width=256", (64,), 64
-MONITOR_KWARGS = {"fsdp_monitor_every1": {}, "fsdp_monitor_every10": {"every": 10}}
+MONITOR_KWARGS = {"fsdp_monitor_every1": {}, "fsdp_monitor_every10": {"every": 10},
+                  "fsdp_monitor_undetailed": {"detail_every": 100_000}}
 LABELS = {
     "fsdp": "FSDP2 alone (baseline)",
     "fsdp_monitor_every1": "FSDP2 + GradientMonitor defaults: every=1",
     "fsdp_monitor_every10": "FSDP2 + GradientMonitor, every=10",
+    "fsdp_monitor_undetailed": "FSDP2 + GradientMonitor, every=1, never detailed (detail_every=100000)",
 }
 
 # counted by tests/test_monitor_sharded.py, not timed: the section states them beside the timings
@@ -191,11 +196,11 @@ def markdown_section(result: dict | None) -> str:
         f"### The monitor's overhead under FSDP2: `{result['spec']}`, {result['params']:,} parameters, "
         f"{result['world']} processes ({result['backend']}), input {shape} per rank",
         "",
-        "Three copies of the model, each sharded as `--strategy fsdp` shards it (`fully_shard` per block, "
+        "A copy of the model per configuration, each sharded as `--strategy fsdp` shards it (`fully_shard` per block, "
         "then the root), SGD; the monitor used as its docstring says (`mon.step(loss=loss)` after backward, "
         "optimizer attached). Timed interleaved one step at a time in the same processes: a repetition is "
         f"{s['steps']} rounds, each one step of every configuration in an order rotated every round, so the "
-        "load of other work on the machine falls on all three alike (and every=10's detailed step, one in "
+        "load of other work on the machine falls on all alike (and every=10's detailed step, one in "
         f"100, is in its real proportion). Figure = rank 0's median over {s['reps']} repetitions of the "
         "paired ratio of mean step times to FSDP2 alone; range = the lowest and highest of those ratios.",
         "",
