@@ -15,6 +15,7 @@ from torch import Tensor
 __all__ = [
     "NORM_DTYPE",
     "stack_on",
+    "ScaledScratch",
     "fused_norms",
     "all_finite",
     "max_abs",
@@ -26,10 +27,21 @@ NORM_DTYPE = torch.float64
 
 # On the CPU a float32 norm is trusted when it is finite (nothing overflowed) and its square is at
 # least a million times what underflow can have taken from it: each square below float32's
-# smallest normal number (1.18e-38) loses at most that much, so a tensor of n elements loses at
-# most n * 1.18e-38 of its sum of squares. Anything else is measured again in float64.
-FLOAT32_SMALLEST_NORMAL = 1.18e-38
+# smallest normal number (2**-126, 1.18e-38) loses at most that much, so a tensor of n elements
+# loses at most n * 2**-126 of its sum of squares. The other tensors are measured again, scaled.
+FLOAT32_SMALLEST_NORMAL = 2.0 ** -126
 UNDERFLOW_MARGIN = 1e6
+# A re-measured tensor is multiplied by a power of two that brings an upper bound of its norm to
+# [2**40, 2**41): no scaled square can overflow (their sum is at most 2**82), and a square that
+# still underflows (below 2**-126) is under 2**-206 of the sum when the norm is near its bound.
+# Powers of two make the scaling and its undoing exact.
+SCALED_NORM_EXPONENT = 40
+# float32 holds 2**k for |k| <= 126 as a normal number
+MAX_SCALE_EXPONENT = 126
+# the smallest float32 (2**-149) times 2**86 squares to float32's smallest normal number
+NO_UNDERFLOW_EXPONENT = 86
+# the largest finite float32: what one element of a tensor whose float32 norm overflowed may be
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def stack_on(values: list[Tensor] | tuple[Tensor, ...], device: torch.device) -> Tensor:
@@ -71,21 +83,42 @@ def _with_plain_fallback(measure, tensors: list[Tensor], modulus: bool = False) 
         return measure(plain)
 
 
-def fused_norms(tensors: list[Tensor]) -> Tensor:
+class ScaledScratch:
+    """Memory kept between calls of ``fused_norms`` for the scaled copy of a tensor it re-measures.
+
+    One buffer, as large as the largest tensor re-measured so far, written and read again at
+    once (so it stays in cache). Memory the process has not touched yet costs a page fault per
+    4 KiB, several times the copy itself; a caller measuring every step (the monitor) keeps one.
+    """
+
+    def __init__(self) -> None:
+        self._flat = torch.empty(0)
+
+    def like(self, t: Tensor) -> Tensor:
+        """A float32 tensor shaped like ``t`` in the kept memory (grown when ``t`` is larger)."""
+        if self._flat.numel() < t.numel():
+            self._flat = torch.empty(t.numel())
+        return self._flat[:t.numel()].view(t.shape)
+
+
+def fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None = None) -> Tensor:
     """The L2 norm of every tensor, as one float64 vector, in a few fused kernels.
 
-    On a GPU the fused kernels accumulate in float64 directly. On the CPU that upcast costs two to
-    three times a float32 pass, so the norms are taken in float32 (relative error ~1e-6) and only
-    the tensors whose norm float32 cannot hold (overflowed, or so small that underflowed squares
-    could matter: vanishing and exploding gradients) are measured again in float64. Sparse and
-    complex tensors are measured by their dense real forms.
+    On a GPU the fused kernels accumulate in float64 directly. On the CPU that upcast copies
+    every tensor (several times a float32 pass), so the norms are taken in float32 (relative
+    error ~1e-6), and the tensors whose norm float32 cannot hold (so small that underflowed
+    squares could matter, or overflowed: vanishing and exploding gradients) are measured again
+    in float32, each multiplied by a power of two chosen from a bound on its norm so that its
+    squares neither underflow nor overflow; the power is divided out in float64, exactly.
+    ``scratch`` keeps the memory of those scaled copies between calls. Sparse and complex
+    tensors are measured by their dense real forms.
     """
     if not tensors:
         return torch.zeros(0, dtype=NORM_DTYPE)
-    return _with_plain_fallback(_fused_norms, tensors)
+    return _with_plain_fallback(lambda ts: _fused_norms(ts, scratch), tensors)
 
 
-def _fused_norms(tensors: list[Tensor]) -> Tensor:
+def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor:
     device = tensors[0].device
     if not _float32_on_cpu(tensors):
         return stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)
@@ -95,9 +128,41 @@ def _fused_norms(tensors: list[Tensor]) -> Tensor:
     # on the CPU this reads memory the norms are already in: no device transfer
     redo = (~trusted).nonzero().flatten().tolist()
     if redo:
-        exact = torch._foreach_norm([tensors[i] for i in redo], 2.0, dtype=NORM_DTYPE)
-        norms[redo] = torch.stack(exact)
+        scratch = scratch if scratch is not None else ScaledScratch()
+        first = norms[redo].tolist()
+        norms[redo] = torch.tensor([_scaled_norm(tensors[i], f, scratch) for i, f in zip(redo, first)],
+                                   dtype=NORM_DTYPE)
     return norms
+
+
+def _scaled_norm(t: Tensor, first: float, scratch: ScaledScratch) -> float:
+    """The norm of a float32 CPU tensor whose float32 norm ``first`` was not trusted, measured scaled.
+
+    The bound: a finite ``first`` lost at most n * 2**-126 of the sum of squares to underflow; an
+    overflowed one comes from elements no larger than float32's largest. Scaled to put the bound
+    at 2**40, the squares that still underflow are those of elements below 2**-63 of the bound:
+    negligible unless the norm is far below its bound (``first`` lost nearly everything and the
+    scale is too small to lift every element out of underflow), and then the tensor is read once
+    more, in float64.
+    """
+    n = t.numel()
+    if math.isfinite(first):
+        bound = math.sqrt(first * first + n * FLOAT32_SMALLEST_NORMAL)
+    else:
+        bound = math.sqrt(n) * FLOAT32_MAX
+    exponent = min(max(SCALED_NORM_EXPONENT - math.floor(math.log2(bound)), -MAX_SCALE_EXPONENT),
+                   MAX_SCALE_EXPONENT)
+    scaled_copy = scratch.like(t)
+    # times a power of two: exact for every element whose scaled value is a normal float32; nan
+    # and inf stay nan and inf, so the norm is nan or inf as in float64
+    torch.mul(t, math.ldexp(1.0, exponent), out=scaled_copy)
+    scaled = float(torch.linalg.vector_norm(scaled_copy))
+    # scaled by 2**86 or more, every nonzero element (at least 2**-149) squares to a normal number
+    nothing_lost = exponent >= NO_UNDERFLOW_EXPONENT
+    if (not math.isfinite(scaled) or nothing_lost
+            or scaled * scaled >= n * FLOAT32_SMALLEST_NORMAL * UNDERFLOW_MARGIN):
+        return math.ldexp(scaled, -exponent)
+    return float(torch.linalg.vector_norm(t, dtype=NORM_DTYPE))
 
 
 def all_finite(tensors: list[Tensor]) -> Tensor:
