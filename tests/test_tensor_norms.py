@@ -69,6 +69,24 @@ def test_float32_norms_match_a_float64_oracle_from_subnormal_to_float32_max(scra
         assert got == pytest.approx(exact, rel=FLOAT32_REL, abs=0.0), name
 
 
+def test_float32_norms_stay_exact_where_the_cpu_flushes_subnormal_results_to_zero():
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormal numbers")
+    try:
+        assert tensor_norms._square_underflow_loss() == tensor_norms.FLOAT32_SMALLEST_NORMAL
+        cases = _float32_cases()
+        norms = fused_norms(list(cases.values()), ScaledScratch())
+    finally:
+        torch.set_flush_denormal(False)
+    assert tensor_norms._square_underflow_loss() == tensor_norms.SUBNORMAL_ROUNDING
+    for (name, t), got in zip(cases.items(), norms.tolist()):
+        # flushed, a subnormal element reads as zero in every float32 kernel: so in the oracle
+        exact = float(torch.linalg.vector_norm(t.double()))
+        if "subnormal" in name or "2**-149" in name:
+            continue
+        assert got == pytest.approx(exact, rel=FLOAT32_REL, abs=0.0), name
+
+
 def test_nan_and_inf_come_out_as_float64_says():
     tensors = [torch.tensor([1.0, float("inf")]), torch.tensor([-float("inf"), 1e-30]),
                torch.tensor([float("nan"), float("inf")]), torch.tensor([1e-30, float("nan")])]

@@ -26,10 +26,13 @@ __all__ = [
 NORM_DTYPE = torch.float64
 
 # On the CPU a float32 norm is trusted when it is finite (nothing overflowed) and its square is at
-# least a million times what underflow can have taken from it: each square below float32's
-# smallest normal number (2**-126, 1.18e-38) loses at most that much, so a tensor of n elements
-# loses at most n * 2**-126 of its sum of squares. The other tensors are measured again, scaled.
+# least a million times what underflow can have taken from it. A square below float32's smallest
+# normal number (2**-126, 1.18e-38) comes out as a subnormal number, rounded to a multiple of
+# 2**-149, so it loses at most 2**-150; where the CPU flushes subnormal results to zero (FTZ, e.g.
+# ``torch.set_flush_denormal(True)``) it loses all of itself, at most 2**-126. A tensor of n
+# elements loses at most n times that. The other tensors are measured again, scaled.
 FLOAT32_SMALLEST_NORMAL = 2.0 ** -126
+SUBNORMAL_ROUNDING = 2.0 ** -150
 UNDERFLOW_MARGIN = 1e6
 # A re-measured tensor is multiplied by a power of two that brings an upper bound of its norm to
 # [2**40, 2**41): no scaled square can overflow (their sum is at most 2**82), and a square that
@@ -49,6 +52,19 @@ def stack_on(values: list[Tensor] | tuple[Tensor, ...], device: torch.device) ->
     if all(v.device == device for v in values):
         return torch.stack(values)
     return torch.stack([v.to(device, non_blocking=True) for v in values])
+
+
+_PROBE = 2.0 ** -70
+
+
+def _square_underflow_loss() -> float:
+    """The most one float32 square can lose to underflow in the CPU norm kernel on this thread.
+
+    Read from the kernel itself: 2**-70 squares to the subnormal 2**-140, which survives unless
+    subnormal results are flushed to zero (a thread-wide CPU mode that libraries may set).
+    """
+    probe = torch._foreach_norm([torch.full((16,), _PROBE)], 2.0)[0]
+    return SUBNORMAL_ROUNDING if float(probe) == 4 * _PROBE else FLOAT32_SMALLEST_NORMAL
 
 
 def _float32_on_cpu(tensors: list[Tensor]) -> bool:
@@ -124,30 +140,31 @@ def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor
         return stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)
     norms = torch.stack(torch._foreach_norm(tensors, 2.0)).to(NORM_DTYPE)
     numel = torch.tensor([t.numel() for t in tensors], dtype=NORM_DTYPE)
-    trusted = torch.isfinite(norms) & (norms.square() >= numel * (FLOAT32_SMALLEST_NORMAL * UNDERFLOW_MARGIN))
+    lost = _square_underflow_loss()
+    trusted = torch.isfinite(norms) & (norms.square() >= numel * (lost * UNDERFLOW_MARGIN))
     # on the CPU this reads memory the norms are already in: no device transfer
     redo = (~trusted).nonzero().flatten().tolist()
     if redo:
         scratch = scratch if scratch is not None else ScaledScratch()
         first = norms[redo].tolist()
-        norms[redo] = torch.tensor([_scaled_norm(tensors[i], f, scratch) for i, f in zip(redo, first)],
+        norms[redo] = torch.tensor([_scaled_norm(tensors[i], f, lost, scratch) for i, f in zip(redo, first)],
                                    dtype=NORM_DTYPE)
     return norms
 
 
-def _scaled_norm(t: Tensor, first: float, scratch: ScaledScratch) -> float:
+def _scaled_norm(t: Tensor, first: float, lost: float, scratch: ScaledScratch) -> float:
     """The norm of a float32 CPU tensor whose float32 norm ``first`` was not trusted, measured scaled.
 
-    The bound: a finite ``first`` lost at most n * 2**-126 of the sum of squares to underflow; an
+    The bound: a finite ``first`` lost at most n * ``lost`` of the sum of squares to underflow; an
     overflowed one comes from elements no larger than float32's largest. Scaled to put the bound
-    at 2**40, the squares that still underflow are those of elements below 2**-63 of the bound:
+    at 2**40, the squares that still underflow are those of elements below 2**-103 of the bound:
     negligible unless the norm is far below its bound (``first`` lost nearly everything and the
     scale is too small to lift every element out of underflow), and then the tensor is read once
     more, in float64.
     """
     n = t.numel()
     if math.isfinite(first):
-        bound = math.sqrt(first * first + n * FLOAT32_SMALLEST_NORMAL)
+        bound = math.sqrt(first * first + n * lost)
     else:
         bound = math.sqrt(n) * FLOAT32_MAX
     exponent = min(max(SCALED_NORM_EXPONENT - math.floor(math.log2(bound)), -MAX_SCALE_EXPONENT),
@@ -160,7 +177,7 @@ def _scaled_norm(t: Tensor, first: float, scratch: ScaledScratch) -> float:
     # scaled by 2**86 or more, every nonzero element (at least 2**-149) squares to a normal number
     nothing_lost = exponent >= NO_UNDERFLOW_EXPONENT
     if (not math.isfinite(scaled) or nothing_lost
-            or scaled * scaled >= n * FLOAT32_SMALLEST_NORMAL * UNDERFLOW_MARGIN):
+            or scaled * scaled >= n * lost * UNDERFLOW_MARGIN):
         return math.ldexp(scaled, -exponent)
     return float(torch.linalg.vector_norm(t, dtype=NORM_DTYPE))
 
