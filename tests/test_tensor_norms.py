@@ -152,3 +152,43 @@ def test_the_scratch_keeps_its_memory_between_calls():
     kept = scratch.like(tensors[0]).data_ptr()
     fused_norms(tensors, scratch)
     assert scratch.like(tensors[0]).data_ptr() == kept
+
+
+def test_a_kept_scratch_reads_a_vanishing_tensor_once_on_the_next_call(monkeypatch):
+    tensors = [torch.randn(300), torch.randn(64, 64) * 1e-25, torch.randn(50) * 1e30]
+    scratch = ScaledScratch()
+    fused_norms(tensors, scratch)
+    unscaled_reads, scaled_reads = [], []
+    real_foreach, real_mul = torch._foreach_norm, torch.mul
+
+    def foreach(ts, *args, **kwargs):
+        unscaled_reads.extend(ts)
+        return real_foreach(ts, *args, **kwargs)
+
+    def mul(t, *args, **kwargs):
+        scaled_reads.append(t)
+        return real_mul(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_norm", foreach)
+    monkeypatch.setattr(torch, "mul", mul)
+    norms = fused_norms(tensors, scratch)
+    monkeypatch.undo()
+    # (the tensor of 16 is the underflow probe)
+    assert [id(t) for t in unscaled_reads if t.numel() != 16] == [id(tensors[0])]
+    assert [id(t) for t in scaled_reads] == [id(tensors[1]), id(tensors[2])]
+    for t, got in zip(tensors, norms.tolist()):
+        assert got == pytest.approx(float(torch.linalg.vector_norm(t.double())), rel=FLOAT32_REL)
+
+
+@pytest.mark.parametrize("new_scale", [1e-40, 1.0, 1e35, math.inf])
+def test_a_kept_scratch_whose_guess_no_longer_fits_still_measures_exactly(new_scale):
+    scratch = ScaledScratch()
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(4000, generator=g)
+    fused_norms([torch.randn(10), base * 1e-25], scratch)
+    changed = [torch.randn(10), base * new_scale]
+    for _ in range(2):  # the call after the change, and the one after that with what it learned
+        got = fused_norms(changed, scratch).tolist()
+        exact = [float(torch.linalg.vector_norm(t.double())) for t in changed]
+        assert got[0] == pytest.approx(exact[0], rel=FLOAT32_REL)
+        assert got[1] == pytest.approx(exact[1], rel=FLOAT32_REL)

@@ -37,7 +37,8 @@ UNDERFLOW_MARGIN = 1e6
 # A re-measured tensor is multiplied by a power of two that brings an upper bound of its norm to
 # [2**40, 2**41): no scaled square can overflow (their sum is at most 2**82), and a square that
 # still underflows (below 2**-126) is under 2**-206 of the sum when the norm is near its bound.
-# Powers of two make the scaling and its undoing exact.
+# Powers of two make the scaling and its undoing exact. Only a tensor of more than 2**29 elements
+# can have a norm so far below its bound that it is read once more, in float64.
 SCALED_NORM_EXPONENT = 40
 # float32 holds 2**k for |k| <= 126 as a normal number
 MAX_SCALE_EXPONENT = 126
@@ -100,21 +101,35 @@ def _with_plain_fallback(measure, tensors: list[Tensor], modulus: bool = False) 
 
 
 class ScaledScratch:
-    """Memory kept between calls of ``fused_norms`` for the scaled copy of a tensor it re-measures.
+    """What ``fused_norms`` keeps between calls over the same tensors (the monitor's every step).
 
-    One buffer, as large as the largest tensor re-measured so far, written and read again at
-    once (so it stays in cache). Memory the process has not touched yet costs a page fault per
-    4 KiB, several times the copy itself; a caller measuring every step (the monitor) keeps one.
+    Memory for the scaled copy of a tensor it re-measures: one buffer, as large as the largest
+    such tensor so far, written and read again at once (so it stays in cache); memory the process
+    has not touched yet costs a page fault per 4 KiB, several times the copy itself. And which
+    tensors needed scaling last time, with their powers of two: gradients vanish or explode over
+    many steps, so the next call measures those scaled at once and reads each tensor once.
     """
 
     def __init__(self) -> None:
         self._flat = torch.empty(0)
+        self._count = -1
+        self._exponents: dict[int, int] = {}
 
     def like(self, t: Tensor) -> Tensor:
         """A float32 tensor shaped like ``t`` in the kept memory (grown when ``t`` is larger)."""
         if self._flat.numel() < t.numel():
             self._flat = torch.empty(t.numel())
         return self._flat[:t.numel()].view(t.shape)
+
+    def exponents_for(self, count: int) -> dict[int, int]:
+        """Position -> power of two of the tensors scaled last time, if that call measured ``count`` tensors.
+
+        Only a guess: every scaled norm is checked as if it had been chosen afresh.
+        """
+        return self._exponents if count == self._count else {}
+
+    def remember(self, count: int, exponents: dict[int, int]) -> None:
+        self._count, self._exponents = count, exponents
 
 
 def fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None = None) -> Tensor:
@@ -138,48 +153,85 @@ def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor
     device = tensors[0].device
     if not _float32_on_cpu(tensors):
         return stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)
-    norms = torch.stack(torch._foreach_norm(tensors, 2.0)).to(NORM_DTYPE)
-    numel = torch.tensor([t.numel() for t in tensors], dtype=NORM_DTYPE)
     lost = _square_underflow_loss()
-    trusted = torch.isfinite(norms) & (norms.square() >= numel * (lost * UNDERFLOW_MARGIN))
-    # on the CPU this reads memory the norms are already in: no device transfer
-    redo = (~trusted).nonzero().flatten().tolist()
-    if redo:
-        scratch = scratch if scratch is not None else ScaledScratch()
-        first = norms[redo].tolist()
-        norms[redo] = torch.tensor([_scaled_norm(tensors[i], f, lost, scratch) for i, f in zip(redo, first)],
-                                   dtype=NORM_DTYPE)
+    scratch = scratch if scratch is not None else ScaledScratch()
+    guessed = scratch.exponents_for(len(tensors))
+    plain = range(len(tensors)) if not guessed else [i for i in range(len(tensors)) if i not in guessed]
+    plain_tensors = tensors if not guessed else [tensors[i] for i in plain]
+    if not plain_tensors:
+        norms = torch.zeros(len(tensors), dtype=NORM_DTYPE)
+        redo: list[tuple[int, float]] = []
+    else:
+        first = torch.stack(torch._foreach_norm(plain_tensors, 2.0)).to(NORM_DTYPE)
+        numel = torch.tensor([t.numel() for t in plain_tensors], dtype=NORM_DTYPE)
+        trusted = torch.isfinite(first) & (first.square() >= numel * (lost * UNDERFLOW_MARGIN))
+        # on the CPU this reads memory the norms are already in: no device transfer
+        bad = (~trusted).nonzero().flatten().tolist()
+        redo = list(zip([plain[j] for j in bad], first[bad].tolist()))
+        if guessed:
+            norms = torch.zeros(len(tensors), dtype=NORM_DTYPE)
+            norms[list(plain)] = first
+        else:
+            norms = first
+    scaled: dict[int, float] = {}
+    exponents: dict[int, int] = {}
+    for i, exponent in guessed.items():
+        value = _norm_scaled_by(tensors[i], exponent, lost, scratch)
+        if value is None:  # the guess no longer fits: measured as if unscaled first
+            redo.append((i, float(torch.linalg.vector_norm(tensors[i]))))
+        else:
+            scaled[i] = value
+            exponents[i] = exponent
+    for i, first_norm in redo:
+        exponent = _exponent_for(tensors[i].numel(), first_norm, lost)
+        value = _norm_scaled_by(tensors[i], exponent, lost, scratch, bound_known=True)
+        scaled[i] = value if value is not None else float(torch.linalg.vector_norm(tensors[i], dtype=NORM_DTYPE))
+        exponents[i] = exponent
+    if scaled:
+        norms[list(scaled)] = torch.tensor(list(scaled.values()), dtype=NORM_DTYPE)
+    # a tensor whose norm float32 now holds unscaled is measured unscaled again next time
+    scratch.remember(len(tensors), {i: e for i, e in exponents.items() if math.isfinite(scaled[i])
+                                    and not _float32_holds(scaled[i], tensors[i].numel(), lost)})
     return norms
 
 
-def _scaled_norm(t: Tensor, first: float, lost: float, scratch: ScaledScratch) -> float:
-    """The norm of a float32 CPU tensor whose float32 norm ``first`` was not trusted, measured scaled.
+def _float32_holds(norm: float, n: int, lost: float) -> bool:
+    """Whether a norm this large is measured exactly unscaled: its square below float32's largest
+    number, and far above what underflow can take."""
+    return n * lost * UNDERFLOW_MARGIN <= norm * norm < FLOAT32_MAX
+
+
+def _exponent_for(n: int, first: float, lost: float) -> int:
+    """The power of two that puts a bound of the norm at 2**40, from the float32 norm ``first``.
 
     The bound: a finite ``first`` lost at most n * ``lost`` of the sum of squares to underflow; an
-    overflowed one comes from elements no larger than float32's largest. Scaled to put the bound
-    at 2**40, the squares that still underflow are those of elements below 2**-103 of the bound:
-    negligible unless the norm is far below its bound (``first`` lost nearly everything and the
-    scale is too small to lift every element out of underflow), and then the tensor is read once
-    more, in float64.
+    overflowed one comes from elements no larger than float32's largest.
     """
-    n = t.numel()
-    if math.isfinite(first):
-        bound = math.sqrt(first * first + n * lost)
-    else:
-        bound = math.sqrt(n) * FLOAT32_MAX
-    exponent = min(max(SCALED_NORM_EXPONENT - math.floor(math.log2(bound)), -MAX_SCALE_EXPONENT),
-                   MAX_SCALE_EXPONENT)
+    bound = math.sqrt(first * first + n * lost) if math.isfinite(first) else math.sqrt(n) * FLOAT32_MAX
+    return min(max(SCALED_NORM_EXPONENT - math.floor(math.log2(bound)), -MAX_SCALE_EXPONENT), MAX_SCALE_EXPONENT)
+
+
+def _norm_scaled_by(t: Tensor, exponent: int, lost: float, scratch: ScaledScratch,
+                    bound_known: bool = False) -> float | None:
+    """The norm of a float32 CPU tensor measured on a copy times 2**``exponent``; None where that is not exact.
+
+    With ``bound_known`` (the exponent comes from a bound of the norm) no scaled square can
+    overflow, so a nan or inf norm is the tensor's own; the squares that still underflow are
+    those of elements below 2**-103 of the bound, negligible unless the norm is far below its
+    bound (None then: the caller reads the tensor in float64). A guessed exponent is exact only
+    where the scaled norm is finite and far above underflow.
+    """
     scaled_copy = scratch.like(t)
     # times a power of two: exact for every element whose scaled value is a normal float32; nan
-    # and inf stay nan and inf, so the norm is nan or inf as in float64
+    # and inf stay nan and inf
     torch.mul(t, math.ldexp(1.0, exponent), out=scaled_copy)
     scaled = float(torch.linalg.vector_norm(scaled_copy))
+    if not math.isfinite(scaled):
+        return math.ldexp(scaled, -exponent) if bound_known else None
     # scaled by 2**86 or more, every nonzero element (at least 2**-149) squares to a normal number
-    nothing_lost = exponent >= NO_UNDERFLOW_EXPONENT
-    if (not math.isfinite(scaled) or nothing_lost
-            or scaled * scaled >= n * lost * UNDERFLOW_MARGIN):
+    if exponent >= NO_UNDERFLOW_EXPONENT or scaled * scaled >= t.numel() * lost * UNDERFLOW_MARGIN:
         return math.ldexp(scaled, -exponent)
-    return float(torch.linalg.vector_norm(t, dtype=NORM_DTYPE))
+    return None
 
 
 def all_finite(tensors: list[Tensor]) -> Tensor:
