@@ -56,6 +56,7 @@ def stack_on(values: list[Tensor] | tuple[Tensor, ...], device: torch.device) ->
 
 
 _PROBE = 2.0 ** -70
+_probe: list[Tensor] = []
 
 
 def _square_underflow_loss() -> float:
@@ -64,8 +65,10 @@ def _square_underflow_loss() -> float:
     Read from the kernel itself: 2**-70 squares to the subnormal 2**-140, which survives unless
     subnormal results are flushed to zero (a thread-wide CPU mode that libraries may set).
     """
-    probe = torch._foreach_norm([torch.full((16,), _PROBE)], 2.0)[0]
-    return SUBNORMAL_ROUNDING if float(probe) == 4 * _PROBE else FLOAT32_SMALLEST_NORMAL
+    if not _probe:
+        _probe.append(torch.full((16,), _PROBE, dtype=torch.float32, device="cpu"))
+    norm = torch._foreach_norm(_probe, 2.0)[0]
+    return SUBNORMAL_ROUNDING if float(norm) == 4 * _PROBE else FLOAT32_SMALLEST_NORMAL
 
 
 def _float32_on_cpu(tensors: list[Tensor]) -> bool:
@@ -112,14 +115,19 @@ class ScaledScratch:
 
     def __init__(self) -> None:
         self._flat = torch.empty(0)
+        self._views: dict[torch.Size, Tensor] = {}
         self._count = -1
         self._exponents: dict[int, int] = {}
 
     def like(self, t: Tensor) -> Tensor:
         """A float32 tensor shaped like ``t`` in the kept memory (grown when ``t`` is larger)."""
-        if self._flat.numel() < t.numel():
-            self._flat = torch.empty(t.numel())
-        return self._flat[:t.numel()].view(t.shape)
+        view = self._views.get(t.shape)
+        if view is None:
+            if self._flat.numel() < t.numel():
+                self._flat = torch.empty(t.numel(), dtype=torch.float32, device="cpu")
+                self._views.clear()
+            view = self._views[t.shape] = self._flat[:t.numel()].view(t.shape)
+        return view
 
     def exponents_for(self, count: int) -> dict[int, int]:
         """Position -> power of two of the tensors scaled last time, if that call measured ``count`` tensors.
@@ -158,41 +166,40 @@ def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor
     guessed = scratch.exponents_for(len(tensors))
     plain = range(len(tensors)) if not guessed else [i for i in range(len(tensors)) if i not in guessed]
     plain_tensors = tensors if not guessed else [tensors[i] for i in plain]
-    if not plain_tensors:
-        norms = torch.zeros(len(tensors), dtype=NORM_DTYPE)
-        redo: list[tuple[int, float]] = []
-    else:
+    redo: list[tuple[int, float]] = []
+    first = None
+    if plain_tensors:
         first = torch.stack(torch._foreach_norm(plain_tensors, 2.0)).to(NORM_DTYPE)
         numel = torch.tensor([t.numel() for t in plain_tensors], dtype=NORM_DTYPE)
         trusted = torch.isfinite(first) & (first.square() >= numel * (lost * UNDERFLOW_MARGIN))
         # on the CPU this reads memory the norms are already in: no device transfer
         bad = (~trusted).nonzero().flatten().tolist()
+        if not bad and not guessed:
+            scratch.remember(len(tensors), {})
+            return first
         redo = list(zip([plain[j] for j in bad], first[bad].tolist()))
-        if guessed:
-            norms = torch.zeros(len(tensors), dtype=NORM_DTYPE)
-            norms[list(plain)] = first
-        else:
-            norms = first
-    scaled: dict[int, float] = {}
+    # the few tensors measured scaled: put together as host floats, one tensor at the end
+    norms = [0.0] * len(tensors)
+    if first is not None:
+        for i, value in zip(plain, first.tolist()):
+            norms[i] = value
     exponents: dict[int, int] = {}
     for i, exponent in guessed.items():
         value = _norm_scaled_by(tensors[i], exponent, lost, scratch)
         if value is None:  # the guess no longer fits: measured as if unscaled first
             redo.append((i, float(torch.linalg.vector_norm(tensors[i]))))
         else:
-            scaled[i] = value
+            norms[i] = value
             exponents[i] = exponent
     for i, first_norm in redo:
         exponent = _exponent_for(tensors[i].numel(), first_norm, lost)
         value = _norm_scaled_by(tensors[i], exponent, lost, scratch, bound_known=True)
-        scaled[i] = value if value is not None else float(torch.linalg.vector_norm(tensors[i], dtype=NORM_DTYPE))
+        norms[i] = value if value is not None else float(torch.linalg.vector_norm(tensors[i], dtype=NORM_DTYPE))
         exponents[i] = exponent
-    if scaled:
-        norms[list(scaled)] = torch.tensor(list(scaled.values()), dtype=NORM_DTYPE)
     # a tensor whose norm float32 now holds unscaled is measured unscaled again next time
-    scratch.remember(len(tensors), {i: e for i, e in exponents.items() if math.isfinite(scaled[i])
-                                    and not _float32_holds(scaled[i], tensors[i].numel(), lost)})
-    return norms
+    scratch.remember(len(tensors), {i: e for i, e in exponents.items() if math.isfinite(norms[i])
+                                    and not _float32_holds(norms[i], tensors[i].numel(), lost)})
+    return torch.tensor(norms, dtype=NORM_DTYPE)
 
 
 def _float32_holds(norm: float, n: int, lost: float) -> bool:
