@@ -49,6 +49,8 @@ GOALS_PCT = {"monitor_every1": 3.0, "monitor_every10": 1.0}
 # GradientMonitor keyword arguments of each monitored configuration (optimizer attached in all)
 MONITOR_KWARGS = {
     "monitor_every1": {},
+    # the recorded step of every=1 alone: gradient norms and loss, no detailed step in the run
+    "monitor_recorded": {"detail_every": 10**9},
     "monitor_every10": {"every": 10},
     "monitor_detail1": {"detail_every": 1},
     "monitor_detail1_noact": {"detail_every": 1, "activations": False},
@@ -56,6 +58,7 @@ MONITOR_KWARGS = {
 LABELS = {
     "baseline": "no measurement (baseline)",
     "monitor_every1": "GradientMonitor defaults: every=1",
+    "monitor_recorded": "GradientMonitor, recorded steps only (every=1, detail_every past the run)",
     "monitor_every10": "GradientMonitor, every=10",
     "monitor_detail1": "GradientMonitor, every=1, detail_every=1 (everything every step)",
     "monitor_detail1_noact": "GradientMonitor, every=1, detail_every=1, activations=False",
@@ -64,6 +67,7 @@ LABELS = {
 }
 MAIN_CONFIGS = ("baseline", "monitor_every1", "monitor_every10", "monitor_detail1", "monitor_detail1_noact",
                 "lightning_grad_norm", "wandb_hist")
+ALL_CONFIGS = MAIN_CONFIGS + ("monitor_recorded",)
 
 
 # ---- the models ----------------------------------------------------------------------------
@@ -75,11 +79,28 @@ def model_settings(quick: bool) -> dict[str, dict]:
                      "reps": 5, "steps": 5, "warmup": 1, "rep_warmup": 0, "profile_steps": 3},
         "mlp50": {"spec": "mlp:depth=50,width=256", "input": (64,), "batch": 128,
                   "reps": 7, "steps": 20, "warmup": 3, "rep_warmup": 1, "profile_steps": 10},
+        # the Cockpit paper's CIFAR-10 net (peers.py), a small GPT-style transformer on token ids,
+        # and a two-layer LSTM on float sequences
+        "cifar10_3c3d": {"spec": "cifar10_3c3d", "input": (3, 32, 32), "batch": 64,
+                         "reps": 5, "steps": 10, "warmup": 2, "rep_warmup": 1, "profile_steps": 5},
+        "transformer": {"spec": "transformer:depth=6,width=128,heads=4,task=classify,max_len=64", "input": (64,),
+                        "tokens": 256, "batch": 32, "reps": 7, "steps": 10, "warmup": 2, "rep_warmup": 1,
+                        "profile_steps": 5},
+        "lstm": {"spec": "lstm:hidden=256,layers=2,in_features=32", "input": (32, 32), "batch": 64,
+                 "reps": 7, "steps": 10, "warmup": 2, "rep_warmup": 1, "profile_steps": 5},
     }
     if quick:
         models["resnet56"].update(batch=16, reps=3, steps=2, warmup=1, profile_steps=2)
         models["mlp50"].update(batch=32, reps=3, steps=10, warmup=1, profile_steps=5)
     return models
+
+
+def build_model(s: dict) -> nn.Module:
+    if s["spec"] == "cifar10_3c3d":
+        from peers import cifar10_3c3d
+
+        return cifar10_3c3d()
+    return gradhealth.create_model(s["spec"])
 
 
 def build_candidate(config: str, template: nn.Module, x: Tensor, y: Tensor,
@@ -90,7 +111,11 @@ def build_candidate(config: str, template: nn.Module, x: Tensor, y: Tensor,
     if config == "baseline":
         return harness.Candidate(config, harness.plain_step(model, opt, x, y), LABELS[config]), lambda: None
     if config.startswith("monitor"):
-        return harness.monitor_candidate(config, LABELS[config], model, opt, x, y, steps, MONITOR_KWARGS[config])
+        cand, remove = harness.monitor_candidate(config, LABELS[config], model, opt, x, y, steps,
+                                                 MONITOR_KWARGS[config])
+        if config == "monitor_recorded":
+            cand.steps = steps  # its one detailed step is the first, in the warm-up
+        return cand, remove
     if config == "lightning_grad_norm":
         return harness.Candidate(config, harness.lightning_grad_norm_step(model, opt, x, y), LABELS[config]), lambda: None
     if config == "wandb_hist":
@@ -103,8 +128,10 @@ def build_candidate(config: str, template: nn.Module, x: Tensor, y: Tensor,
 
 def run_model(name: str, s: dict, configs: list[str], device: torch.device) -> dict:
     torch.manual_seed(0)
-    template = gradhealth.create_model(s["spec"]).to(device)
+    template = build_model(s).to(device)
     x, y = harness.make_batch(s["batch"], s["input"], device)
+    if s.get("tokens"):
+        x = torch.randint(0, s["tokens"], (s["batch"], *s["input"]), generator=torch.Generator().manual_seed(1)).to(device)
     candidates, removers = [], []
     for config in configs:
         cand, remove = build_candidate(config, template, x, y, s["steps"])
@@ -130,16 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = harness.base_parser(__doc__.split("\n")[0])
     parser.add_argument("--only", choices=("profile",), default=None,
                         help="profile: where the monitor's time goes")
-    parser.add_argument("--model", choices=("resnet56", "mlp50"), action="append", help="default: both")
+    parser.add_argument("--model", choices=("resnet56", "mlp50", "cifar10_3c3d", "transformer", "lstm"),
+                        action="append", help="default: resnet56 and mlp50")
+    parser.add_argument("--batch", type=int, default=None, help="batch size of every model (default: its own)")
+    parser.add_argument("--config", choices=ALL_CONFIGS, action="append",
+                        help="configurations to time (the baseline always): default all but monitor_recorded")
     args = parser.parse_args(argv)
     device = harness.resolve_device(args.device)
     threads = harness.set_threads(args.threads)
+    clock = harness.use_clock(args.clock, device)
     settings = model_settings(args.quick)
     for s in settings.values():
         if args.reps:
             s["reps"] = args.reps
         if args.steps:
             s["steps"] = args.steps
+        if args.batch:
+            s["batch"] = args.batch
     name = NAME if args.only is None else f"{NAME}_{args.only}"
     result = {
         "benchmark": name,
@@ -148,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "machine": harness.machine_info(device),
         "threads": threads,
+        "clock": clock,
         "optimizer": "SGD(lr=0.01)",
         "models": {},
     }
@@ -155,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         from overhead_profile import monitor_breakdown, reduction_costs
 
         result["profile"] = {}
-        for model_name in args.model or list(settings):
+        for model_name in args.model or ["resnet56", "mlp50"]:
             s = settings[model_name]
             print(f"{model_name}: profile over {s['profile_steps']} steps per block", file=sys.stderr)
             result["profile"][model_name] = monitor_breakdown(s, device, s["profile_steps"])
@@ -163,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         del result["models"]
         harness.write_result(name, result, args.out)
         return 0
-    configs = list(MAIN_CONFIGS)
-    for model_name in args.model or list(settings):
+    configs = ["baseline"] + [c for c in ALL_CONFIGS if c in (args.config or MAIN_CONFIGS) and c != "baseline"]
+    for model_name in args.model or ["resnet56", "mlp50"]:
         result["models"][model_name] = run_model(model_name, settings[model_name], configs, device)
         for config, row in result["models"][model_name]["results"].items():
             print(f"{model_name} {config}: {row['median_ms']:.1f} ms/step, overhead {row['overhead_pct']:+.2f} %",
@@ -209,7 +244,8 @@ def markdown_section(result: dict, profile: dict | None = None) -> str:
         lines += [harness.markdown_table(["configuration", "steps/rep", "ms/step (median)", "overhead",
                                           "per-rep range", "goal"], rows), ""]
     lines += [f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
-              f"Machine: {harness.describe_machine(result['machine'])}"]
+              f"Machine: {harness.describe_machine(result['machine'])}  ",
+              f"Steps timed by: {'CPU time of the process' if result.get('clock') == 'cpu' else 'wall time'}"]
     lines += ["", "Cockpit, BackPACK and the others side by side with the monitor: see *Peers* below."]
     if profile is not None:
         from overhead_profile import profile_section

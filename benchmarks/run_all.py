@@ -55,6 +55,7 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, int]:
         "throughput": [sys.executable, "benchmarks/throughput.py", *common],
         "overhead": [sys.executable, "benchmarks/overhead.py", *common],
         "overhead_profile": [sys.executable, "benchmarks/overhead.py", "--only", "profile", *common],
+        "recorded_step": [sys.executable, "benchmarks/recorded_step.py", *common],
         "scaling": [sys.executable, "benchmarks/scaling.py", *common],
         "study_time": [sys.executable, "benchmarks/study_time.py"],
         "peers": [sys.executable, "benchmarks/peers.py", *common],
@@ -122,9 +123,18 @@ def section(name: str, codes: dict[str, int]) -> str:
     elif name == "throughput":
         text = throughput.markdown_section(result)
     elif name == "overhead":
+        import recorded_step
+        from overhead_profile import profile_section
+
         profile = harness.read_result("overhead_profile")
-        text = overhead.markdown_section(result, profile)
-        if profile is None:
+        text = overhead.markdown_section(result)
+        recorded = harness.read_result("recorded_step")
+        if recorded is not None:
+            text += ("\n\n### The recorded step beside Lightning's `grad_norm`\n\n"
+                     + recorded_step.markdown_section(recorded))
+        if profile is not None:
+            text += "\n\n" + profile_section(profile)
+        else:
             code = codes.get("overhead_profile")
             why = f"its run failed (exit code {code})" if code else "not run yet"
             text += f"\n\nWhere the monitor's time goes: {why}; `python benchmarks/overhead.py --only profile`."

@@ -15,6 +15,7 @@ from torch import Tensor
 __all__ = [
     "NORM_DTYPE",
     "stack_on",
+    "ScaledScratch",
     "fused_norms",
     "all_finite",
     "max_abs",
@@ -25,11 +26,26 @@ __all__ = [
 NORM_DTYPE = torch.float64
 
 # On the CPU a float32 norm is trusted when it is finite (nothing overflowed) and its square is at
-# least a million times what underflow can have taken from it: each square below float32's
-# smallest normal number (1.18e-38) loses at most that much, so a tensor of n elements loses at
-# most n * 1.18e-38 of its sum of squares. Anything else is measured again in float64.
-FLOAT32_SMALLEST_NORMAL = 1.18e-38
+# least a million times what underflow can have taken from it. A square below float32's smallest
+# normal number (2**-126, 1.18e-38) comes out as a subnormal number, rounded to a multiple of
+# 2**-149, so it loses at most 2**-150; where the CPU flushes subnormal results to zero (FTZ, e.g.
+# ``torch.set_flush_denormal(True)``) it loses all of itself, at most 2**-126. A tensor of n
+# elements loses at most n times that. The other tensors are measured again, scaled.
+FLOAT32_SMALLEST_NORMAL = 2.0 ** -126
+SUBNORMAL_ROUNDING = 2.0 ** -150
 UNDERFLOW_MARGIN = 1e6
+# A re-measured tensor is multiplied by a power of two that brings an upper bound of its norm to
+# [2**40, 2**41): no scaled square can overflow (their sum is at most 2**82), and a square that
+# still underflows (below 2**-126) is under 2**-206 of the sum when the norm is near its bound.
+# Powers of two make the scaling and its undoing exact. Only a tensor of more than 2**29 elements
+# can have a norm so far below its bound that it is read once more, in float64.
+SCALED_NORM_EXPONENT = 40
+# float32 holds 2**k for |k| <= 126 as a normal number
+MAX_SCALE_EXPONENT = 126
+# the smallest float32 (2**-149) times 2**86 squares to float32's smallest normal number
+NO_UNDERFLOW_EXPONENT = 86
+# the largest finite float32: what one element of a tensor whose float32 norm overflowed may be
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def stack_on(values: list[Tensor] | tuple[Tensor, ...], device: torch.device) -> Tensor:
@@ -37,6 +53,22 @@ def stack_on(values: list[Tensor] | tuple[Tensor, ...], device: torch.device) ->
     if all(v.device == device for v in values):
         return torch.stack(values)
     return torch.stack([v.to(device, non_blocking=True) for v in values])
+
+
+_PROBE = 2.0 ** -70
+_probe: list[Tensor] = []
+
+
+def _square_underflow_loss() -> float:
+    """The most one float32 square can lose to underflow in the CPU norm kernel on this thread.
+
+    Read from the kernel itself: 2**-70 squares to the subnormal 2**-140, which survives unless
+    subnormal results are flushed to zero (a thread-wide CPU mode that libraries may set).
+    """
+    if not _probe:
+        _probe.append(torch.full((16,), _PROBE, dtype=torch.float32, device="cpu"))
+    norm = torch._foreach_norm(_probe, 2.0)[0]
+    return SUBNORMAL_ROUNDING if float(norm) == 4 * _PROBE else FLOAT32_SMALLEST_NORMAL
 
 
 def _float32_on_cpu(tensors: list[Tensor]) -> bool:
@@ -71,33 +103,144 @@ def _with_plain_fallback(measure, tensors: list[Tensor], modulus: bool = False) 
         return measure(plain)
 
 
-def fused_norms(tensors: list[Tensor]) -> Tensor:
+class ScaledScratch:
+    """What ``fused_norms`` keeps between calls over the same tensors (the monitor's every step).
+
+    Memory for the scaled copy of a tensor it re-measures: one buffer, as large as the largest
+    such tensor so far, written and read again at once (so it stays in cache); memory the process
+    has not touched yet costs a page fault per 4 KiB, several times the copy itself. And which
+    tensors needed scaling last time, with their powers of two: gradients vanish or explode over
+    many steps, so the next call measures those scaled at once and reads each tensor once.
+    """
+
+    def __init__(self) -> None:
+        self._flat = torch.empty(0)
+        self._views: dict[torch.Size, Tensor] = {}
+        self._count = -1
+        self._exponents: dict[int, int] = {}
+
+    def like(self, t: Tensor) -> Tensor:
+        """A float32 tensor shaped like ``t`` in the kept memory (grown when ``t`` is larger)."""
+        view = self._views.get(t.shape)
+        if view is None:
+            if self._flat.numel() < t.numel():
+                self._flat = torch.empty(t.numel(), dtype=torch.float32, device="cpu")
+                self._views.clear()
+            view = self._views[t.shape] = self._flat[:t.numel()].view(t.shape)
+        return view
+
+    def exponents_for(self, count: int) -> dict[int, int]:
+        """Position -> power of two of the tensors scaled last time, if that call measured ``count`` tensors.
+
+        Only a guess: every scaled norm is checked as if it had been chosen afresh.
+        """
+        return self._exponents if count == self._count else {}
+
+    def remember(self, count: int, exponents: dict[int, int]) -> None:
+        self._count, self._exponents = count, exponents
+
+
+def fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None = None) -> Tensor:
     """The L2 norm of every tensor, as one float64 vector, in a few fused kernels.
 
-    On a GPU the fused kernels accumulate in float64 directly. On the CPU that upcast costs two to
-    three times a float32 pass, so the norms are taken in float32 (relative error ~1e-6) and only
-    the tensors whose norm float32 cannot hold (overflowed, or so small that underflowed squares
-    could matter: vanishing and exploding gradients) are measured again in float64. Sparse and
-    complex tensors are measured by their dense real forms.
+    On a GPU the fused kernels accumulate in float64 directly. On the CPU that upcast copies
+    every tensor (several times a float32 pass), so the norms are taken in float32 (the
+    accumulation's relative error grows with the size: ~1e-7 at 1e3 random-sign elements, ~1e-5
+    at 1e6), and the tensors whose norm float32 cannot hold (so small that underflowed squares
+    could matter, or overflowed: vanishing and exploding gradients) are measured again in
+    float32, each multiplied by a power of two chosen from a bound on its norm so that its
+    squares neither underflow nor overflow; the power is divided out in float64, exactly. The
+    tensors are never written. ``scratch`` keeps the memory of the scaled copies, and which
+    tensors needed them, between calls over the same tensors. Sparse and complex tensors are
+    measured by their dense real forms.
     """
     if not tensors:
         return torch.zeros(0, dtype=NORM_DTYPE)
-    return _with_plain_fallback(_fused_norms, tensors)
+    return _with_plain_fallback(lambda ts: _fused_norms(ts, scratch), tensors)
 
 
-def _fused_norms(tensors: list[Tensor]) -> Tensor:
+def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor:
     device = tensors[0].device
     if not _float32_on_cpu(tensors):
         return stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)
-    norms = torch.stack(torch._foreach_norm(tensors, 2.0)).to(NORM_DTYPE)
-    numel = torch.tensor([t.numel() for t in tensors], dtype=NORM_DTYPE)
-    trusted = torch.isfinite(norms) & (norms.square() >= numel * (FLOAT32_SMALLEST_NORMAL * UNDERFLOW_MARGIN))
-    # on the CPU this reads memory the norms are already in: no device transfer
-    redo = (~trusted).nonzero().flatten().tolist()
-    if redo:
-        exact = torch._foreach_norm([tensors[i] for i in redo], 2.0, dtype=NORM_DTYPE)
-        norms[redo] = torch.stack(exact)
-    return norms
+    lost = _square_underflow_loss()
+    scratch = scratch if scratch is not None else ScaledScratch()
+    guessed = scratch.exponents_for(len(tensors))
+    plain = range(len(tensors)) if not guessed else [i for i in range(len(tensors)) if i not in guessed]
+    plain_tensors = tensors if not guessed else [tensors[i] for i in plain]
+    redo: list[tuple[int, float]] = []
+    first = None
+    if plain_tensors:
+        first = torch.stack(torch._foreach_norm(plain_tensors, 2.0)).to(NORM_DTYPE)
+        numel = torch.tensor([t.numel() for t in plain_tensors], dtype=NORM_DTYPE)
+        trusted = torch.isfinite(first) & (first.square() >= numel * (lost * UNDERFLOW_MARGIN))
+        # on the CPU this reads memory the norms are already in: no device transfer
+        bad = (~trusted).nonzero().flatten().tolist()
+        if not bad and not guessed:
+            scratch.remember(len(tensors), {})
+            return first
+        redo = list(zip([plain[j] for j in bad], first[bad].tolist()))
+    # the few tensors measured scaled: put together as host floats, one tensor at the end
+    norms = [0.0] * len(tensors)
+    if first is not None:
+        for i, value in zip(plain, first.tolist()):
+            norms[i] = value
+    exponents: dict[int, int] = {}
+    for i, exponent in guessed.items():
+        value = _norm_scaled_by(tensors[i], exponent, lost, scratch)
+        if value is None:  # the guess no longer fits: measured as if unscaled first
+            redo.append((i, float(torch.linalg.vector_norm(tensors[i]))))
+        else:
+            norms[i] = value
+            exponents[i] = exponent
+    for i, first_norm in redo:
+        exponent = _exponent_for(tensors[i].numel(), first_norm, lost)
+        value = _norm_scaled_by(tensors[i], exponent, lost, scratch, bound_known=True)
+        norms[i] = value if value is not None else float(torch.linalg.vector_norm(tensors[i], dtype=NORM_DTYPE))
+        exponents[i] = exponent
+    # a tensor whose norm float32 now holds unscaled is measured unscaled again next time
+    scratch.remember(len(tensors), {i: e for i, e in exponents.items() if math.isfinite(norms[i])
+                                    and not _float32_holds(norms[i], tensors[i].numel(), lost)})
+    return torch.tensor(norms, dtype=NORM_DTYPE)
+
+
+def _float32_holds(norm: float, n: int, lost: float) -> bool:
+    """Whether a norm this large is measured exactly unscaled: its square below float32's largest
+    number, and far above what underflow can take."""
+    return n * lost * UNDERFLOW_MARGIN <= norm * norm < FLOAT32_MAX
+
+
+def _exponent_for(n: int, first: float, lost: float) -> int:
+    """The power of two that puts a bound of the norm at 2**40, from the float32 norm ``first``.
+
+    The bound: a finite ``first`` lost at most n * ``lost`` of the sum of squares to underflow; an
+    overflowed one comes from elements no larger than float32's largest.
+    """
+    bound = math.sqrt(first * first + n * lost) if math.isfinite(first) else math.sqrt(n) * FLOAT32_MAX
+    return min(max(SCALED_NORM_EXPONENT - math.floor(math.log2(bound)), -MAX_SCALE_EXPONENT), MAX_SCALE_EXPONENT)
+
+
+def _norm_scaled_by(t: Tensor, exponent: int, lost: float, scratch: ScaledScratch,
+                    bound_known: bool = False) -> float | None:
+    """The norm of a float32 CPU tensor measured on a copy times 2**``exponent``; None where that is not exact.
+
+    With ``bound_known`` (the exponent comes from a bound of the norm) no scaled square can
+    overflow, so a nan or inf norm is the tensor's own; the squares that still underflow are
+    those of elements below 2**-103 of the bound, negligible unless the norm is far below its
+    bound (None then: the caller reads the tensor in float64). A guessed exponent is exact only
+    where the scaled norm is finite and far above underflow.
+    """
+    scaled_copy = scratch.like(t)
+    # times a power of two: exact for every element whose scaled value is a normal float32; nan
+    # and inf stay nan and inf
+    torch.mul(t, math.ldexp(1.0, exponent), out=scaled_copy)
+    scaled = float(torch.linalg.vector_norm(scaled_copy))
+    if not math.isfinite(scaled):
+        return math.ldexp(scaled, -exponent) if bound_known else None
+    # scaled by 2**86 or more, every nonzero element (at least 2**-149) squares to a normal number
+    if exponent >= NO_UNDERFLOW_EXPONENT or scaled * scaled >= t.numel() * lost * UNDERFLOW_MARGIN:
+        return math.ldexp(scaled, -exponent)
+    return None
 
 
 def all_finite(tensors: list[Tensor]) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from gradhealth.distributed import counted_squares, is_sharded, local_maxes, local_pieces
 from gradhealth.monitor.stats import group_l2, group_max, group_squares
 from gradhealth.monitor.structure import ModelLayout
-from gradhealth.tensor_norms import NORM_DTYPE, fused_norms, max_abs
+from gradhealth.tensor_norms import NORM_DTYPE, ScaledScratch, fused_norms, max_abs
 
 __all__ = ["LayerMeasures", "scalar_piece"]
 
@@ -29,6 +29,8 @@ class LayerMeasures:
     """Per-layer norms of one model's parameters, their gradients and their updates."""
 
     def __init__(self) -> None:
+        # the scaled copies of vanishing or exploding gradients, kept for the next step's
+        self._grad_scratch = ScaledScratch()
         self.use_layout(ModelLayout())
 
     def use_layout(self, layout: ModelLayout) -> None:
@@ -103,7 +105,7 @@ class LayerMeasures:
         if self.sharded:
             grad_l2, grad_max, device = self._sharded_gradient_norms(positions, grads, detailed, grad_scale)
         else:
-            norms = fused_norms(grads)
+            norms = fused_norms(grads, self._grad_scratch)
             maxes = max_abs(grads) if detailed else None
             if grad_scale is not None:
                 inv = 1.0 / torch.as_tensor(grad_scale, dtype=NORM_DTYPE, device=norms.device)
@@ -143,7 +145,7 @@ class LayerMeasures:
             return None
         if self.sharded:
             return self._shares(grads, positions)
-        return self.per_layer(fused_norms(grads), positions)[0]
+        return self.per_layer(fused_norms(grads, self._grad_scratch), positions)[0]
 
     def copy_of_weights(self) -> list[Tensor]:
         """The weights before the optimizer step, for the real update it makes.
