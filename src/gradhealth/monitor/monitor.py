@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError
 from gradhealth.monitor.assembly import RecordAssembly
+from gradhealth.monitor.grad_versions import GradVersions
 from gradhealth.monitor.hooks import DETAIL_RATIO, MonitorHooks
 from gradhealth.monitor.measure import LayerMeasures, scalar_piece
 from gradhealth.monitor.records import BlockInfo, NonFiniteEvent, RunMeta, StepRecord
@@ -112,6 +113,8 @@ class GradientMonitor:
         self._assembly = RecordAssembly(history=history, jsonl=jsonl, append=append, sinks=sinks,
                                         meta=lambda: self.meta)
         self._pending: PendingStep | None = None
+        # the gradients as measured at the pending detailed step's step() (unscaled ones only)
+        self._measured_grads: GradVersions | None = None
         # one writer per log: a second monitor on the same jsonl path is refused at attach
         self._jsonl = jsonl
         self._jsonl_lock: RunLock | None = None
@@ -363,6 +366,11 @@ class GradientMonitor:
                 pending.snapshot = measures.copy_of_weights()
         if grads:
             pending.pieces.update(measures.gradient_norms(positions, grads, detailed, grad_scale))
+        # the post-clip norms equal these while nothing touches the gradients (scaled ones are
+        # divided by the scale here but not after clipping, so they are always measured again)
+        self._measured_grads = None
+        if detailed and grads and grad_scale is None and not measures.sharded:
+            self._measured_grads = GradVersions.of(grads)
         return device
 
     @staticmethod
@@ -386,7 +394,11 @@ class GradientMonitor:
         pending = self._pending
         if pending is None:
             return
-        post = self._measures.post_clip_norms()
+        measured, self._measured_grads = self._measured_grads, None
+        if measured is not None and "grad_l2" in pending.pieces and measured.unchanged(self._measures.grads()[1]):
+            post = pending.pieces["grad_l2"]  # nothing clipped them: the same norms, no second pass
+        else:
+            post = self._measures.post_clip_norms()
         if post is not None:
             pending.pieces["post_l2"] = post
         if metrics:
