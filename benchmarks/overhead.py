@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("profile",), default=None,
                         help="profile: where the monitor's time goes")
     parser.add_argument("--model", choices=("resnet56", "mlp50"), action="append", help="default: both")
+    parser.add_argument("--configs", default=None,
+                        help="comma-separated configurations to time (default: all; baseline is always timed)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size of every model (default per model)")
     args = parser.parse_args(argv)
     device = harness.resolve_device(args.device)
     threads = harness.set_threads(args.threads)
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             s["reps"] = args.reps
         if args.steps:
             s["steps"] = args.steps
+        if args.batch:
+            s["batch"] = args.batch
     name = NAME if args.only is None else f"{NAME}_{args.only}"
     result = {
         "benchmark": name,
@@ -164,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         harness.write_result(name, result, args.out)
         return 0
     configs = list(MAIN_CONFIGS)
+    if args.configs:
+        wanted = {c.strip() for c in args.configs.split(",")}
+        unknown = wanted - set(MAIN_CONFIGS)
+        if unknown:
+            parser.error(f"unknown configurations: {', '.join(sorted(unknown))}")
+        configs = [c for c in MAIN_CONFIGS if c in wanted or c == "baseline"]
     for model_name in args.model or list(settings):
         result["models"][model_name] = run_model(model_name, settings[model_name], configs, device)
         for config, row in result["models"][model_name]["results"].items():

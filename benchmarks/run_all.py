@@ -59,6 +59,7 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, int]:
         "study_time": [sys.executable, "benchmarks/study_time.py"],
         "peers": [sys.executable, "benchmarks/peers.py", *common],
         "real_models": [sys.executable, "benchmarks/real_models.py", *common],
+        "memory": [sys.executable, "benchmarks/memory.py", *common],
     }
     for name, cmd in jobs.items():
         if args.only and name not in args.only:
@@ -91,6 +92,7 @@ def intro(note: str | None, produced_by: str | None) -> str:
 
 
 def section(name: str, codes: dict[str, int]) -> str:
+    import memory
     import overhead
     import peers
     import real_models
@@ -100,7 +102,7 @@ def section(name: str, codes: dict[str, int]) -> str:
 
     result = harness.read_result(name)
     titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling", "study_time": "Studies",
-              "peers": "Peers", "real_models": "Real models"}
+              "peers": "Peers", "real_models": "Real models", "memory": "Memory"}
     if result is None:
         code = codes.get(name)
         why = f"the last run failed (exit code {code})" if code else "not run yet"
@@ -120,6 +122,8 @@ def section(name: str, codes: dict[str, int]) -> str:
         text = peers.markdown_section(result)
     elif name == "real_models":
         text = real_models.markdown_section(result)
+    elif name == "memory":
+        text = memory.markdown_section(result)
     else:
         text = scaling.markdown_section(result)
     if result.get("quick"):
@@ -155,7 +159,7 @@ def render(note: str | None, codes: dict[str, int]) -> str:
     produced_by = harness.command_line()
     if note:
         produced_by = produced_by.replace(shlex.quote(note), "'(the note below)'")
-    names = ("throughput", "overhead", "peers", "real_models", "scaling", "study_time")
+    names = ("throughput", "overhead", "memory", "peers", "real_models", "scaling", "study_time")
     parts = [intro(note, produced_by)] + [section(name, codes) for name in names] + gpu_sections()
     return "\n\n".join(parts) + "\n"
 
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", choices=("throughput", "overhead", "overhead_profile", "scaling", "peers", "real_models",
-                                                   "study_time"),
+                                                   "study_time", "memory"),
                         action="append",
                         help="run only these (the others' last results are kept in BENCHMARKS.md)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md")
