@@ -701,3 +701,21 @@ def test_update_ratio_off_allocates_no_copy_of_the_parameters(update_ratio):
     else:
         assert made == [[], [], []]
         assert record.layers["0"].update_ratio is None
+
+
+@pytest.mark.parametrize("elements", [4096, 1 << 18])
+def test_a_tight_spread_about_a_large_mean_keeps_its_digits(elements):
+    # a saturated sigmoid: outputs near 1 with a spread of 1e-4, where sum(x^2)/n - mean^2 in
+    # float32 would cancel every digit; the deviations about a centre near the mean keep them
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally, summarize_calls
+
+    g = torch.Generator().manual_seed(0)
+    x = (1 - 1e-3 + 1e-4 * torch.randn(elements // 64, 64, generator=g)).float()
+    tally = ForwardTally()
+    tally.add_activation("sig", ACTIVATIONS["sigmoid"], nn.Sigmoid(), None, x)
+    pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+    stats, _ = summarize_calls(tally.calls, pieces["fwd_extremes"], pieces["act_moments"], pieces["act_counts"])
+    oracle = x.double()
+    assert stats["sig"]["mean"] == pytest.approx(float(oracle.mean()), rel=1e-7)
+    assert stats["sig"]["std"] == pytest.approx(float(oracle.std(unbiased=False)), rel=1e-4)

@@ -15,10 +15,12 @@ Use it in any training loop::
 What it costs: a recorded step (``every``) is one fused ``torch._foreach_norm`` over the
 gradients and ONE device-to-host transfer, done when the step's record is complete (after the
 optimizer step, or at the next ``step()``). A detailed step (``detail_every``) adds the weight
-norms, the largest gradient element, the real update (a copy of the weights before the optimizer
-step, whose memory is kept between detailed steps on the CPU), the extremes of every layer's
-output and five or six reductions per activation output, and a zero probe added to each
-recurrent layer's input (and to each ``watch_time`` tensor) for its gradient through time. Other
+norms, the largest gradient element, the post-clip norms (only where something changed the
+gradients after ``step()``: their version counters say so), the real update (a copy of the
+weights before the optimizer step, whose memory is kept between detailed steps on the CPU: the
+one copy of the parameters the monitor makes, none with ``update_ratio=False``), the extremes of
+every weight layer's output and seven kernels per activation output (``forward_tally.py``), and
+a zero probe added to each recurrent layer's input (and to each ``watch_time`` tensor) for its gradient through time. Other
 steps cost a counter increment. Once, at the first training forward pass, each repeated block's
 autograd graph is read for a skip path. A non-finite loss or gradient found on a step whose forward
 pass was not watched arms the watch for the next forward pass (one detailed step).
