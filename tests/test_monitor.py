@@ -717,5 +717,26 @@ def test_a_tight_spread_about_a_large_mean_keeps_its_digits(elements):
     pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
     stats, _ = summarize_calls(tally.calls, pieces["fwd_extremes"], pieces["act_moments"], pieces["act_counts"])
     oracle = x.double()
+    assert pieces["act_moments"][2] != 0.0  # measured about a centre, not about zero
     assert stats["sig"]["mean"] == pytest.approx(float(oracle.mean()), rel=1e-7)
     assert stats["sig"]["std"] == pytest.approx(float(oracle.std(unbiased=False)), rel=1e-4)
+
+
+@pytest.mark.parametrize("shift", [0.0, 2.0])
+def test_relu_moments_taken_about_zero_on_the_cpu_are_within_the_stated_bound(shift):
+    # a ReLU output's own sum and L2 norm (no centre, no deviations) where the spread is not
+    # dwarfed by the mean: the std to 1e-4 of the float64 oracle on 2^21 elements
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally, summarize_calls
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(128, 16, 32, 32, generator=g) + shift)
+    tally = ForwardTally()
+    tally.add_activation("relu", ACTIVATIONS["relu"], nn.ReLU(), None, x)
+    pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+    stats, _ = summarize_calls(tally.calls, pieces["fwd_extremes"], pieces["act_moments"], pieces["act_counts"])
+    oracle = x.double()
+    assert pieces["act_moments"][2] == 0.0  # about zero
+    assert stats["relu"]["mean"] == pytest.approx(float(oracle.mean()), rel=1e-6)
+    assert stats["relu"]["std"] == pytest.approx(float(oracle.std(unbiased=False)), rel=1e-4)
+    assert stats["relu"]["saturation"] == pytest.approx(float((x == 0).double().mean()), abs=1e-7)

@@ -8,19 +8,25 @@ the host, once per step.
 
 Per call of a weight layer: the output's smallest and largest element, which tell exactly
 whether it holds a NaN or an Inf (a sum would call a finite but exploding tensor non-finite).
-Per call of an activation, in addition: the sum and the L2 norm of the output's deviations from
-a centre near its mean (the mean of a few of its elements), and the count of saturated elements
-and of units that were off for the whole batch, by the activation's own rule. The spread is
-taken about that centre, not about zero: a saturated sigmoid's outputs sit near 1 with a spread
-of 1e-4, and ``sum(x^2)/n - mean^2`` in float32 would cancel every digit of it. Sums accumulate
-in float32 (float64 for a float64 model).
+Per call of an activation, in addition: its mean and spread, and the count of saturated elements
+and of units that were off for the whole batch, by the activation's own rule. The variance
+``sum(x^2)/n - mean^2`` must not cancel: a saturated sigmoid's outputs sit near 1 with a spread of
+1e-4, and in float32 that difference would lose every digit. So the spread is taken about a
+centre near the mean (the mean of the first row's last dim) as the sum and the L2 norm of the
+deviations, written into one scratch tensor kept from call to call, except on the CPU where the
+output's own sum and L2 norm are read first (two kernels, no write, and no wait on the CPU) and
+kept when ``mean^2 <= RAW_MOMENT_RATIO * variance`` (ReLU, GELU and tanh outputs nearly always):
+there the variance's relative error is at most about ``2 (1 + RAW_MOMENT_RATIO)`` = 22 times the
+larger relative rounding of the two sums, which for float32 is about 5e-8 for a sum and 1e-5
+for the L2 norm of two million elements (measured): about 2e-4 of the variance, 1e-4 of the std. A tight spread about a large mean fails the
+test and is measured about a centre. Sums accumulate in float32 (float64 for a float64 model).
 
 A ReLU output is never negative, so its finiteness is read from the largest output of each of
 its units, which the dead units need anyway: one pass instead of two. The units' maxima of all
 ReLU calls of a step are reduced together in ``pieces()`` (whether each call is finite, how many
-of its units were on), and a ReLU's signs reuse the memory of its deviations, so per ReLU call
-the hook runs seven kernels over the output (maxima, centre, deviations, their sum and norm,
-signs, their sum) and allocates one tensor of its size.
+of its units were on), and a ReLU's signs go into the scratch tensor. Per ReLU call the hook
+thus runs five kernels over the output on the CPU (maxima, sum, L2 norm, signs, their sum; two
+more when the spread is measured about a centre) and allocates nothing the size of the output.
 
 The units of an activation are its channels (dim 1) after a convolution or a BatchNorm /
 GroupNorm, and its features (the last dim) after a Linear or a LayerNorm, as in a (batch,
@@ -45,6 +51,10 @@ __all__ = ["CallInfo", "ForwardTally", "Scratch", "summarize_calls"]
 # "unit_alive" counts, once per step for all ReLU calls together, the units whose largest
 # output is above zero (dead: the rest)
 MASK, NONZERO, UNIT_ALIVE = "mask", "nonzero", "unit_alive"
+
+# On the CPU an output's own sum and sum of squares are kept where mean^2 <= this * variance: the
+# variance they give is then off by at most 2 (1 + this) times the sums' rounding (module docstring)
+RAW_MOMENT_RATIO = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,8 @@ class ForwardTally:
         self._counts: list[Tensor] = []
         # per ReLU call: the largest output of each unit, reduced for all calls at once in pieces()
         self._unit_maxima: list[Tensor] = []
+        # the centre of the moments taken about zero, one 0-d tensor per device and dtype
+        self._zeros: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def __bool__(self) -> bool:
         return bool(self.calls)
@@ -128,12 +140,15 @@ class ForwardTally:
         # float32 and float64 reduce in their own dtype (a dtype argument costs a conversion
         # step even when it changes nothing); half precision accumulates in float32
         acc = None if x.dtype in (torch.float32, torch.float64) else torch.float32
-        # a centre near the mean, from a few elements (a view: no copy): the last dim of the first
-        # row; the extremes' midpoint would do for a saturated layer but not for a ReLU's long tail
-        center = x[(0,) * (x.dim() - 1)].mean(dtype=acc) if x.dim() else x.to(acc or x.dtype)
-        # the deviations' sum gives the mean as centre + sum/n, as exact as the deviations themselves
-        deviations = torch.sub(x, center, out=self._scratch.like(x))
-        self._moments += [deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc), center]
+        deviations = None
+        if not (x.device.type == "cpu" and self._raw_moments(x, acc)):
+            # a centre near the mean, from a few elements (a view: no copy): the last dim of the
+            # first row; the extremes' midpoint would do for a saturated layer but not for a
+            # ReLU's long tail
+            center = x[(0,) * (x.dim() - 1)].mean(dtype=acc) if x.dim() else x.to(acc or x.dtype)
+            # the deviations' sum gives the mean as centre + sum/n, as exact as the deviations
+            deviations = torch.sub(x, center, out=self._scratch.like(x))
+            self._moments += [deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc), center]
         saturated = dead = None
         if rule.zero_is_off:
             # ReLU: the nonzero elements, counted as the sum of their signs (0 or 1), 15 times
@@ -141,7 +156,7 @@ class ForwardTally:
             # elements the count may be off by a few parts in 10^7, nothing a fraction shows;
             # a NaN in the output makes it NaN, and the call is reported non-finite anyway.
             # The signs go into the deviations' memory, read already: no second allocation
-            signs = torch.sign(x, out=deviations)
+            signs = torch.sign(x, out=self._scratch.like(x) if deviations is None else deviations)
             self._moments.append(signs.sum(dtype=torch.float32))
             saturated = NONZERO
         elif rule.saturated is not None and (inp is not None or not rule.uses_input):
@@ -155,6 +170,23 @@ class ForwardTally:
             self._counts.append(torch.count_nonzero(rule.dead(unit_max)))
             dead = MASK
         self.calls.append(CallInfo(name, rule, x.numel(), units, saturated, dead, extremes=not relu_units))
+
+    def _raw_moments(self, x: Tensor, acc: torch.dtype | None) -> bool:
+        """On the CPU: keep the sum and L2 norm of ``x`` itself (centre 0) where the variance they
+        give is trustworthy; whether they were kept. Reading them costs no wait on the CPU."""
+        total = x.sum(dtype=acc)
+        norm = torch.linalg.vector_norm(x, dtype=acc)
+        n = x.numel()
+        mean = float(total) / n
+        square = float(norm) ** 2 / n
+        if math.isfinite(mean) and math.isfinite(square) and mean * mean > RAW_MOMENT_RATIO * (square - mean * mean):
+            return False  # the mean dwarfs the spread: measure it about a centre instead
+        key = (x.device, total.dtype)
+        zero = self._zeros.get(key)
+        if zero is None:
+            zero = self._zeros[key] = torch.zeros((), dtype=total.dtype, device=x.device)
+        self._moments += [total, norm, zero]
+        return True
 
     def pieces(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         """The step's numbers as three flat tensors of ``dtype`` on ``device`` (few kernels).
