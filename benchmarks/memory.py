@@ -253,9 +253,11 @@ def markdown_section(result: dict) -> str:
         "interpreter's own growth (modules imported at the first record), so beside it stands an exact count: "
         "the most bytes of new tensors that `mon.step()` and the optimizer step (with the monitor's hook) held "
         "at once, in the step that held most, minus what the optimizer step holds alone (a `TorchDispatchMode` "
-        "sees each tensor made, a weak reference when it is freed). Goal, judged on that count: at most one copy of the parameters (the weights before the optimizer "
-        "step, for the real update), none with `update_ratio=False`; the activation hooks keep one scratch "
-        "tensor the size of the largest activation output on the CPU.",
+        "sees each tensor made, a weak reference when it is freed). Goal, judged on that count to within 0.1 "
+        "of a copy (the norms' per-tensor scratch and the step's own small results): at most one copy of the "
+        "parameters (the weights before the optimizer step, for the real update), none with "
+        "`update_ratio=False`; the activation hooks keep one scratch tensor the size of the largest activation "
+        "output on the CPU.",
         "",
     ]
     for name, m in result["models"].items():
