@@ -65,7 +65,9 @@ class GradientMonitor:
     ``activations``: hook activation modules (sigmoid, tanh, ReLU family, GELU, SiLU, ELU) for
     mean/std, saturation and dead units.
     ``optimizer``: lets the monitor read the lr, measure the real update of each step, and see
-    steps that GradScaler skipped. ``jsonl``: a path the full run is appended to; ``sinks``:
+    steps that GradScaler skipped. ``update_ratio``: measure that update against a copy of the
+    weights taken at ``step()`` on detailed steps (the one copy of the parameters the monitor
+    keeps); ``False`` measures no update ratios and keeps no copy. ``jsonl``: a path the full run is appended to; ``sinks``:
     other objects with ``write(record, meta)`` and ``close()`` (e.g. ``TensorBoardSink``).
     ``history``: how many records stay in memory (``records`` is a bounded deque).
 
