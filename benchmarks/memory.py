@@ -249,8 +249,8 @@ def markdown_section(result: dict) -> str:
         "backward, SGD), and take the peak memory training added (CPU: peak resident set size minus the resident "
         "size before the first step; GPU: `torch.cuda.max_memory_allocated()` minus the memory allocated before "
         "it). The monitor's figure is that minus the baseline's (median over runs, the runs interleaved), also "
-        "in copies of the parameters; the resident size also holds the allocator's fragmentation and the "
-        "interpreter's own growth (modules imported at the first record), so beside it stands an exact count: "
+        "in copies of the parameters; the resident size also holds memory outside tensors (the interpreter's own "
+        "growth, the allocator's fragmentation), so beside it stands an exact count: "
         "the most bytes of new tensors that `mon.step()` and the optimizer step (with the monitor's hook) held "
         "at once, in the step that held most, minus what the optimizer step holds alone (a `TorchDispatchMode` "
         "sees each tensor made, a weak reference when it is freed). Goal, judged on that count to within 0.1 "
@@ -272,7 +272,7 @@ def markdown_section(result: dict) -> str:
             verdict = ""
             if goal is not None and r.get("step_new_copies") is not None:
                 # judged on the exact count; the resident size beside it includes the allocator's
-                # and the interpreter's own growth (first-call imports, fragmentation)
+                # and memory outside tensors (the interpreter, the allocator's fragmentation)
                 ok = r["step_new_copies"] <= goal + 0.1
                 verdict = f"<= {goal:.0f}: " + ("pass" if ok else "**miss**")
             rows.append([r["label"], f"{r['training_added_mib']:.2f}",
