@@ -271,8 +271,8 @@ def markdown_section(result: dict) -> str:
             goal = r["goal_copies"]
             verdict = ""
             if goal is not None and r.get("step_new_copies") is not None:
-                # judged on the exact count; the resident size beside it includes the allocator's
-                # and memory outside tensors (the interpreter, the allocator's fragmentation)
+                # judged on the exact count; the resident size beside it also holds memory outside
+                # tensors (the interpreter, the allocator's fragmentation)
                 ok = r["step_new_copies"] <= goal + 0.1
                 verdict = f"<= {goal:.0f}: " + ("pass" if ok else "**miss**")
             rows.append([r["label"], f"{r['training_added_mib']:.2f}",
