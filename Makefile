@@ -8,7 +8,7 @@ BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_STAMP := $(BENCH_VENV)/.installed
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 
-.PHONY: install browser demo test bench clean
+.PHONY: install browser demo test bench zoo clean
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ $(BENCH_STAMP): pyproject.toml constraints.txt
 
 bench: $(BENCH_STAMP)
 	$(BENCH_BIN)/python benchmarks/run_all.py
+
+# Only the diagnosis benchmark over the zoo of architectures (a few minutes on 2 cores), its
+# section of BENCHMARKS.md rewritten; `python benchmarks/zoo/run.py --record` keeps its figures
+# as the ones tests/test_zoo.py compares against.
+zoo: $(STAMP)
+	$(BIN)/python benchmarks/zoo/run.py --markdown BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .cache build src/*.egg-info

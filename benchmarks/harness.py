@@ -200,6 +200,37 @@ def monitor_kwargs(wanted: dict) -> dict:
     return {k: v for k, v in wanted.items() if k in accepted}
 
 
+# ---- data the benchmarks train on (no download) ---------------------------------------
+
+def stdlib_bytes(limit: int = 400_000) -> torch.Tensor:
+    """Byte-level text with no download: the Python standard library's own sources, sorted."""
+    root = Path(os.__file__).parent
+    chunks, size = [], 0
+    for path in sorted(root.glob("*.py")):
+        data = path.read_bytes()
+        chunks.append(data)
+        size += len(data)
+        if size >= limit:
+            break
+    return torch.tensor(list(b"".join(chunks)[:limit]), dtype=torch.long)
+
+
+def text_batches(text: torch.Tensor, batch: int, seq_len: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        starts = torch.randint(0, len(text) - seq_len - 1, (batch,), generator=gen)
+        window = torch.stack([text[s:s + seq_len + 1] for s in starts.tolist()])
+        yield window[:, :-1], window[:, 1:]
+
+
+def first_element_batches(batch: int, length: int, seed: int):
+    """Gaussian sequences whose label is the sign of the first element: a dependency over ``length`` steps."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        x = torch.randn(batch, length, 1, generator=gen)
+        yield x, (x[:, 0, 0] > 0).long()
+
+
 # ---- one training step, and the measuring tools the benchmarks put on it ----------------------
 
 def make_batch(batch: int, input_shape: Sequence[int], device: torch.device,

@@ -19,7 +19,6 @@ interleaved in one process (harness.interleaved), median of paired ratios.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tempfile
 import time
@@ -33,41 +32,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
+from harness import first_element_batches, stdlib_bytes, text_batches  # noqa: E402
 
 from gradhealth.diagnose.rules import diagnose_log  # noqa: E402
 from gradhealth.monitor import GradientMonitor  # noqa: E402
 from gradhealth.monitor.records import read_jsonl  # noqa: E402
-
-
-# ---- data ---------------------------------------------------------------------------------------
-
-def stdlib_bytes(limit: int = 400_000) -> torch.Tensor:
-    """Byte-level text with no download: the Python standard library's own sources, sorted."""
-    root = Path(os.__file__).parent
-    chunks, size = [], 0
-    for path in sorted(root.glob("*.py")):
-        data = path.read_bytes()
-        chunks.append(data)
-        size += len(data)
-        if size >= limit:
-            break
-    return torch.tensor(list(b"".join(chunks)[:limit]), dtype=torch.long)
-
-
-def text_batches(text: torch.Tensor, batch: int, seq_len: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        starts = torch.randint(0, len(text) - seq_len - 1, (batch,), generator=gen)
-        window = torch.stack([text[s:s + seq_len + 1] for s in starts.tolist()])
-        yield window[:, :-1], window[:, 1:]
-
-
-def first_element_batches(batch: int, length: int, seed: int):
-    """Gaussian sequences whose label is the sign of the first element: a dependency over ``length`` steps."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        x = torch.randn(batch, length, 1, generator=gen)
-        yield x, (x[:, 0, 0] > 0).long()
 
 
 # ---- models -------------------------------------------------------------------------------------

@@ -60,6 +60,11 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, int]:
         "peers": [sys.executable, "benchmarks/peers.py", *common],
         "real_models": [sys.executable, "benchmarks/real_models.py", *common],
         "memory": [sys.executable, "benchmarks/memory.py", *common],
+        # the zoo trains on the CPU with one thread by default so that its figures repeat
+        "zoo": [sys.executable, "benchmarks/zoo/run.py", *(["--quick"] if args.quick else []),
+                *(["--threads", str(args.threads)] if args.threads else [])],
+        # its own processes on CPU (gloo): --device does not apply, --threads neither (one thread per process)
+        "sharded_overhead": [sys.executable, "benchmarks/sharded_overhead.py", *(["--quick"] if args.quick else [])],
     }
     for name, cmd in jobs.items():
         if args.only and name not in args.only:
@@ -97,17 +102,26 @@ def section(name: str, codes: dict[str, int]) -> str:
     import peers
     import real_models
     import scaling
+    import sharded_overhead
     import study_time
     import throughput
+    from zoo import score as zoo_score
 
     result = harness.read_result(name)
     titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling", "study_time": "Studies",
-              "peers": "Peers", "real_models": "Real models", "memory": "Memory"}
-    if result is None:
+              "peers": "Peers", "real_models": "Real models", "zoo": "Zoo", "memory": "Memory"}
+    if name == "sharded_overhead":
+        # the collectives counted by the tests are stated whether or not the timings ran
+        text = sharded_overhead.markdown_section(result)
+        code = codes.get(name)
+        if result is None and code:
+            text = text.replace("not measured yet;", f"the last run failed (exit code {code});")
+    elif result is None:
         code = codes.get(name)
         why = f"the last run failed (exit code {code})" if code else "not run yet"
-        return f"## {titles[name]}\n\nNo result: {why}. Run `python benchmarks/{name}.py`."
-    if name == "throughput":
+        script = "zoo/run" if name == "zoo" else name
+        return f"## {titles[name]}\n\nNo result: {why}. Run `python benchmarks/{script}.py`."
+    elif name == "throughput":
         text = throughput.markdown_section(result)
     elif name == "overhead":
         profile = harness.read_result("overhead_profile")
@@ -124,9 +138,11 @@ def section(name: str, codes: dict[str, int]) -> str:
         text = real_models.markdown_section(result)
     elif name == "memory":
         text = memory.markdown_section(result)
+    elif name == "zoo":
+        text = zoo_score.markdown_section(result)
     else:
         text = scaling.markdown_section(result)
-    if result.get("quick"):
+    if result is not None and result.get("quick"):
         text = text.replace("\n", "\n\n> Made with `--quick`: a check that the script runs, not a measurement.\n", 1)
     return text
 
@@ -159,7 +175,8 @@ def render(note: str | None, codes: dict[str, int]) -> str:
     produced_by = harness.command_line()
     if note:
         produced_by = produced_by.replace(shlex.quote(note), "'(the note below)'")
-    names = ("throughput", "overhead", "memory", "peers", "real_models", "scaling", "study_time")
+    names = ("throughput", "overhead", "memory", "peers", "real_models", "zoo", "sharded_overhead", "scaling",
+             "study_time")
     parts = [intro(note, produced_by)] + [section(name, codes) for name in names] + gpu_sections()
     return "\n\n".join(parts) + "\n"
 
@@ -181,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", choices=("throughput", "overhead", "overhead_profile", "scaling", "peers", "real_models",
-                                                   "study_time", "memory"),
+                                                   "sharded_overhead", "study_time", "zoo", "memory"),
                         action="append",
                         help="run only these (the others' last results are kept in BENCHMARKS.md)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md")

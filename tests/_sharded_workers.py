@@ -1,4 +1,4 @@
-"""Worker processes for tests/test_monitor_sharded.py: each writes what its rank recorded as JSON.
+"""Worker processes for tests/test_monitor_sharded.py and tests/test_distributed.py: each writes what its rank recorded as JSON.
 
 Kept apart from the test file so that spawned processes import only this (fast) module.
 """
@@ -235,3 +235,23 @@ def _join(rank: int, world: int, port: int) -> None:
 def _write(out_dir: str, rank: int, result: dict) -> None:
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(result, f)
+
+
+def no_tensor_rank_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """``sharded_global_norm`` when the last rank holds no tensors at all: it still joins the sum."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard
+
+    from gradhealth.distributed import collective_device, sharded_global_norm
+
+    _join(rank, world, port)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        # rank r's piece of a sharded tensor is [r + 1, 2 (r + 1)]; the last rank has nothing to measure
+        pieces = [] if rank == world - 1 else [
+            DTensor.from_local(torch.tensor([rank + 1.0, 2.0 * (rank + 1)]), mesh, [Shard(0)], run_check=False)]
+        norm = sharded_global_norm(pieces)
+        _write(out_dir, rank, {"norm": float(norm), "device": str(norm.device),
+                               "collective_device": str(collective_device())})
+    finally:
+        dist.destroy_process_group()

@@ -11,9 +11,10 @@ from gradhealth.cli.diagnose import RUN_DEFAULTS
 from gradhealth.cli.train import config_from_args
 from gradhealth.train.config import TrainConfig
 
-# options whose command-line default differs from the field's on purpose
-COMMAND_OWN = {"train": {"model", "out"}, "diagnose": {"model", "data", "steps", "out"},
-               "fix": {"model", "data", "steps", "out"}}
+# options whose command-line default differs from the field's on purpose (seq_len: None tells
+# "not given" from "given", since it is refused with data it does not shape)
+COMMAND_OWN = {"train": {"model", "out", "seq_len"}, "diagnose": {"model", "data", "steps", "out", "seq_len"},
+               "fix": {"model", "data", "steps", "out", "seq_len"}}
 
 
 def test_defaults_are_read_from_the_dataclass():

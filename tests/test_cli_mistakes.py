@@ -212,3 +212,33 @@ def test_a_model_that_returns_no_tensor_says_what_training_needs(tmp_path, capsy
     assert main(["train", f"{model_file}:build", *FAST, "--steps", "2", "--out", str(tmp_path / "run")]) == 2
     assert "returns a dict without a 'logits' tensor (its keys: scores); training reads a tensor of logits" \
         in _error(capsys)
+
+
+@pytest.mark.parametrize("command", ["train", "diagnose", "fix"])
+def test_seq_len_with_data_it_does_not_shape_is_refused_not_ignored(command, tmp_path, capsys):
+    argv = [command, SMALL, *FAST, "--seq-len", "16", "--steps", "1"]
+    if command == "train":
+        argv += ["--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = _error(capsys)
+    assert err.strip() == ("error: --seq-len sets the tokens per example of text data (text, text:PATH, or a "
+                           f"file.py:loader that takes seq_len); it does nothing with --data {FAST[1]}, so drop it.")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_seq_len_goes_to_a_loader_that_takes_it_and_is_refused_with_one_that_does_not(tmp_path, capsys):
+    (tmp_path / "seq_loaders.py").write_text(
+        "import torch\n"
+        "def with_len(seed=0, seq_len=64):\n"
+        "    x = torch.randn(64, seq_len)\n"
+        "    return (x, (x.sum(1) > 0).long()), (x[:16], (x[:16].sum(1) > 0).long())\n"
+        "def without_len(seed=0):\n"
+        "    return with_len(seed, 8)\n")
+    common = ["train", SMALL, "--batch-size", "16", "--steps", "1", "--seq-len", "8"]
+    assert main([*common, "--data", f"{tmp_path}/seq_loaders.py:with_len", "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["config"]["seq_len"] == 8
+    capsys.readouterr()
+    assert main([*common, "--data", f"{tmp_path}/seq_loaders.py:without_len", "--out", str(tmp_path / "b")]) == 2
+    assert "it does nothing with --data" in _error(capsys)
+    # not given, the default goes to any data without a word
+    assert main(["train", SMALL, *FAST, "--steps", "1", "--out", str(tmp_path / "c")]) == 0

@@ -1,12 +1,16 @@
-"""The Lightning callback records the same per-layer norms as the monitor, pre- and post-clip, logs them and diagnoses the run."""
+"""The Lightning callback records the same per-layer norms as the monitor, pre- and post-clip, logs them and diagnoses
+the run; under Lightning's FSDP2 strategy (``ModelParallelStrategy``, 2 processes on CPU with gloo) the norms are
+the whole tensors'."""
 from __future__ import annotations
 
 import csv
 import json
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 lightning = pytest.importorskip("lightning")  # a dev dependency: installed by `make test`
@@ -16,6 +20,8 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 import gradhealth  # noqa: E402
 from gradhealth.integrations.lightning import GradHealthCallback  # noqa: E402
 from gradhealth.monitor.records import read_jsonl  # noqa: E402
+
+import _lightning_workers as lightning_workers  # noqa: E402
 
 
 class TinyModule(lightning.LightningModule):
@@ -84,3 +90,35 @@ def test_callback_logs_norms_to_the_trainers_logger_and_writes_the_run_files_in_
     assert findings["verdict"] == callback.diagnosis.verdict
     assert (folder / "report.html").is_file()
     assert f"gradhealth: {findings['verdict']}" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(600)
+def test_callback_under_model_parallel_strategy_records_the_whole_tensors_norms(tmp_path):
+    # Lightning's FSDP2 strategy runs on CPU with gloo: two ranks, each on every second example
+    world = 2
+    mp.spawn(lightning_workers.model_parallel_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world,
+             join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+    assert all(rank["sharded"] for rank in ranks)  # configure_model made every parameter a DTensor
+    assert ranks[1]["records"] == ranks[0]["records"]  # every rank combines the same gathered pieces
+    # the oracle: one unsharded process on both ranks' batches at once (the mean of their mean losses)
+    oracle = lightning_workers.numbers(lightning_workers.fit(lightning_workers.ShardableModule(),
+                                                             world * lightning_workers.BATCH, str(tmp_path / "plain")))
+    got = ranks[0]["records"]
+    assert [r["step"] for r in got] == [r["step"] for r in oracle] == list(range(lightning_workers.STEPS))
+    for seen, want in zip(got, oracle):
+        assert list(seen["layers"]) == list(want["layers"])
+        for name, stats in want["layers"].items():
+            for key, value in stats.items():
+                # float32 gradients averaged across ranks in another order: a few roundings apart
+                assert seen["layers"][name][key] == pytest.approx(value, rel=1e-5), (seen["step"], name, key)
+        assert seen["total"] == pytest.approx(want["total"], rel=1e-5)
+        # Lightning clipped the sharded gradients by their global norm, as the plain run clips the whole ones
+        assert seen["total_post"] == pytest.approx(want["total_post"], rel=1e-5)
+    assert got[0]["total"] > lightning_workers.CLIP  # so clipping did fire

@@ -11,8 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from _real_models import TorchViT, tiny_decoder, vgg
+
+from gradhealth.diagnose.coverage import coverage
+from gradhealth.diagnose.rules import rules_not_run
+from gradhealth.diagnose.structure import norm_placement
 from gradhealth.monitor import GradientMonitor, read_jsonl
-from gradhealth.monitor.records import BlockInfo, RunMeta
+from gradhealth.monitor.records import BlockInfo, RunLog, RunMeta
+from gradhealth.report.format import coverage_text
 
 
 def _norm(tensors) -> float:
@@ -338,8 +344,22 @@ def test_watch_time_measures_a_users_own_sequence_and_packed_input_is_said_unmea
         out.data.sum().backward()
         mon.step()
     assert mon.records[-1].time_grads == {}
-    assert any(u.startswith("lstm (PackedSequence") for u in mon.meta.unhooked)
-    assert any(u.startswith("soft (Softmax") for u in mon.meta.unhooked)
+    assert [u.split(" ")[:2] for u in mon.meta.time_unmeasured] == [["lstm", "(PackedSequence"]]
+    assert [u.split(" ")[:2] for u in mon.meta.unhooked] == [["soft", "(Softmax:"]]
+    # the recurrent layer is no activation: the coverage counts the Softmax alone
+    cover = coverage(RunLog(mon.meta, list(mon.records)))
+    assert cover["activations"]["total"] == 1 and cover["activations"]["unhooked"] == mon.meta.unhooked
+    assert cover["time_unmeasured"] == mon.meta.time_unmeasured
+    assert "0 of 1 activation modules hooked; gradient through time of lstm; gradient through time not measured: " \
+           "lstm (PackedSequence input" in coverage_text(cover)
+    # a log written before time_unmeasured had its field listed the recurrent layer as unhooked
+    old = RunMeta(layers=mon.meta.layers, parameters=mon.meta.parameters,
+                  unhooked=mon.meta.time_unmeasured + mon.meta.unhooked, time_series=mon.meta.time_series)
+    cover = coverage(RunLog(old, list(mon.records)))
+    assert cover["activations"]["total"] == 1 and cover["time_unmeasured"] == mon.meta.time_unmeasured
+    not_run = rules_not_run(RunLog(old, list(mon.records)))
+    why = next(n["reason"] for n in not_run if n["rule"] == "gradient through time")
+    assert "PackedSequence input" in why
 
 
 # ---- the first NaN of a user's own loop --------------------------------------------------------
@@ -520,3 +540,170 @@ def test_a_projection_shortcut_is_a_skip_path(skip):
         model(torch.randn(2, 3, 8, 8)).sum().backward()
         mon.step()
         assert mon.meta.blocks == [BlockInfo("1.0", skip), BlockInfo("1.1", skip)]
+
+
+# ---- Llama-style decoders, vision transformers, a plain CNN, frozen parts ---------------------------
+
+_NORM_CLASSES = (nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm)
+
+
+def _check_roles(model: nn.Module, mon: GradientMonitor) -> None:
+    """No module misclassified: norms (torch's and other libraries' RMSNorm) are norms, modules with
+    a matrix are weight layers, activations are measured or said unmeasured, nothing is 'other'."""
+    modules = dict(model.named_modules())
+    layers = {layer.name: layer for layer in mon.meta.layers}
+    assert not [n for n, layer in layers.items() if layer.role == "other"]
+    seen: set[int] = set()
+    for name, module in modules.items():
+        name = name or "(root)"
+        own = [p for p in module.parameters(recurse=False) if id(p) not in seen]  # tied: counted once
+        seen.update(id(p) for p in own)
+        if not own and list(module.parameters(recurse=False)):
+            continue
+        if isinstance(module, _NORM_CLASSES) or type(module).__name__.endswith("RMSNorm"):
+            assert layers[name].role == "norm", name
+        elif any(p.dim() >= 2 for p in own):
+            assert layers[name].role == "weight", name
+        elif not own and name in layers:  # a module without parameters is listed only as an activation
+            assert layers[name].role == "activation", name
+    # buffers without parameters (rotary embeddings, a causal mask) are no layer of any kind
+    for name, module in modules.items():
+        if not list(module.parameters(recurse=False)) and list(module.buffers(recurse=False)):
+            assert name not in layers and not [u for u in mon.meta.unhooked if u.startswith(name + " ")], name
+
+
+def _coverage_is_whole(mon: GradientMonitor) -> dict:
+    cover = coverage(RunLog(mon.meta, list(mon.records)))
+    weights = cover["weight_matrices"]
+    assert weights["fraction"] == 1.0 and weights["unmeasured"] == [] and cover["complete_enough"], weights
+    return cover
+
+
+@pytest.mark.parametrize("kind, tied", [("llama", False), ("llama", True), ("mistral", False), ("qwen2", True)])
+def test_a_llama_style_decoder_is_seen_whole(kind, tied):
+    torch.manual_seed(0)
+    model = tiny_decoder(kind, tied)
+    tokens = torch.randint(0, 64, (2, 10))
+    with GradientMonitor(model, detail_every=1) as mon:
+        model(input_ids=tokens, labels=tokens).loss.backward()
+        mon.step()
+        _check_norms_and_coverage(model, mon)
+        _check_roles(model, mon)
+        cover = _coverage_is_whole(mon)
+        meta, record = mon.meta, mon.records[-1]
+    layers = {layer.name: layer for layer in meta.layers}
+    for norm in ("model.layers.0.input_layernorm", "model.layers.1.post_attention_layernorm", "model.norm"):
+        assert layers[norm].role == "norm" and layers[norm].type.endswith("RMSNorm")
+    act = layers["model.layers.0.mlp.act_fn"]
+    assert act.role == "activation" and act.activation == "silu"
+    assert record.activations["model.layers.0.mlp.act_fn"].saturation is not None
+    assert cover["activations"] == {"hooked": 2, "total": 2, "unhooked": []}
+    assert "model.rotary_emb" not in layers and meta.unhooked == []
+    weights = cover["weight_matrices"]
+    # embeddings, 7 matrices a block, the head unless it is the embedding
+    assert weights["total"] == 1 + 2 * 7 + (0 if tied else 1) and weights["frozen"] == 0
+    assert layers["model.embed_tokens"].tied == (["lm_head"] if tied else [])
+    assert ("lm_head" in layers) is not tied
+    assert meta.blocks == [BlockInfo("model.layers.0", True), BlockInfo("model.layers.1", True)]
+    # pre-norm: each block's first module in forward order is its RMSNorm, whatever the library calls it
+    assert [n for n in layers if n.startswith("model.layers.0.")][0] == "model.layers.0.input_layernorm"
+    assert norm_placement(RunLog(meta, [record])) == "pre"
+
+
+def test_a_hugging_face_vit_counts_its_class_token_and_position_embeddings():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=64, num_labels=5)
+    model = transformers.ViTForImageClassification(config)
+    model.train()
+    with GradientMonitor(model, detail_every=1) as mon:
+        model(pixel_values=torch.randn(2, 3, 16, 16), labels=torch.tensor([1, 3])).loss.backward()
+        mon.step()
+        _check_norms_and_coverage(model, mon)
+        _check_roles(model, mon)
+        cover = _coverage_is_whole(mon)
+        meta = mon.meta
+    layers = {layer.name: layer for layer in meta.layers}
+    params = {p.name: p for p in meta.parameters}
+    # the embeddings module owns two 3-D parameters and has children: it is a weight layer of its own
+    for name in ("vit.embeddings.cls_token", "vit.embeddings.position_embeddings"):
+        assert params[name].layer == "vit.embeddings" and params[name].role == "weight" and len(params[name].shape) == 3
+    assert layers["vit.embeddings"].params == 32 + 17 * 32
+    patch = "vit.embeddings.patch_embeddings.projection"
+    assert layers[patch].type == "Conv2d" and params[patch + ".weight"].layer == patch
+    assert cover["weight_matrices"]["total"] == 2 + 1 + 2 * 6 + 1
+    assert cover["activations"] == {"hooked": 2, "total": 2, "unhooked": []}
+    blocks = [name for name, module in model.named_modules() if type(module).__name__ == "ViTLayer"]
+    assert meta.blocks == [BlockInfo(name, True) for name in blocks] and len(blocks) == 2
+
+
+@pytest.mark.parametrize("module_activation", [False, True], ids=["function", "module"])
+def test_a_vit_of_torch_layers_counts_its_own_class_token_and_says_a_functional_activation_is_unseen(
+        module_activation):
+    torch.manual_seed(0)
+    model = TorchViT(activation=nn.GELU() if module_activation else "gelu")
+    with GradientMonitor(model, detail_every=1) as mon:
+        model(torch.randn(3, 3, 16, 16)).logsumexp(-1).sum().backward()
+        mon.step()
+        _check_norms_and_coverage(model, mon)
+        _check_roles(model, mon)
+        cover = _coverage_is_whole(mon)
+        meta = mon.meta
+    params = {p.name: p for p in meta.parameters}
+    # parameters the model owns directly beside its children: the model is a layer of its own, "(root)"
+    assert params["cls_token"].layer == "(root)" == params["pos_embed"].layer
+    assert cover["weight_matrices"]["total"] == 2 + 1 + 2 * 4 + 1  # MHA: in_proj and out_proj
+    blocks = [f"encoder.layers.{k}" for k in range(2)]
+    assert meta.blocks == [BlockInfo(b, True) for b in blocks]
+    if module_activation:  # a module: hooked like any other
+        assert meta.unhooked == [] and cover["activations"]["hooked"] == 2
+    else:  # F.gelu inside the layer: no hook sees it, and that is said
+        assert [u.split(" ")[0] for u in meta.unhooked] == [f"{b}.activation" for b in blocks]
+        assert "gelu is called as a function" in meta.unhooked[0]
+        assert cover["activations"] == {"hooked": 0, "total": 2, "unhooked": meta.unhooked}
+
+
+def test_a_vgg_style_plain_cnn_is_seen_whole_and_its_stages_have_no_skip_path():
+    torch.manual_seed(0)
+    model = vgg()
+    with GradientMonitor(model, detail_every=1) as mon:
+        nn.functional.cross_entropy(model(torch.randn(4, 3, 16, 16)), torch.tensor([0, 1, 2, 3])).backward()
+        mon.step()
+        _check_norms_and_coverage(model, mon)
+        _check_roles(model, mon)
+        cover = _coverage_is_whole(mon)
+        meta, record = mon.meta, mon.records[-1]
+    roles = [(layer.name, layer.role) for layer in meta.layers]
+    stage = [("0.0", "weight"), ("0.1", "norm"), ("0.2", "activation"), ("0.3", "weight"), ("0.4", "norm"),
+             ("0.5", "activation")]
+    assert roles[:6] == stage and roles[-1] == ("4", "weight") and len(roles) == 3 * 6 + 1
+    assert cover["weight_matrices"]["total"] == 7 and cover["activations"]["hooked"] == 6
+    # in-place ReLU: the dead-unit rule reads the output, so it is measured all the same
+    assert record.activations["0.2"].dead_fraction is not None
+    # the first stage's input needs no gradient, so its graph cannot tell; the others have no skip
+    assert [b.name for b in meta.blocks] == ["0", "1", "2"] and [b.residual for b in meta.blocks[1:]] == [False, False]
+
+
+def test_frozen_parts_are_reported_frozen_not_unmeasured():
+    torch.manual_seed(0)
+    model = tiny_decoder("llama", tied=False, layers=3)
+    tokens = torch.randint(0, 64, (2, 10))
+    mon = GradientMonitor(model, detail_every=1).attach()
+    # frozen after the monitor attached, before the first step: recorded as it trains
+    model.model.embed_tokens.requires_grad_(False)
+    model.model.layers[0].requires_grad_(False)
+    model(input_ids=tokens, labels=tokens).loss.backward()
+    mon.step()
+    _check_norms_and_coverage(model, mon)
+    meta, record = mon.meta, mon.records[-1]
+    cover = _coverage_is_whole(mon)
+    mon.detach()
+    frozen = {p.name for p in meta.parameters if not p.trainable}
+    assert frozen == {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "model.embed_tokens.weight" in frozen and "model.layers.0.mlp.up_proj.weight" in frozen
+    assert all(p.role != "unmeasured" for p in meta.parameters)
+    assert record.layers["model.layers.0.self_attn.q_proj"].grad_norm is None
+    assert record.layers["model.layers.1.self_attn.q_proj"].grad_norm > 0
+    weights = cover["weight_matrices"]
+    assert (weights["measured"], weights["total"], weights["frozen"]) == (1 + 2 * 7, 1 + 2 * 7, 1 + 7)

@@ -248,6 +248,15 @@ def test_lr_too_low_and_boundary(tmp_path):
     assert "lr_too_low" not in kinds(roundtrip(ok, tmp_path))
 
 
+def test_an_output_layer_below_the_healthy_band_does_not_excuse_a_low_lr(tmp_path):
+    # the layer nearest the output moves faster than the rest but still 30x below the healthy 1e-3:
+    # the gradients do not vanish (flat profile), the learning rate is what is small
+    slow = make_log([[1.0] * 3] * 4, update_ratio=[1e-6, 1e-6, 3e-5])
+    assert "lr_too_low" in kinds(roundtrip(slow, tmp_path))
+    normal = make_log([[1.0] * 3] * 4, update_ratio=[1e-6, 1e-6, rules.HEALTHY_UPDATE_MIN])
+    assert "lr_too_low" not in kinds(roundtrip(normal, tmp_path))
+
+
 def test_vanishing_explains_tiny_updates_so_lr_is_not_blamed(tmp_path):
     ratios = [1e-9, 1e-8, 1e-7, 1e-6, 1e-3]  # the output layer updates at a healthy rate
     log = roundtrip(make_log([geometric(5, 0.1)] * 4, update_ratio=ratios), tmp_path)

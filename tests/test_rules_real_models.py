@@ -13,7 +13,7 @@ import pytest
 from gradhealth.cli import main
 from gradhealth.diagnose import rules
 from gradhealth.diagnose.coverage import WEIGHT_COVERAGE_MIN, coverage
-from gradhealth.diagnose.rules import diagnose_log, gradient_profile
+from gradhealth.diagnose.rules import diagnose_log, gradient_profile, profile_gap
 from gradhealth.diagnose.structure import block_of, norm_placement
 from gradhealth.monitor.records import (
     ActivationStats,
@@ -314,6 +314,31 @@ def test_exactly_zero_early_steps_count_as_vanished():
     assert finding.evidence["horizon"] == 90
 
 
+def test_a_gradient_through_time_that_dies_only_after_the_loss_diverged_is_the_divergence_not_the_cell():
+    # healthy (0.99 per step) on steps 0..3, then the loss blows up 10x and the gradient is exactly
+    # zero beyond the last two steps: saturated units, which the divergence explains
+    def died(step):
+        length = 100
+        if step % 2:
+            return {}
+        if step < 4:
+            return {"rnn": [0.99 ** (length - 1 - t) for t in range(length)]}
+        return {"rnn": [0.0] * (length - 2) + [0.5, 1.0]}
+
+    def losses(log, blow_up):
+        for record in log.records:
+            record.loss = 30.0 if blow_up and record.step >= 4 else 3.0 * 0.97 ** record.step
+        return log
+
+    layers = rnn_layers("RNN")
+    grads = lambda s: {"embedding": 0.3, "rnn.weight_ih_l0": 0.5, "rnn.weight_hh_l0": 0.6, "head": 1.0}  # noqa: E731
+    diverged = losses(build(layers, grads, steps=10, time_grads=died), blow_up=True)
+    assert by_kind(diagnose_log(diverged), "vanishing_through_time") is None
+    # the same gradients under a loss that stays put: the cell itself stopped carrying the gradient
+    steady = losses(build(layers, grads, steps=10, time_grads=died), blow_up=False)
+    assert by_kind(diagnose_log(steady), "vanishing_through_time") is not None
+
+
 def test_a_gradient_growing_back_through_time_explodes():
     finding = by_kind(diagnose_log(rnn_log("RNN", 1.2, length=50)), "exploding_through_time")
     assert finding is not None and finding.evidence["factor"] == pytest.approx(1.2, rel=1e-3)
@@ -364,11 +389,89 @@ def test_a_two_layer_log_cannot_be_healthy():
 
 def test_coverage_counts_frozen_and_unhooked_apart():
     log = gpt2()
-    log.meta.parameters[1].trainable = False  # wpe frozen
+    log.meta.parameters[1].trainable = False  # wpe frozen: no gradient
+    for record in log.records:
+        record.layers["transformer.wpe"].grad_norm = None
     log.meta.unhooked = ["transformer.h.0.mlp.custom_act"]
     cover = coverage(log)
     assert cover["weight_matrices"]["total"] == 25 and cover["weight_matrices"]["frozen"] == 1
     assert cover["activations"] == {"hooked": 6, "total": 7, "unhooked": ["transformer.h.0.mlp.custom_act"]}
+    # a matrix frozen while its bias trains (BitFit): its layer has a gradient, the matrix none
+    bitfit = next(p for p in log.meta.parameters if p.name == "transformer.h.0.attn.c_attn.weight")
+    bitfit.trainable = False
+    assert coverage(log)["weight_matrices"]["total"] == 24 and coverage(log)["weight_matrices"]["frozen"] == 2
+
+
+def frozen_gpt2(blocks, embeddings: bool = True) -> RunLog:
+    """The GPT-2 with the given blocks (and its embeddings) frozen: no gradient there, and said so."""
+    log = gpt2()
+    frozen = (*(("transformer.wte", "transformer.wpe") if embeddings else ()),
+              *(f"transformer.h.{k}." for k in blocks))
+    for param in log.meta.parameters:
+        if param.layer is not None and param.layer.startswith(frozen):
+            param.trainable = False
+    for record in log.records:
+        for name, stats in record.layers.items():
+            if name.startswith(frozen):
+                # no gradient; the monitor measures that the weights did not move
+                stats.grad_norm, stats.update_ratio = None, 0.0
+    return log
+
+
+def test_frozen_blocks_are_frozen_not_a_vanishing_gradient(tmp_path):
+    log = roundtrip(frozen_gpt2(range(2)), tmp_path)
+    diagnosis = diagnose_log(log)
+    assert diagnosis.findings == [] and diagnosis.verdict == "healthy", diagnosis.findings
+    cover = diagnosis.coverage["weight_matrices"]
+    # wte (its lm_head copy once), wpe and the 4 matrices of each of two blocks
+    assert (cover["measured"], cover["total"], cover["frozen"]) == (16, 16, 2 + 2 * 4)
+    profile = gradient_profile(log)
+    assert profile["layers"] == [f"transformer.h.{k}" for k in range(2, 6)]
+    assert profile["frozen"] == ["transformer.h.0", "transformer.h.1"]
+    # too few trainable blocks: the depth profile says the rest are frozen, not that it found nothing
+    few = frozen_gpt2(range(4))
+    assert diagnose_log(few).verdict == "inconclusive"
+    assert profile_gap(few) == "needs 3 blocks with gradients, found 2 (4 more frozen)"
+
+
+def test_a_mostly_frozen_model_is_not_told_its_learning_rate_is_too_low():
+    # the first three blocks train; the last three, nearest the output, and the embeddings are frozen:
+    # their updates are 0 because nothing moved them, which says nothing of the rate
+    log = frozen_gpt2(range(3, 6))
+    diagnosis = diagnose_log(log)
+    assert by_kind(diagnosis, "lr_too_low") is None and diagnosis.verdict == "healthy", diagnosis.findings
+
+
+# ---- GELU/SiLU: no saturation on the positive side, units off on the negative one -----------------
+
+def gelu_mlp(fraction: float, activation: str = "gelu", steps: int = 6) -> RunLog:
+    layers = []
+    for i in range(4):
+        layers += [LayerInfo(f"fc{i}", "Linear", "weight", 100),
+                   LayerInfo(f"act{i}", activation.upper(), "activation", 0, activation)]
+    log = build(layers, lambda s: {f"fc{i}": 1.0 for i in range(4)}, steps=steps)
+    for record in log.records:
+        for stats in record.activations.values():
+            stats.saturation = fraction
+    return log
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "mish", "elu"])
+def test_gelu_type_units_on_their_flat_side_are_units_off_with_remedies_that_fit(activation, tmp_path):
+    finding = by_kind(diagnose_log(roundtrip(gelu_mlp(0.68, activation), tmp_path)), "saturation")
+    assert finding is not None and finding.severity == "warning"
+    assert finding.title.startswith("Units off: 68%") and "does not saturate for positive inputs" in finding.explanation
+    assert finding.evidence["side"] == "negative" and finding.evidence["threshold"] == rules.ONE_SIDED_OFF_HIGH
+    keys = [r.key for r in finding.remedies]
+    assert keys[0] == "lower_lr" and "relu" not in keys and "xavier_init" not in keys
+    assert by_kind(diagnose_log(gelu_mlp(0.9, activation)), "saturation").severity == "error"
+
+
+def test_up_to_half_of_gelu_units_off_is_no_finding_while_tanh_is_saturated():
+    # zero-mean inputs of any scale leave at most half of a GELU's elements on its flat side
+    assert by_kind(diagnose_log(gelu_mlp(0.45)), "saturation") is None
+    tanh = by_kind(diagnose_log(gelu_mlp(0.45, "tanh")), "saturation")
+    assert tanh.title.startswith("Saturated units") and [r.key for r in tanh.remedies][:2] == ["relu", "xavier_init"]
 
 
 def test_cli_json_terminal_and_html_show_the_coverage_and_fail_on_inconclusive(tmp_path, capsys):
@@ -390,3 +493,78 @@ def test_cli_json_terminal_and_html_show_the_coverage_and_fail_on_inconclusive(t
     healthy = write_jsonl(tmp_path / "healthy.jsonl", gpt2().records, gpt2().meta)
     assert main(["diagnose", "--from-log", str(healthy), "--json", "--fail-on", "inconclusive"]) == 0
     assert json.loads(capsys.readouterr().out)["coverage"]["weight_matrices"]["fraction"] == 1.0
+
+
+# ---- short runs of real architectures, diagnosed: everything seen, so a verdict -----------------------
+
+def _run_and_diagnose(model, batch, loss_of, steps: int = 6):
+    torch = pytest.importorskip("torch")
+    from gradhealth.monitor import GradientMonitor
+
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with GradientMonitor(model, optimizer=opt, detail_every=2) as mon:
+        for _ in range(steps):
+            loss = loss_of(model, *batch)
+            loss.backward()
+            mon.step(loss=loss)
+            opt.step()
+            opt.zero_grad()
+        log = RunLog(mon.meta, list(mon.records))
+    return diagnose_log(log)
+
+
+def _lm_loss(model, tokens):
+    return model(input_ids=tokens, labels=tokens).loss
+
+
+def _image_loss(model, images, labels):
+    import torch.nn.functional as F
+
+    out = model(images)
+    return F.cross_entropy(out.logits if hasattr(out, "logits") else out, labels)
+
+
+def _real_models():
+    """name -> (a model built small from its config, one batch, the loss)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from _real_models import TorchViT, tiny_decoder, vgg
+
+    torch.manual_seed(0)
+    tokens = (torch.randint(0, 64, (4, 12)),)
+    images = (torch.randn(8, 3, 16, 16), torch.randint(0, 5, (8,)))
+
+    def llama(frozen_blocks: int = 0, layers: int = 3):
+        model = tiny_decoder("llama", tied=False, layers=layers)
+        if frozen_blocks:
+            model.model.embed_tokens.requires_grad_(False)
+            for block in model.model.layers[:frozen_blocks]:
+                block.requires_grad_(False)
+        return model
+
+    vit_config = transformers.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=3,
+                                        num_attention_heads=2, intermediate_size=64, num_labels=5)
+    return {
+        "llama": lambda: (llama(), tokens, _lm_loss),
+        "llama_frozen_first_block": lambda: (llama(frozen_blocks=1, layers=4), tokens, _lm_loss),
+        "hf_vit": lambda: (transformers.ViTForImageClassification(vit_config).train(), images, _image_loss),
+        "torch_vit": lambda: (TorchViT(depth=3), images, _image_loss),
+        "vgg": lambda: (vgg(), images, _image_loss),
+    }
+
+
+@pytest.mark.parametrize("name", ["llama", "llama_frozen_first_block", "hf_vit", "torch_vit", "vgg"])
+def test_a_short_healthy_run_of_a_real_architecture_is_seen_whole_and_gets_a_verdict(name):
+    model, batch, loss_of = _real_models()[name]()
+    diagnosis = _run_and_diagnose(model, batch, loss_of)
+    assert not [f for f in diagnosis.findings if f.severity == "error"], diagnosis.findings
+    assert diagnosis.verdict != "inconclusive", diagnosis.inconclusive_because()
+    cover = diagnosis.coverage["weight_matrices"]
+    assert cover["fraction"] == 1.0 and cover["unmeasured"] == []
+    assert not [n for n in diagnosis.not_run if n["blocks_verdict"]]
+    if name == "llama_frozen_first_block":
+        assert cover["frozen"] == 1 + 7 and cover["total"] == 3 * 7 + 1
+    if name == "torch_vit":  # F.gelu inside nn.TransformerEncoderLayer: the activation rules say why not
+        activations = next(n for n in diagnosis.not_run if n["rule"] == "activations")
+        assert "gelu is called as a function" in activations["reason"]

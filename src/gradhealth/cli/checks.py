@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gradhealth.errors import ConfigError
 
-__all__ = ["writable_folder", "writable_file", "given_or", "agc_head"]
+__all__ = ["writable_folder", "writable_file", "given_or", "agc_head", "seq_len_for"]
 
 
 def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
@@ -64,3 +64,16 @@ def agc_head(clip: str, clip_head: str | None) -> str | None:
     if clip_head is not None and clip != "agc":
         raise ConfigError(f"--clip-head names the head AGC leaves unclipped; it does nothing with --clip {clip}.")
     return clip_head
+
+
+def seq_len_for(data: str, seq_len: int | None, default: int) -> int:
+    """``--seq-len`` as given (None: not given, so ``default``); refused with data it does not shape,
+    as ``--clip-head`` is with a clip mode that has no head, rather than silently ignored."""
+    if seq_len is None:
+        return default
+    from gradhealth.train.data import takes_seq_len
+
+    if not takes_seq_len(data):
+        raise ConfigError(f"--seq-len sets the tokens per example of text data (text, text:PATH, or a file.py:loader "
+                          f"that takes seq_len); it does nothing with --data {data}, so drop it.")
+    return seq_len

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 
 from gradhealth.diagnose.findings import FINDING_KINDS
-from gradhealth.cli.checks import agc_head, given_or, writable_folder
+from gradhealth.cli.checks import agc_head, given_or, seq_len_for, writable_folder
 from gradhealth.cli.defaults import TRAIN_DEFAULTS
 from gradhealth.cli.outputs import claim_folder, refuse_input_as_output
 from gradhealth.errors import ConfigError
@@ -27,9 +27,9 @@ INCONCLUSIVE = "inconclusive"
 RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt", "tensorboard")
 
 # How a MODEL is run (option -> default): the parser's defaults, and what --from-log must leave alone
-# (data and steps default to None: a MODEL run falls back on checkup's own defaults)
-RUN_DEFAULTS = {"data": None, "steps": None,
-                **{key: TRAIN_DEFAULTS[key] for key in ("seq_len", "lr", "optimizer", "batch_size", "init", "clip",
+# (data, steps and seq_len default to None: a MODEL run falls back on checkup's and the loop's defaults)
+RUN_DEFAULTS = {"data": None, "steps": None, "seq_len": None,
+                **{key: TRAIN_DEFAULTS[key] for key in ("lr", "optimizer", "batch_size", "init", "clip",
                                                         "clip_value", "clip_head", "seed")}}
 
 
@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="data set, as gradhealth list-data lists them: digits, mnist1d, "
                                                 "text, text:PATH, file.py:loader, ... (default: digits)")
     p.add_argument("--seq-len", type=int, default=RUN_DEFAULTS["seq_len"],
-                   help=f"tokens per example of text data (default {RUN_DEFAULTS['seq_len']})")
+                   help=f"tokens per example of text data (default {TRAIN_DEFAULTS['seq_len']})")
     p.add_argument("--steps", type=int, default=None, help="monitored optimizer steps (default 60)")
     p.add_argument("--lr", type=float, default=RUN_DEFAULTS["lr"])
     p.add_argument("--optimizer", default=RUN_DEFAULTS["optimizer"])
@@ -96,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
             result = checkup(given_or(args.model, DEFAULT_MODEL), given_or(args.data, DEFAULT_DATA),
                              given_or(args.steps, DEFAULT_STEPS),
                              out=str(args.out) if args.out else None, lr=args.lr, optimizer=args.optimizer,
-                             batch_size=args.batch_size, seq_len=args.seq_len, init=args.init, clip=args.clip,
+                             batch_size=args.batch_size, init=args.init, clip=args.clip,
+                             seq_len=seq_len_for(given_or(args.data, DEFAULT_DATA), args.seq_len,
+                                                 TRAIN_DEFAULTS["seq_len"]),
                              clip_value=args.clip_value, clip_head=agc_head(args.clip, args.clip_head), seed=args.seed)
         log, diagnosis = result.log, result.diagnosis
     if args.out is not None:

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from gradhealth.cli.checks import given_or, writable_folder
+from gradhealth.cli.checks import given_or, seq_len_for, writable_folder
 from gradhealth.cli.defaults import TRAIN_DEFAULTS
 from gradhealth.cli.outputs import claim_folder
 from gradhealth.errors import ConfigError
@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "model) from the same seed and data order, and rank them by a health score.")
     p.add_argument("model", nargs="?", help="registered name, spec string or file.py:factory")
     p.add_argument("--data", default=None, help="data set, as gradhealth list-data lists them (default: digits)")
-    p.add_argument("--seq-len", type=int, default=TRAIN_DEFAULTS["seq_len"], help="tokens per example of text data")
+    p.add_argument("--seq-len", type=int,
+                   help=f"tokens per example of text data (default {TRAIN_DEFAULTS['seq_len']})")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per trial (default 60)")
     p.add_argument("--only", default="", help="comma-separated remedy keys to try (default: all that apply)")
     p.add_argument("--workers", type=int, default=None, help="trials side by side (default: CPU cores)")
@@ -50,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
         claim_folder(args.out, overwrite=args.overwrite)
     config = TrainConfig(model=given_or(args.model, DEFAULT_MODEL), data=given_or(args.data, DEFAULT_DATA),
                          steps=given_or(args.steps, DEFAULT_STEPS), lr=args.lr, optimizer=args.optimizer,
-                         batch_size=args.batch_size, seq_len=args.seq_len, init=args.init, seed=args.seed,
+                         batch_size=args.batch_size, init=args.init, seed=args.seed,
+                         seq_len=seq_len_for(given_or(args.data, DEFAULT_DATA), args.seq_len,
+                                             TRAIN_DEFAULTS["seq_len"]),
                          on_nonfinite="stop",
                          clip_head=args.clip_head)
     from gradhealth.models.spec import user_code

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dataclasses import fields
 
-from gradhealth.cli.checks import agc_head, writable_folder
+from gradhealth.cli.checks import agc_head, seq_len_for, writable_folder
 from gradhealth.cli.defaults import DEFAULT_STEPS, TRAIN_DEFAULTS
 from gradhealth.cli.outputs import RUN_OUTPUTS, claim_folder
 from gradhealth.errors import ConfigError, GradHealthError
@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=TRAIN_DEFAULTS["data"], help="digits, digits-image, mnist1d, mnist1d-seq, "
                    "synthetic:in=64,classes=10,n=4096, synthetic-image:chans=3,size=32, cifar10:DIR, text, "
                    f"text:PATH, file.py:loader; gradhealth list-data says more (default: {TRAIN_DEFAULTS['data']})")
-    p.add_argument("--seq-len", type=int, default=TRAIN_DEFAULTS["seq_len"],
+    p.add_argument("--seq-len", type=int,
                    help=f"tokens per example of text data (default {TRAIN_DEFAULTS['seq_len']})")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help=f"optimizer steps (default {DEFAULT_STEPS})")
@@ -78,7 +78,8 @@ def config_from_args(args: argparse.Namespace):
 
     # every option is named for its TrainConfig field; --no-activations is the one negated flag
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    values.update(clip_head=agc_head(args.clip, args.clip_head), activations=not args.no_activations)
+    values.update(clip_head=agc_head(args.clip, args.clip_head), activations=not args.no_activations,
+                  seq_len=seq_len_for(args.data, args.seq_len, TRAIN_DEFAULTS["seq_len"]))
     return TrainConfig(**values)
 
 

@@ -12,12 +12,16 @@ from typing import Any
 from gradhealth.diagnose.findings import FINDING_KINDS, Remedy
 from gradhealth.errors import unknown_name
 
-__all__ = ["REMEDIES", "SATURATING_ACTIVATIONS", "RELU_FAMILY", "get_remedy", "remedies_for"]
+__all__ = ["REMEDIES", "SATURATING_ACTIVATIONS", "RELU_FAMILY", "ONE_SIDED_ACTIVATIONS", "get_remedy",
+           "remedies_for"]
 
 # Activations with a flat region on both sides (derivative -> 0 for large |x|) versus the ReLU
 # family, whose derivative is exactly 1 for active units.
 SATURATING_ACTIVATIONS = frozenset({"sigmoid", "tanh", "hardtanh", "hardsigmoid", "softsign", "logsigmoid"})
 RELU_FAMILY = frozenset({"relu", "relu6", "leaky_relu", "prelu", "rrelu"})
+# Smooth activations with one flat side: derivative -> 1 for large positive inputs (no saturation
+# there) and -> 0 for large negative ones, where the unit is off, as a ReLU's is below zero.
+ONE_SIDED_ACTIVATIONS = frozenset({"gelu", "silu", "swish", "mish", "elu", "selu", "celu", "softplus"})
 
 _CATALOGUE = [
     Remedy(
@@ -216,6 +220,10 @@ _RANKING: dict[str, list[str]] = {
     # the flat region is the activation's own shape: replace it; else keep inputs small (init
     # scale, normalization) so units stay in the linear region.
     "saturation": ["relu", "xavier_init", "he_init", "batchnorm", "lsuv"],
+    # GELU/SiLU units off (their negative side) for most inputs: not a squashing curve to replace but
+    # pre-activations pushed negative, as dying ReLUs are: smaller and capped steps stop the push,
+    # a sound init scale starts fewer units there.
+    "saturation/one_sided": ["lower_lr", "warmup", "clip_norm", "he_init"],
     # a unit dies when it is pushed below zero for all inputs: a leak keeps it alive, a smaller
     # step stops the push, a sound init scale starts fewer units off.
     "dead_units": ["leaky_relu", "lower_lr", "he_init", "batchnorm"],
@@ -306,6 +314,8 @@ def remedies_for(kind: str, context: Mapping[str, Any] | None = None) -> list[Re
         key = "vanishing_through_time/lstm"
     elif kind == "lr_too_high" and optimizer.startswith(_ADAPTIVE_OPTIMIZERS):
         key = "lr_too_high/adaptive"
+    elif kind == "saturation" and activation in ONE_SIDED_ACTIVATIONS:
+        key = "saturation/one_sided"
     elif kind == "vanishing_gradient" and activation in SATURATING_ACTIVATIONS:
         key = "vanishing_gradient/saturating"
     elif kind == "exploding_gradient" and context.get("residual") is True:

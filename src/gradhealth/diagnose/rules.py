@@ -18,14 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from gradhealth.diagnose.catalogue import RELU_FAMILY, SATURATING_ACTIVATIONS, remedies_for
-from gradhealth.diagnose.coverage import coverage, not_run_entry, recurrent_without_time
+from gradhealth.diagnose.catalogue import ONE_SIDED_ACTIVATIONS, RELU_FAMILY, SATURATING_ACTIVATIONS, remedies_for
+from gradhealth.diagnose.coverage import (
+    coverage,
+    frozen_layers,
+    not_run_entry,
+    recurrent_without_time,
+    unmeasured_activations_and_sequences,
+)
 from gradhealth.diagnose.findings import SEVERITIES, Diagnosis, Finding
 from gradhealth.diagnose.structure import RECURRENT_TYPES, block_of, norm_placement, recurrent_types, tied_layers
 from gradhealth.diagnose.through_time import VANISHED_FRACTION, time_profiles
 from gradhealth.errors import ConfigError
 from gradhealth.monitor.records import RunLog, StepRecord
-from gradhealth.vocabulary import TRUE_WORDS, split_spec
+from gradhealth.vocabulary import TRUE_WORDS, canonical_activation, split_spec
 
 __all__ = [
     "diagnose_log", "run_context", "data_name", "layer_roles", "weight_layers", "gradient_profile",
@@ -62,6 +68,9 @@ FINAL_FRACTION = 0.1
 # of the layer not learning (xavier-initialized sigmoid/tanh MLPs on digits measure 0..1 %)
 SATURATION_HIGH = 0.3
 SATURATION_SEVERE = 0.8
+# GELU/SiLU-type activations are flat only for negative inputs: zero-mean pre-activations of any
+# scale put at most half of the elements there, so beyond half they were pushed off (see find_saturation)
+ONE_SIDED_OFF_HIGH = 0.5
 # ReLU family: units off for a whole batch; healthy He-initialized nets measure ~0
 DEAD_HIGH = 0.4
 DEAD_SEVERE = 0.9
@@ -72,6 +81,10 @@ MIN_DEAD_BATCH = 8
 # is far outside that band.
 LR_HIGH_RATIO = 1e-1
 LR_LOW_RATIO = 1e-5
+# The lower edge of that healthy band: a layer nearest the output that updates at least this fast
+# learns at a normal rate, so the tiny updates of the others come from their gradients (vanishing),
+# not from the learning rate. One slower than this is slow too, whatever the depth profile says.
+HEALTHY_UPDATE_MIN = 1e-4
 # a deeper plain net must end this much (relative) above a shallower one: more than seed noise
 DEGRADATION_MARGIN = 0.1
 # mixed precision skips steps whose scaled gradients overflowed while the loss scaler calibrates
@@ -241,7 +254,15 @@ def profile_gap(log: RunLog) -> str | None:
     if found >= MIN_WEIGHT_LAYERS:
         return None
     plural = "blocks" if kind == "block" else "weight layers"
-    return f"needs {MIN_WEIGHT_LAYERS} {plural} with gradients, found {found}"
+    frozen = _frozen_units(units, log)
+    return (f"needs {MIN_WEIGHT_LAYERS} {plural} with gradients, found {found}"
+            + (f" ({len(frozen)} more frozen)" if frozen else ""))
+
+
+def _frozen_units(units: dict[str, list[str]], log: RunLog) -> list[str]:
+    """Units whose weight layers are all frozen: out of the profile for that reason, said so."""
+    frozen = frozen_layers(log)
+    return [unit for unit, members in units.items() if members and all(n in frozen for n in members)]
 
 
 def gradient_profile(log: RunLog) -> dict[str, Any] | None:
@@ -254,7 +275,8 @@ def gradient_profile(log: RunLog) -> dict[str, Any] | None:
     point per block, its weight layers' norms taken together, placed at its count of weight layers
     from the output (so ``decay_factor`` stays per weight layer) and ``block_factor`` is per block;
     the layers outside the blocks (embeddings, stem, head) are left out and listed. None (frozen or
-    unused layers) and non-finite values are left out; zeros are left out of the fit and listed.
+    unused layers) and non-finite values are left out, the frozen units listed as ``frozen``; zeros
+    are left out of the fit and listed.
     """
     records = _early_records(log)
     units, unit, outside, tied = _profile_units(log)
@@ -278,6 +300,9 @@ def gradient_profile(log: RunLog) -> dict[str, Any] | None:
                  "layers_per_block": max(sizes)}
     if tied:
         extra["tied"] = tied
+    frozen = _frozen_units(units, log)
+    if frozen:
+        extra["frozen"] = frozen
     return {
         "basis": f"median over the first {len(steps)} records (steps {steps[0]}..{steps[-1]})",
         **extra,
@@ -552,16 +577,23 @@ def _activation_medians(log: RunLog, metric: str, last_half: bool = False) -> di
 
 
 def find_saturation(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
-    """Activation layers (not the ReLU family) whose median saturation fraction is high."""
+    """Activation layers (not the ReLU family) whose median saturation fraction is high.
+
+    Sigmoid and tanh saturate on both sides, for any input too large. GELU, SiLU and their kin do
+    not: their flat side is the negative one, where the unit is off, as a ReLU's is; a zero-mean
+    input of any scale puts at most half of the elements there, so they are read as units pushed
+    off (past ``ONE_SIDED_OFF_HIGH``), with the remedies for that, not told to become a ReLU.
+    """
     ctx = run_context(log, context)
     names = {layer.name: layer.activation for layer in log.meta.layers if layer.role == "activation"}
     # ReLU's flat side is its "off" side: that is measured as dead units, and half off is normal
     relu_like = {n for r in log.records for n, a in r.activations.items() if a.dead_fraction is not None}
     fractions = {n: f for n, f in _activation_medians(log, "saturation").items()
                  if n not in relu_like and names.get(n) not in RELU_FAMILY}
-    hot = _ordered([n for n, f in fractions.items() if f >= SATURATION_HIGH], log)
+    one_sided = {n for n in fractions if canonical_activation(names.get(n) or "") in ONE_SIDED_ACTIVATIONS}
+    hot = _ordered([n for n, f in fractions.items() if n not in one_sided and f >= SATURATION_HIGH], log)
     if not hot:
-        return None
+        return _units_off(log, ctx, names, {n: fractions[n] for n in one_sided})
     worst = sorted(hot, key=lambda n: -fractions[n])
     kind = names.get(worst[0]) or ctx.get("activation") or "the activation"
     text = (f"In {len(hot)} activation layer(s) at least {SATURATION_HIGH:.0%} of the units (up to "
@@ -575,6 +607,28 @@ def find_saturation(log: RunLog, context: dict[str, Any] | None = None) -> Findi
                     f"Saturated units: {fractions[worst[0]]:.0%} in {worst[0]}", text, {**ctx, "activation": kind},
                     layers=hot, evidence={"worst": [[n, _num(fractions[n])] for n in worst[:5]],
                                           "threshold": SATURATION_HIGH, "basis": "median over records"})
+
+
+def _units_off(log: RunLog, ctx: dict[str, Any], names: dict[str, str | None],
+               fractions: dict[str, float]) -> Finding | None:
+    """GELU/SiLU-type layers with most of their elements on the flat negative side: units off."""
+    hot = _ordered([n for n, f in fractions.items() if f >= ONE_SIDED_OFF_HIGH], log)
+    if not hot:
+        return None
+    worst = sorted(hot, key=lambda n: -fractions[n])
+    kind = names.get(worst[0]) or "the activation"
+    text = (f"In {len(hot)} activation layer(s) more than {ONE_SIDED_OFF_HIGH:.0%} of the units (up to "
+            f"{fractions[worst[0]]:.0%} in {worst[0]}) sit on the negative side of {kind}, where the derivative "
+            f"is below 1 % of its maximum. {kind} does not saturate for positive inputs (its derivative tends to "
+            "1 there, as a ReLU's is); on the negative side the unit is off and passes almost no gradient back. "
+            "Zero-mean inputs of any scale leave at most half of the units there, so more means the "
+            "pre-activations were pushed negative, as dying ReLU units are: by updates too large (a learning "
+            "rate too high, no warm-up) or an init scale too large.")
+    return _finding("saturation", "error" if fractions[worst[0]] >= SATURATION_SEVERE else "warning",
+                    f"Units off: {fractions[worst[0]]:.0%} of {worst[0]} on the flat negative side of {kind}",
+                    text, {**ctx, "activation": kind}, layers=hot,
+                    evidence={"worst": [[n, _num(fractions[n])] for n in worst[:5]], "threshold": ONE_SIDED_OFF_HIGH,
+                              "side": "negative", "basis": "median over records"})
 
 
 def find_dead_units(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
@@ -597,8 +651,10 @@ def find_dead_units(log: RunLog, context: dict[str, Any] | None = None) -> Findi
 
 
 def _update_ratios(log: RunLog, names: Sequence[str]) -> list[float]:
+    # a layer without a gradient (frozen, unused) did not move because nothing moved it, not because
+    # the rate is low: its 0 would drag the median of a mostly frozen model down to "lr too low"
     return [r.layers[n].update_ratio for r in log.records if not r.skipped for n in names
-            if n in r.layers and _finite(r.layers[n].update_ratio)]
+            if n in r.layers and _finite(r.layers[n].update_ratio) and r.layers[n].grad_norm is not None]
 
 
 def _lr_evidence(log: RunLog, ratio: float) -> dict[str, Any]:
@@ -670,14 +726,15 @@ def find_lr_too_low(log: RunLog, context: dict[str, Any] | None = None) -> Findi
     """Median update ratio over all weight layers below LR_LOW_RATIO, unless vanishing explains it.
 
     Vanishing layers have tiny update ratios whatever the learning rate; when the layer nearest the
-    output updates at a normal rate, the gradient (not the learning rate) is what is small.
+    output updates at a normal rate (HEALTHY_UPDATE_MIN or more), the gradient (not the learning
+    rate) is what is small.
     """
     names = weight_layers(log)
     ratios = _update_ratios(log, names)
     if not ratios or median(ratios) >= LR_LOW_RATIO:
         return None
     output = _update_ratios(log, names[-1:])
-    if output and median(output) >= LR_LOW_RATIO:
+    if output and median(output) >= HEALTHY_UPDATE_MIN:
         return None
     ratio = float(median(ratios))
     text = (f"A typical step changes the weights by only {ratio:.2g} of their norm, against about 1e-3 for "
@@ -726,11 +783,31 @@ def _time_context(log: RunLog, ctx: dict[str, Any], module: str) -> dict[str, An
     return {**ctx, "recurrent": own or ctx.get("recurrent") or []}
 
 
+def _before_divergence(log: RunLog) -> RunLog:
+    """``log`` cut before the first record whose loss reached LOSS_DIVERGENCE x the first one (or
+    turned non-finite), keeping the first record at least.
+
+    The gradient through time of a net whose loss has diverged is the divergence's doing: its tanh
+    units saturate or its ReLU states die, and the gradient is then exactly zero a few steps back
+    whatever the recurrent weights were. The rule that names the divergence (a learning rate too
+    high, an exploding gradient) covers it; the recurrent Jacobian is read from the run before it.
+    """
+    first = next((r.loss for r in log.records if _finite(r.loss)), None)
+    if first is None or first <= 0:
+        return log
+    cut = next((i for i, r in enumerate(log.records) if r.loss is not None
+                and (not math.isfinite(r.loss) or r.loss >= LOSS_DIVERGENCE * first)), None)
+    if cut is None:
+        return log
+    return RunLog(log.meta, log.records[:max(cut, 1)])
+
+
 def find_vanishing_through_time(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
     """A recurrent module whose gradient falls below VANISHED_FRACTION of the last step's within the
-    sequence: the steps beyond that horizon do not reach training."""
+    sequence: the steps beyond that horizon do not reach training. Read over the records before the
+    loss diverged (``_before_divergence``)."""
     ctx = run_context(log, context)
-    hit = {n: p for n, p in time_profiles(log).items() if p["horizon"] is not None}
+    hit = {n: p for n, p in time_profiles(_before_divergence(log)).items() if p["horizon"] is not None}
     if not hit:
         return None
     name = min(hit, key=lambda n: hit[n]["horizon"])
@@ -787,13 +864,15 @@ def rules_not_run(log: RunLog) -> list[dict[str, Any]]:
     if not _update_ratios(log, weight_layers(log)):
         out.append(not_run_entry("update size", ["lr_too_high", "lr_too_low"],
                                  "no update_ratio recorded (the monitor measures it when it is given the optimizer)"))
+    unhooked, time_unmeasured = unmeasured_activations_and_sequences(log)
     if not any(r.activations for r in log.records):
-        why = (f"{len(log.meta.unhooked)} module(s) look like activations but have no rule"
-               if log.meta.unhooked else "no activation module was measured (functional activations are not seen)")
+        why = (f"{len(unhooked)} activation(s) could not be measured: " + "; ".join(unhooked[:3])
+               if unhooked else "no activation module was measured (functional activations are not seen)")
         out.append(not_run_entry("activations", ["saturation", "dead_units"], why))
     if recurrent_without_time(log):
-        out.append(not_run_entry("gradient through time", ["vanishing_through_time", "exploding_through_time"],
-                                 "the model is recurrent but the records carry no time_grads"))
+        why = ("the model is recurrent but the records carry no time_grads"
+               + (": " + "; ".join(time_unmeasured[:3]) if time_unmeasured else ""))
+        out.append(not_run_entry("gradient through time", ["vanishing_through_time", "exploding_through_time"], why))
     return out
 
 

@@ -16,8 +16,13 @@ from gradhealth.monitor.records import LayerInfo, RunLog
 __all__ = ["RECURRENT_TYPES", "block_of", "block_members", "norm_placement", "tied_layers", "recurrent_types"]
 
 RECURRENT_TYPES = ("RNN", "LSTM", "GRU")
-# BatchNorm sits after convolutions by design; pre/post placement is a question for layer norms
-_SEQUENCE_NORMS = ("LayerNorm", "RMSNorm", "T5LayerNorm", "LlamaRMSNorm")
+# BatchNorm sits after convolutions by design; pre/post placement is a question for layer norms,
+# torch's and every library's own (LlamaRMSNorm, MistralRMSNorm, Qwen2RMSNorm, T5LayerNorm ...)
+_SEQUENCE_NORM_SUFFIXES = ("LayerNorm", "RMSNorm")
+
+
+def _sequence_norm(layer: LayerInfo) -> bool:
+    return layer.role == "norm" and layer.type.endswith(_SEQUENCE_NORM_SUFFIXES)
 
 
 def _layers(log: RunLog) -> list[LayerInfo]:
@@ -87,7 +92,7 @@ def norm_placement(log: RunLog) -> str | None:
     votes = {"pre": 0, "post": 0}
     for members in block_members(log).values():
         measured = [roles[n] for n in members if roles[n].role in ("weight", "norm")]
-        if not measured or not any(m.role == "norm" and m.type in _SEQUENCE_NORMS for m in measured):
+        if not measured or not any(_sequence_norm(m) for m in measured):
             continue
         if measured[0].role == "norm":
             votes["pre"] += 1

@@ -3,7 +3,14 @@ training loop share: which process this is and agreement between ranks (``proces
 of sharded tensors under FSDP2, tensor parallelism and HSDP (``tensors``)."""
 from __future__ import annotations
 
-from gradhealth.distributed.processes import DistInfo, agree_any, init_distributed, shutdown_distributed
+from gradhealth.distributed.processes import (
+    DistInfo,
+    agree_any,
+    backend_device_type,
+    collective_device,
+    init_distributed,
+    shutdown_distributed,
+)
 from gradhealth.distributed.tensors import (
     counted_squares,
     gather_rows,
@@ -20,6 +27,8 @@ __all__ = [
     "DistInfo",
     "init_distributed",
     "agree_any",
+    "collective_device",
+    "backend_device_type",
     "shutdown_distributed",
     "is_sharded",
     "own_pieces",

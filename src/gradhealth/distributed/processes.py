@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "agree_any", "shutdown_distributed"]
+__all__ = ["DistInfo", "init_distributed", "agree_any", "collective_device", "backend_device_type",
+           "shutdown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,37 @@ def agree_any(flag: torch.Tensor | bool, info: DistInfo, device: torch.device) -
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def collective_device() -> torch.device:
+    """Where a tensor this process makes for a collective of the default group must live.
+
+    The CPU when the group's backend takes CPU tensors (gloo, or a mixed ``cpu:gloo,cuda:nccl``);
+    otherwise this process's current device of the backend's kind (NCCL: its CUDA device), since
+    NCCL refuses a CPU tensor. The CPU when no group is joined.
+    """
+    if not dist.is_initialized():
+        return torch.device("cpu")
+    kind = backend_device_type(str(dist.get_backend()))
+    if kind == "cpu":
+        return torch.device("cpu")
+    module = getattr(torch, kind, None)
+    current = getattr(module, "current_device", None)
+    return torch.device(kind, current()) if callable(current) else torch.device(kind)
+
+
+def backend_device_type(backend: str) -> str:
+    """The device type whose tensors ``backend`` reduces: "cpu" whenever it takes CPU tensors.
+
+    ``backend`` as ``dist.get_backend()`` spells it: "gloo", "nccl", or pairs "cpu:gloo,cuda:nccl".
+    """
+    if ":" in backend:
+        kinds = [pair.split(":", 1)[0] for pair in backend.split(",")]
+    else:
+        defaults = getattr(dist.Backend, "default_device_backend_map", {"cpu": "gloo", "cuda": "nccl"})
+        kinds = [kind for kind, name in defaults.items() if name == backend]
+    # a backend torch does not map (a plugin) is trusted with CPU tensors, as gloo is
+    return "cpu" if not kinds or "cpu" in kinds else kinds[0]
 
 
 def shutdown_distributed(info: DistInfo) -> None:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from gradhealth.distributed.processes import collective_device
 from gradhealth.tensor_norms import NORM_DTYPE, fused_norms, max_abs
 
 __all__ = [
@@ -146,11 +147,13 @@ def sharded_global_norm(tensors: list[Tensor]) -> Tensor:
     """The L2 norm of all the whole tensors together, float64, identical on every rank: one all-reduce.
 
     For clipping: its coefficient must come from the global norm over all shards, never from a
-    shard's own. Every rank must call it (it is a collective).
+    shard's own. Every rank must call it (it is a collective), also a rank with no tensors: its
+    zero share is made where the group's backend reduces (``collective_device``: a CUDA device
+    under NCCL, which refuses a CPU tensor).
     """
     pieces, counted = local_pieces(tensors)
     if not pieces:
-        total = torch.zeros((), dtype=NORM_DTYPE)
+        total = torch.zeros((), dtype=NORM_DTYPE, device=collective_device())
     else:
         total = counted_squares(pieces, counted).sum()
     if _world() > 1:

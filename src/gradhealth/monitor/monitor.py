@@ -240,21 +240,23 @@ class GradientMonitor:
     @property
     def meta(self) -> RunMeta:
         """Layers in forward order with type and role, every parameter and where it was counted,
-        what was not hooked, the sequences measured through time, the repeated blocks, the config."""
+        what was not hooked, the sequences measured through time (and those that could not be), the
+        repeated blocks, the config."""
         layout, hooks = self._layout, self._hooks
         if self._meta is None:
             self._meta = RunMeta(
                 layers=layout.layer_info(hooks.forward_order or []),
                 model=self._name,
                 config=self._config,
-                parameters=list(layout.parameters),
+                parameters=layout.parameters_now(),
                 blocks=[BlockInfo(name, hooks.residual.get(name)) for name, _ in layout.blocks],
             )
         meta = self._meta
         # the sequences and their reasons show as the forward passes run: added as they come
         meta.time_series.extend(n for n in [n for n, _ in layout.recurrent] + hooks.time_probes.names
                                 if n not in meta.time_series)
-        meta.unhooked.extend(u for u in layout.unhooked + hooks.time_probes.skipped if u not in meta.unhooked)
+        meta.unhooked.extend(u for u in layout.unhooked if u not in meta.unhooked)
+        meta.time_unmeasured.extend(u for u in hooks.time_probes.skipped if u not in meta.time_unmeasured)
         return meta
 
     def watch_time(self, name: str, x: Tensor, time_dim: int = 1) -> Tensor:

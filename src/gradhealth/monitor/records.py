@@ -159,11 +159,14 @@ class RunMeta:
     version: int = SCHEMA_VERSION
     # every parameter tensor, measured or not (coverage)
     parameters: list[ParamInfo] = field(default_factory=list)
-    # modules that look like activations by class name but have no rule, so are not measured
+    # activations that are not measured, with why: classes that look like activations but have no
+    # rule, functions torch's transformer layers call in place of a module
     unhooked: list[str] = field(default_factory=list)
     # recurrent modules / user-named tensors whose gradient through time is measured
     time_series: list[str] = field(default_factory=list)
     blocks: list[BlockInfo] = field(default_factory=list)
+    # sequences whose gradient through time could not be measured, with why (a PackedSequence input)
+    time_unmeasured: list[str] = field(default_factory=list)
 
     def names(self, role: str) -> list[str]:
         return [layer.name for layer in self.layers if layer.role == role]

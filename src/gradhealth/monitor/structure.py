@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from torch import nn
 
@@ -85,12 +85,22 @@ class ModelLayout:
     parameters: list[ParamInfo] = field(default_factory=list)
     # per layer: the other modules that share its parameters
     tied: dict[str, list[str]] = field(default_factory=dict)
-    # modules that look like activations but have no rule, with the reason
+    # activations that are not measured, with the reason: modules that look like activations but
+    # have no rule, and the functions torch's transformer layers call in place of a module
     unhooked: list[str] = field(default_factory=list)
+    # the tensors of ``parameters``, in its order, so trainability can be read again when the
+    # record of the run is written (a model frozen after the monitor attached)
+    parameter_tensors: list[nn.Parameter] = field(default_factory=list)
     # recurrent modules (their gradient through time is measured on detailed steps)
     recurrent: list[tuple[str, nn.Module]] = field(default_factory=list)
     # repeated blocks (h.0, h.1, ...), checked once for a skip path
     blocks: list[tuple[str, nn.Module]] = field(default_factory=list)
+
+    def parameters_now(self) -> list[ParamInfo]:
+        """``parameters`` with ``trainable`` as it is now: a model frozen (or unfrozen) after the
+        monitor attached, before its first step, is recorded as it trains."""
+        return [replace(info, trainable=p.requires_grad, tied=list(info.tied))
+                for info, p in zip(self.parameters, self.parameter_tensors)]
 
     def layer_info(self, order: list[str]) -> list[LayerInfo]:
         """LayerInfo for every measured module, in the order they ran (see ``complete_order``)."""
@@ -215,9 +225,30 @@ def layout_of(model: nn.Module) -> ModelLayout:
                 layout.module_order.append(name)
         elif looks_like_activation(module):
             layout.unhooked.append(f"{name} ({type(module).__name__}: no saturation rule)")
+        functional = _functional_activation(module)
+        if functional is not None:
+            layout.unhooked.append(f"{name}.activation ({type(module).__name__}: {functional} is called as a "
+                                   "function, not a module, so it is not measured)")
     layout.blocks = repeated_blocks(model)
     _account_parameters(model, layout)
     return layout
+
+
+_TORCH_TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _functional_activation(module: nn.Module) -> str | None:
+    """The name of the activation function a torch transformer layer calls, where it is a function.
+
+    ``TransformerEncoderLayer(activation="gelu")`` keeps ``F.gelu`` itself, which no hook can see;
+    given a module (``activation=nn.GELU()``) it is a child like any other and measured as one.
+    """
+    if not isinstance(module, _TORCH_TRANSFORMER_LAYERS):
+        return None
+    activation = getattr(module, "activation", None)
+    if activation is None or isinstance(activation, nn.Module):
+        return None
+    return getattr(activation, "__name__", type(activation).__name__)
 
 
 def _module_of(param_name: str) -> str:
@@ -238,6 +269,7 @@ def _account_parameters(model: nn.Module, layout: ModelLayout) -> None:
         layout.parameters.append(ParamInfo(name=name, shape=list(p.shape), layer=layer,
                                            role=roles[layer] if layer is not None else "unmeasured",
                                            trainable=p.requires_grad, tied=tied))
+        layout.parameter_tensors.append(p)
         if layer is not None and tied:
             modules = layout.tied.setdefault(layer, [])
             for other in tied:

@@ -83,6 +83,8 @@ def coverage_text(coverage: Mapping[str, Any] | None) -> str:
                      + _some(listed, coverage["unclassified_count"] - len(listed), 2) + ")")
     if coverage.get("time_series"):
         parts.append("gradient through time of " + ", ".join(coverage["time_series"]))
+    if coverage.get("time_unmeasured"):
+        parts.append("gradient through time not measured: " + ", ".join(coverage["time_unmeasured"][:3]))
     return "Coverage: " + "; ".join(parts) + "."
 
 

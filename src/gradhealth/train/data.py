@@ -29,13 +29,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from gradhealth.errors import ConfigError, DataError, unknown_name
 from gradhealth.train.bundle import INPUT_KINDS, DataBundle, first_examples
 from gradhealth.train.text_data import load_text
-from gradhealth.train.user_data import load_user_data
+from gradhealth.train.user_data import load_user_data, loader_takes_seq_len
 from gradhealth.train.config import DEFAULT_SEQ_LEN
 from gradhealth.validate import positive_int
 from gradhealth.vocabulary import is_file_spec
 
 __all__ = ["DATASETS", "DATA_SUMMARIES", "INPUT_KINDS", "DataBundle", "load_data", "split_indices",
-           "EpochShuffleSampler", "make_loader", "first_examples"]
+           "EpochShuffleSampler", "make_loader", "first_examples", "takes_seq_len"]
 
 DATASETS = ("digits", "digits-image", "mnist1d", "mnist1d-seq", "synthetic", "synthetic-image", "cifar10", "text")
 # one line per data spec, for `gradhealth list-data` and the --data help
@@ -62,6 +62,14 @@ _OPTIONS: dict[str, dict[str, int]] = {
 _SYNTHETIC_SEED = 1234
 _TEACHER_HIDDEN = 64
 _STANDARDISED = "then standardised with the training split's mean and std"
+
+
+def takes_seq_len(spec: str) -> bool:
+    """Whether ``seq_len`` changes the data of ``spec``: the windows of ``text``/``text:PATH``, or a
+    ``file.py:loader`` that takes it; the other data sets have a length of their own."""
+    if is_file_spec(spec):
+        return loader_takes_seq_len(str(spec))
+    return str(spec).partition(":")[0].strip() == "text"
 
 
 def load_data(spec: str, *, seed: int = 0, val_fraction: float = 0.2, seq_len: int = DEFAULT_SEQ_LEN) -> DataBundle:

@@ -329,7 +329,8 @@ class _Run:
         if self.stopped == "nonfinite" and self.config.on_nonfinite == "raise":
             raise NonFiniteError(self.stop_reason + ".")
         if self.stopped == "interrupted":
-            if self.saves:
+            # under DDP rank 0 alone saves, and every rank says where its run's checkpoint is
+            if self.out is not None:
                 name = "last.dcp" if self.sharded else "last.pt"
                 raise Interrupted(f"interrupted at step {self.step}; checkpoint written to "
                                   f"{self.out / 'checkpoints' / name}.")

@@ -24,7 +24,7 @@ from gradhealth.errors import ConfigError
 from gradhealth.models.spec import load_factory, user_code
 from gradhealth.train.bundle import DataBundle, first_examples
 
-__all__ = ["LOADER_SIGNATURE", "load_user_data"]
+__all__ = ["LOADER_SIGNATURE", "load_user_data", "loader_takes_seq_len"]
 
 LOADER_SIGNATURE = ("def loader(seed=0, seq_len=64) -> (train, val), each a pair of tensors (inputs, integer "
                     "targets) or a torch Dataset of (input, target) pairs")
@@ -86,6 +86,11 @@ def _counts(train: Dataset, val: Dataset, tokens: bool, task: str) -> tuple[int,
         if classes is None:
             classes = vocab if task == "lm" else 1 + max(y_train, y_val)
     return classes, vocab
+
+
+def loader_takes_seq_len(spec: str) -> bool:
+    """Whether the loader of ``path/to/file.py:loader`` has a ``seq_len`` argument to be given."""
+    return "seq_len" in inspect.signature(load_factory(spec, kind="data")).parameters
 
 
 def load_user_data(spec: str, *, seed: int, seq_len: int):
