@@ -60,6 +60,7 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, int]:
         "study_time": [sys.executable, "benchmarks/study_time.py"],
         "peers": [sys.executable, "benchmarks/peers.py", *common],
         "real_models": [sys.executable, "benchmarks/real_models.py", *common],
+        "memory": [sys.executable, "benchmarks/memory.py", *common],
         # the zoo trains on the CPU with one thread by default so that its figures repeat
         "zoo": [sys.executable, "benchmarks/zoo/run.py", *(["--quick"] if args.quick else []),
                 *(["--threads", str(args.threads)] if args.threads else [])],
@@ -97,6 +98,7 @@ def intro(note: str | None, produced_by: str | None) -> str:
 
 
 def section(name: str, codes: dict[str, int]) -> str:
+    import memory
     import overhead
     import peers
     import real_models
@@ -108,7 +110,7 @@ def section(name: str, codes: dict[str, int]) -> str:
 
     result = harness.read_result(name)
     titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling", "study_time": "Studies",
-              "peers": "Peers", "real_models": "Real models", "zoo": "Zoo"}
+              "peers": "Peers", "real_models": "Real models", "zoo": "Zoo", "memory": "Memory"}
     if name == "sharded_overhead":
         # the collectives counted by the tests are stated whether or not the timings ran
         text = sharded_overhead.markdown_section(result)
@@ -144,6 +146,8 @@ def section(name: str, codes: dict[str, int]) -> str:
         text = peers.markdown_section(result)
     elif name == "real_models":
         text = real_models.markdown_section(result)
+    elif name == "memory":
+        text = memory.markdown_section(result)
     elif name == "zoo":
         text = zoo_score.markdown_section(result)
     else:
@@ -181,7 +185,8 @@ def render(note: str | None, codes: dict[str, int]) -> str:
     produced_by = harness.command_line()
     if note:
         produced_by = produced_by.replace(shlex.quote(note), "'(the note below)'")
-    names = ("throughput", "overhead", "peers", "real_models", "zoo", "sharded_overhead", "scaling", "study_time")
+    names = ("throughput", "overhead", "memory", "peers", "real_models", "zoo", "sharded_overhead", "scaling",
+             "study_time")
     parts = [intro(note, produced_by)] + [section(name, codes) for name in names] + gpu_sections()
     return "\n\n".join(parts) + "\n"
 
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", choices=("throughput", "overhead", "overhead_profile", "scaling", "peers", "real_models",
-                                                   "sharded_overhead", "study_time", "zoo"),
+                                                   "sharded_overhead", "study_time", "zoo", "memory"),
                         action="append",
                         help="run only these (the others' last results are kept in BENCHMARKS.md)")
     parser.add_argument("--render-only", action="store_true", help="only rewrite BENCHMARKS.md")

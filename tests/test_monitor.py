@@ -563,3 +563,180 @@ def test_forwards_without_a_step_stop_adding_statistics_after_a_bound():
         model(x).sum().backward()  # the next step measures again
         mon.step()
         assert mon.records[-1].activations["1"].mean is not None
+
+
+def test_post_clip_norms_reuse_the_gradient_norms_only_while_nothing_touched_the_gradients(monkeypatch):
+    from gradhealth.monitor.measure import LayerMeasures
+
+    remeasured = []
+    real = LayerMeasures.post_clip_norms
+    monkeypatch.setattr(LayerMeasures, "post_clip_norms", lambda self: remeasured.append(1) or real(self))
+    torch.manual_seed(0)
+    model = gradhealth.create_model("mlp:depth=4,width=16")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _batch()
+    with GradientMonitor(model, optimizer=opt, detail_every=1) as mon:
+        # untouched: the post-clip norms are the gradient norms, read without a second pass
+        _train_step(model, opt, x, y, mon)
+        untouched = mon.records[-1]
+        assert remeasured == []
+        # scaled in place (clip_grad_norm_'s mul_): measured again
+        F.cross_entropy(model(x), y).backward()
+        mon.step()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
+        opt.step()
+        opt.zero_grad()
+        clipped = mon.records[-1]
+        assert remeasured == [1]
+        # a replaced .grad (same values, a new tensor) is measured again too
+        F.cross_entropy(model(x), y).backward()
+        mon.step()
+        model.head.weight.grad = model.head.weight.grad * 0.5
+        expected_head = own_grad_norm(model.head)
+        opt.step()
+        opt.zero_grad()
+        replaced = mon.records[-1]
+        assert remeasured == [1, 1]
+    for stats in untouched.layers.values():
+        assert stats.grad_norm_post_clip == stats.grad_norm
+    assert clipped.global_grad_norm_post_clip == pytest.approx(0.01, rel=1e-4)
+    assert replaced.layers["head"].grad_norm_post_clip == pytest.approx(expected_head, rel=1e-6)
+    assert replaced.layers["head"].grad_norm_post_clip < replaced.layers["head"].grad_norm
+
+
+def test_forward_tally_keeps_each_rule_apart_and_reads_relu_finiteness_from_unit_maxima():
+    # ReLU calls (counted from their units' maxima, reduced once per step) mixed with sigmoid,
+    # leaky ReLU and weight layers, whose extremes and counts are kept per call: every call's
+    # numbers must land on that call
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally, summarize_calls
+
+    g = torch.Generator().manual_seed(0)
+    relu_a = torch.relu(torch.randn(8, 5, generator=g))
+    relu_a[:, 1] = 0.0  # a dead unit
+    relu_bad = torch.relu(torch.randn(8, 5, generator=g))
+    relu_bad[3, 2] = float("inf")
+    relu_nan = torch.relu(torch.randn(8, 3, 4, generator=g))  # conv layout: units in dim 1
+    relu_nan[0, 1, 2] = float("nan")
+    sig = torch.sigmoid(torch.randn(8, 5, generator=g) * 8)
+    leaky_in = torch.randn(8, 5, generator=g)
+    leaky_in[:, 4] = -1.0
+    leaky = F.leaky_relu(leaky_in, 0.01)
+    layer_bad = torch.randn(8, 5, generator=g)
+    layer_bad[0, 0] = -float("inf")
+    tally = ForwardTally()
+    tally.add_layer("fc1", torch.randn(8, 5, generator=g), features_last=True)
+    tally.add_activation("relu_a", ACTIVATIONS["relu"], nn.ReLU(), None, relu_a)
+    tally.add_activation("sig", ACTIVATIONS["sigmoid"], nn.Sigmoid(), None, sig)
+    tally.add_layer("fc2", layer_bad, features_last=True)
+    tally.add_activation("relu_bad", ACTIVATIONS["relu"], nn.ReLU(), None, relu_bad)
+    tally.add_activation("leaky", ACTIVATIONS["leaky_relu"], nn.LeakyReLU(0.01), leaky_in, leaky)
+    tally.add_layer("conv", torch.randn(8, 3, 4, generator=g), features_last=False)
+    tally.add_activation("relu_nan", ACTIVATIONS["relu"], nn.ReLU(), None, relu_nan)
+    pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+    stats, bad = summarize_calls(tally.calls, pieces["fwd_extremes"], pieces["act_moments"], pieces["act_counts"])
+    assert bad == ["fc2", "relu_bad", "relu_nan"]
+    assert stats["relu_a"]["dead_fraction"] == pytest.approx(float((relu_a <= 0).all(0).float().mean()))
+    assert stats["relu_a"]["dead_fraction"] >= 1 / 5
+    assert stats["relu_a"]["saturation"] == pytest.approx(float((relu_a == 0).float().mean()))
+    assert stats["relu_a"]["mean"] == pytest.approx(float(relu_a.mean()), rel=1e-6)
+    assert stats["relu_a"]["std"] == pytest.approx(float(relu_a.std(unbiased=False)), rel=1e-5)
+    assert stats["relu_bad"]["nonfinite"] == 1 and stats["relu_nan"]["nonfinite"] == 1
+    assert stats["relu_a"]["nonfinite"] == 0 and stats["sig"]["nonfinite"] == 0
+    assert stats["relu_bad"]["dead_fraction"] == pytest.approx(float((relu_bad <= 0).all(0).float().mean()))
+    assert stats["sig"]["saturation"] == pytest.approx(float((sig * (1 - sig) < 0.0025).float().mean()))
+    assert stats["sig"]["dead_fraction"] is None
+    assert stats["sig"]["mean"] == pytest.approx(float(sig.mean()), rel=1e-6)
+    assert stats["leaky"]["dead_fraction"] == pytest.approx(1 / 5)
+
+
+def _param_sized_allocations(run, min_bytes: int) -> list[str]:
+    """The ops inside ``run()`` that made a new tensor of at least ``min_bytes`` (views excluded)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    made: list[str] = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            inputs = [a for a in args if isinstance(a, torch.Tensor)]
+            inputs += [t for a in args if isinstance(a, (list, tuple)) for t in a if isinstance(t, torch.Tensor)]
+            known = {t.untyped_storage().data_ptr() for t in inputs}
+            for o in out if isinstance(out, (list, tuple)) else [out]:
+                if isinstance(o, torch.Tensor) and o.untyped_storage().nbytes() >= min_bytes \
+                        and o.untyped_storage().data_ptr() not in known:
+                    made.append(str(func))
+            return out
+
+    with Watch():
+        run()
+    return made
+
+
+@pytest.mark.parametrize("update_ratio", [True, False])
+def test_update_ratio_off_allocates_no_copy_of_the_parameters(update_ratio):
+    # one large weight (256 KiB) beside small activations: a copy of it is the only tensor that big
+    model = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 256), torch.randint(0, 10, (4,))
+    weight_bytes = model[0].weight.numel() * 4
+    with GradientMonitor(model, optimizer=opt, detail_every=1, update_ratio=update_ratio) as mon:
+        made = []
+        for _ in range(3):
+            # the forward and backward passes make tensors that big of their own (the weight's
+            # gradient): watched are the monitor's step and the optimizer's, with its hooks
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+
+            def step():
+                mon.step(loss=loss)
+                opt.step()
+            made.append(_param_sized_allocations(step, weight_bytes))
+            opt.zero_grad()
+        record = mon.records[-1]
+    if update_ratio:
+        # the weights' copy, made once and kept (CPU): one big tensor on the first step only
+        assert [len(m) for m in made] == [1, 0, 0], made
+        assert record.layers["0"].update_ratio > 0
+    else:
+        assert made == [[], [], []]
+        assert record.layers["0"].update_ratio is None
+
+
+@pytest.mark.parametrize("elements", [4096, 1 << 18])
+def test_a_tight_spread_about_a_large_mean_keeps_its_digits(elements):
+    # a saturated sigmoid: outputs near 1 with a spread of 1e-4, where sum(x^2)/n - mean^2 in
+    # float32 would cancel every digit; the deviations about a centre near the mean keep them
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally, summarize_calls
+
+    g = torch.Generator().manual_seed(0)
+    x = (1 - 1e-3 + 1e-4 * torch.randn(elements // 64, 64, generator=g)).float()
+    tally = ForwardTally()
+    tally.add_activation("sig", ACTIVATIONS["sigmoid"], nn.Sigmoid(), None, x)
+    pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+    stats, _ = summarize_calls(tally.calls, pieces["fwd_extremes"], pieces["act_moments"], pieces["act_counts"])
+    oracle = x.double()
+    assert pieces["act_moments"][2] != 0.0  # measured about a centre, not about zero
+    assert stats["sig"]["mean"] == pytest.approx(float(oracle.mean()), rel=1e-7)
+    assert stats["sig"]["std"] == pytest.approx(float(oracle.std(unbiased=False)), rel=1e-4)
+
+
+@pytest.mark.parametrize("shift", [0.0, 2.0])
+def test_relu_moments_taken_about_zero_on_the_cpu_are_within_the_stated_bound(shift):
+    # a ReLU output's own sum and L2 norm (no centre, no deviations) where the spread is not
+    # dwarfed by the mean: the std to 1e-4 of the float64 oracle on 2^21 elements
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally, summarize_calls
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(128, 16, 32, 32, generator=g) + shift)
+    tally = ForwardTally()
+    tally.add_activation("relu", ACTIVATIONS["relu"], nn.ReLU(), None, x)
+    pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+    stats, _ = summarize_calls(tally.calls, pieces["fwd_extremes"], pieces["act_moments"], pieces["act_counts"])
+    oracle = x.double()
+    assert pieces["act_moments"][2] == 0.0  # about zero
+    assert stats["relu"]["mean"] == pytest.approx(float(oracle.mean()), rel=1e-6)
+    assert stats["relu"]["std"] == pytest.approx(float(oracle.std(unbiased=False)), rel=1e-4)
+    assert stats["relu"]["saturation"] == pytest.approx(float((x == 0).double().mean()), abs=1e-7)

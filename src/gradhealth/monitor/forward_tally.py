@@ -8,12 +8,25 @@ the host, once per step.
 
 Per call of a weight layer: the output's smallest and largest element, which tell exactly
 whether it holds a NaN or an Inf (a sum would call a finite but exploding tensor non-finite).
-Per call of an activation, in addition: the sum and the L2 norm of the output's deviations from
-a centre near its mean (the mean of a few of its elements), and the count of saturated elements
-and of units that were off for the whole batch, by the activation's own rule. The spread is
-taken about that centre, not about zero: a saturated sigmoid's outputs sit near 1 with a spread
-of 1e-4, and ``sum(x^2)/n - mean^2`` in float32 would cancel every digit of it. Sums accumulate
-in float32 (float64 for a float64 model).
+Per call of an activation, in addition: its mean and spread, and the count of saturated elements
+and of units that were off for the whole batch, by the activation's own rule. The variance
+``sum(x^2)/n - mean^2`` must not cancel: a saturated sigmoid's outputs sit near 1 with a spread of
+1e-4, and in float32 that difference would lose every digit. So the spread is taken about a
+centre near the mean (the mean of the first row's last dim) as the sum and the L2 norm of the
+deviations, written into one scratch tensor kept from call to call, except on the CPU where the
+output's own sum and L2 norm are read first (two kernels, no write, and no wait on the CPU) and
+kept when ``mean^2 <= RAW_MOMENT_RATIO * variance`` (ReLU, GELU and tanh outputs nearly always):
+there the variance's relative error is at most about ``2 (1 + RAW_MOMENT_RATIO)`` = 22 times the
+larger relative rounding of the two sums, which for float32 is about 5e-8 for a sum and 1e-5
+for the L2 norm of two million elements (measured): about 2e-4 of the variance, 1e-4 of the std. A tight spread about a large mean fails the
+test and is measured about a centre. Sums accumulate in float32 (float64 for a float64 model).
+
+A ReLU output is never negative, so its finiteness is read from the largest output of each of
+its units, which the dead units need anyway: one pass instead of two. The units' maxima of all
+ReLU calls of a step are reduced together in ``pieces()`` (whether each call is finite, how many
+of its units were on), and a ReLU's signs go into the scratch tensor. Per ReLU call the hook
+thus runs five kernels over the output on the CPU (maxima, sum, L2 norm, signs, their sum; two
+more when the spread is measured about a centre) and allocates nothing the size of the output.
 
 The units of an activation are its channels (dim 1) after a convolution or a BatchNorm /
 GroupNorm, and its features (the last dim) after a Linear or a LayerNorm, as in a (batch,
@@ -21,6 +34,7 @@ sequence, features) transformer.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -30,11 +44,17 @@ from torch import Tensor, nn
 from gradhealth.layers.activations import ActivationRule
 from gradhealth.tensor_norms import stack_on
 
-__all__ = ["CallInfo", "ForwardTally", "summarize_calls"]
+__all__ = ["CallInfo", "ForwardTally", "Scratch", "summarize_calls"]
 
 # how a count was taken: "mask" counts where the rule holds, "nonzero" counts the nonzero
-# elements of a ReLU output (off exactly where it is zero), so the rule holds for the rest
-MASK, NONZERO = "mask", "nonzero"
+# elements of a ReLU output (off exactly where it is zero), so the rule holds for the rest;
+# "unit_alive" counts, once per step for all ReLU calls together, the units whose largest
+# output is above zero (dead: the rest)
+MASK, NONZERO, UNIT_ALIVE = "mask", "nonzero", "unit_alive"
+
+# On the CPU an output's own sum and sum of squares are kept where mean^2 <= this * variance: the
+# variance they give is then off by at most 2 (1 + this) times the sums' rounding (module docstring)
+RAW_MOMENT_RATIO = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,21 +67,55 @@ class CallInfo:
     units: int = 0
     saturated: str | None = None
     dead: str | None = None
+    # False: whether the output is finite is read from its units' maxima (a ReLU output, which
+    # is never negative), not from its own extremes
+    extremes: bool = True
+
+
+class Scratch:
+    """Memory for the deviations of one activation output, kept from call to call and step to step.
+
+    On the CPU a fresh tensor the size of an activation costs page faults each time (a 128 KiB
+    one about as much as the ReLU that made it); a kept one grows to the largest output measured
+    and stays that size. A GPU's caching allocator already reuses freed memory, so there each
+    call takes a fresh tensor.
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def like(self, x: Tensor) -> Tensor:
+        """A contiguous tensor of ``x``'s shape and dtype, its contents undefined."""
+        if x.device.type != "cpu":
+            return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        key = (x.device, x.dtype)
+        flat = self._flat.get(key)
+        if flat is None or flat.numel() < x.numel():
+            flat = self._flat[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
+        return flat[:x.numel()].view(x.shape)
+
+    def release(self) -> None:
+        self._flat.clear()
 
 
 class ForwardTally:
     """The forward statistics of one step, gathered call by call in the hooks."""
 
-    def __init__(self) -> None:
+    def __init__(self, scratch: Scratch | None = None) -> None:
+        self._scratch = scratch if scratch is not None else Scratch()
         self.calls: list[CallInfo] = []
         # whether the last weight layer that ran keeps its features in the last dim (a Linear)
         self._features_last = False
-        self._extremes: list[Tensor] = []  # per call: min and max of the output (its own dtype)
+        self._extremes: list[Tensor] = []  # per call with extremes: min and max of the output (its own dtype)
         # per activation call: sum, L2 norm about a centre, the centre, then the nonzero
         # count of a ReLU output
         self._moments: list[Tensor] = []
         # per activation call: saturated elements by a mask, then dead units (int64, exact)
         self._counts: list[Tensor] = []
+        # per ReLU call: the largest output of each unit, reduced for all calls at once in pieces()
+        self._unit_maxima: list[Tensor] = []
+        # the centre of the moments taken about zero, one 0-d tensor per device and dtype
+        self._zeros: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
     def __bool__(self) -> bool:
         return bool(self.calls)
@@ -74,47 +128,101 @@ class ForwardTally:
     def add_activation(self, name: str, rule: ActivationRule, module: nn.Module, inp: Tensor | None,
                        out: Tensor) -> None:
         x = out.detach()
-        self._extremes.extend(torch.aminmax(x))
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        # a centre near the mean, from a few elements (a view: no copy): the last dim of the first
-        # row; the extremes' midpoint would do for a saturated layer but not for a ReLU's long tail
-        center = x[(0,) * (x.dim() - 1)].mean(dtype=acc) if x.dim() else x.to(acc)
-        # the deviations' sum gives the mean as centre + sum/n, as exact as the deviations themselves
-        deviations = x - center
-        self._moments += [deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc), center]
+        unit_dim = x.dim() - 1 if self._features_last else 1
+        units = x.shape[unit_dim] if x.dim() >= 2 else 0
+        relu_units = rule.zero_is_off and rule.dead is not None and units > 0
+        if relu_units:
+            # a ReLU output is never negative, so -inf cannot occur and a NaN or +inf shows in
+            # its unit's maximum: one pass gives the dead units and whether the output is finite
+            self._unit_maxima.append(x.amax(dim=[d for d in range(x.dim()) if d != unit_dim]))
+        else:
+            self._extremes.extend(torch.aminmax(x))
+        # float32 and float64 reduce in their own dtype (a dtype argument costs a conversion
+        # step even when it changes nothing); half precision accumulates in float32
+        acc = None if x.dtype in (torch.float32, torch.float64) else torch.float32
+        deviations = None
+        if not (x.device.type == "cpu" and self._raw_moments(x, acc)):
+            # a centre near the mean, from a few elements (a view: no copy): the last dim of the
+            # first row; the extremes' midpoint would do for a saturated layer but not for a
+            # ReLU's long tail
+            center = x[(0,) * (x.dim() - 1)].mean(dtype=acc) if x.dim() else x.to(acc or x.dtype)
+            # the deviations' sum gives the mean as centre + sum/n, as exact as the deviations
+            deviations = torch.sub(x, center, out=self._scratch.like(x))
+            self._moments += [deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc), center]
         saturated = dead = None
         if rule.zero_is_off:
             # ReLU: the nonzero elements, counted as the sum of their signs (0 or 1), 15 times
             # faster on the CPU than count_nonzero of a float tensor; float32, so past 2^24
             # elements the count may be off by a few parts in 10^7, nothing a fraction shows;
-            # a NaN in the output makes it NaN, and the call is reported non-finite anyway
-            self._moments.append(x.sign().sum(dtype=torch.float32))
+            # a NaN in the output makes it NaN, and the call is reported non-finite anyway.
+            # The signs go into the deviations' memory, read already: no second allocation
+            signs = torch.sign(x, out=self._scratch.like(x) if deviations is None else deviations)
+            self._moments.append(signs.sum(dtype=torch.float32))
             saturated = NONZERO
         elif rule.saturated is not None and (inp is not None or not rule.uses_input):
             self._counts.append(torch.count_nonzero(rule.saturated(module, None if inp is None else inp.detach(), x)))
             saturated = MASK
-        unit_dim = x.dim() - 1 if self._features_last else 1
-        units = x.shape[unit_dim] if x.dim() >= 2 else 0
-        if rule.dead is not None and units:
+        if relu_units:
+            dead = UNIT_ALIVE
+        elif rule.dead is not None and units:
             # a unit is off for the whole batch when its largest output says so
             unit_max = x.amax(dim=[d for d in range(x.dim()) if d != unit_dim])
-            if rule.zero_is_off:
-                self._counts.append(torch.count_nonzero(unit_max))
-                dead = NONZERO
-            else:
-                self._counts.append(torch.count_nonzero(rule.dead(unit_max)))
-                dead = MASK
-        self.calls.append(CallInfo(name, rule, x.numel(), units, saturated, dead))
+            self._counts.append(torch.count_nonzero(rule.dead(unit_max)))
+            dead = MASK
+        self.calls.append(CallInfo(name, rule, x.numel(), units, saturated, dead, extremes=not relu_units))
+
+    def _raw_moments(self, x: Tensor, acc: torch.dtype | None) -> bool:
+        """On the CPU: keep the sum and L2 norm of ``x`` itself (centre 0) where the variance they
+        give is trustworthy; whether they were kept. Reading them costs no wait on the CPU."""
+        total = x.sum(dtype=acc)
+        norm = torch.linalg.vector_norm(x, dtype=acc)
+        n = x.numel()
+        mean = float(total) / n
+        square = float(norm) ** 2 / n
+        if math.isfinite(mean) and math.isfinite(square) and mean * mean > RAW_MOMENT_RATIO * (square - mean * mean):
+            return False  # the mean dwarfs the spread: measure it about a centre instead
+        key = (x.device, total.dtype)
+        zero = self._zeros.get(key)
+        if zero is None:
+            zero = self._zeros[key] = torch.zeros((), dtype=total.dtype, device=x.device)
+        self._moments += [total, norm, zero]
+        return True
 
     def pieces(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
-        """The step's numbers as three flat tensors of ``dtype`` on ``device`` (few kernels)."""
+        """The step's numbers as three flat tensors of ``dtype`` on ``device`` (few kernels).
+
+        ``fwd_extremes``: min and max per call that took them, then per ReLU call 0 where its
+        output is finite and NaN where not; ``act_counts``: the counts by a mask in call order,
+        then per ReLU call its units that were on for some element of the batch.
+        """
         out = {}
         for key, values in (("fwd_extremes", self._extremes), ("act_moments", self._moments),
                             ("act_counts", self._counts)):
             if values:
                 # counts are stacked as int64, so the cast to float64 keeps them exact
                 out[key] = stack_on(values, device).to(dtype)
+        if self._unit_maxima:
+            finite, alive = self._reduce_unit_maxima(device, dtype)
+            out["fwd_extremes"] = torch.cat([out["fwd_extremes"], finite]) if "fwd_extremes" in out else finite
+            out["act_counts"] = torch.cat([out["act_counts"], alive]) if "act_counts" in out else alive
         return out
+
+    def _reduce_unit_maxima(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Per ReLU call, 0 if finite else NaN, and its units that were ever on: a few kernels for all."""
+        lengths = [m.numel() for m in self._unit_maxima]
+        maxima = torch.cat([m.to(device, dtype, non_blocking=True) for m in self._unit_maxima])
+        call = _call_index(tuple(lengths), device)
+        # a NaN or an inf times zero is NaN, anything finite gives 0: the sum says which call went bad
+        finite = torch.zeros(len(lengths), dtype=dtype, device=device).index_add_(0, call, maxima * 0)
+        alive = torch.zeros(len(lengths), dtype=dtype, device=device).index_add_(0, call, (maxima > 0).to(dtype))
+        return finite, alive
+
+
+@functools.lru_cache(maxsize=16)
+def _call_index(lengths: tuple[int, ...], device: torch.device) -> Tensor:
+    """Which call each unit belongs to; the same every step, so made once (no transfer after that)."""
+    counts = torch.tensor(lengths)
+    return torch.repeat_interleave(torch.arange(len(lengths)), counts).to(device)
 
 
 def summarize_calls(calls: list[CallInfo], extremes: list[float], moments: list[float],
@@ -127,9 +235,18 @@ def summarize_calls(calls: list[CallInfo], extremes: list[float], moments: list[
     """
     pooled: dict[str, dict[str, float]] = {}
     bad: list[str] = []
-    m = c = 0
-    for i, call in enumerate(calls):
-        finite = math.isfinite(extremes[2 * i]) and math.isfinite(extremes[2 * i + 1])
+    # the calls with their own extremes come first, then one flag per ReLU call; the counts by a
+    # mask first, then the ReLU calls' units that were on
+    e, flag = 0, 2 * sum(call.extremes for call in calls)
+    m, c = 0, 0
+    alive = sum((call.saturated == MASK) + (call.dead == MASK) for call in calls)
+    for call in calls:
+        if call.extremes:
+            finite = math.isfinite(extremes[e]) and math.isfinite(extremes[e + 1])
+            e += 2
+        else:
+            finite = math.isfinite(extremes[flag])
+            flag += 1
         if not finite:
             bad.append(call.name)
         if call.rule is None:
@@ -149,10 +266,14 @@ def summarize_calls(calls: list[CallInfo], extremes: list[float], moments: list[
             m += 1
         if call.saturated is not None:
             row["sat_elements"] += call.elements
-        if call.dead is not None:
-            row["dead"] += counts[c] if call.dead == MASK else call.units - counts[c]
-            row["dead_units"] += call.units
+        if call.dead == MASK:
+            row["dead"] += counts[c]
             c += 1
+        elif call.dead == UNIT_ALIVE:
+            row["dead"] += call.units - counts[alive]
+            alive += 1
+        if call.dead is not None:
+            row["dead_units"] += call.units
     return {name: _summary(row) for name, row in pooled.items()}, bad
 
 

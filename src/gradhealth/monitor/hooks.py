@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError
-from gradhealth.monitor.forward_tally import ForwardTally
+from gradhealth.monitor.forward_tally import ForwardTally, Scratch
 from gradhealth.monitor.skips import has_skip_path
 from gradhealth.monitor.structure import ModelLayout, features_last, unwrap
 from gradhealth.monitor.time_probes import TimeProbes
@@ -107,6 +107,8 @@ class MonitorHooks:
         self._block_handles: list[Any] = []
         # the names of the layers in the order the first measured forward pass ran them
         self.forward_order: list[str] | None = None
+        # the activation hooks' working memory (CPU: kept, the size of the largest output measured)
+        self.scratch = Scratch()
         self.reset_forward_buffers()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -147,6 +149,7 @@ class MonitorHooks:
         self._handles.clear()
         self._layer_handles.clear()
         self.reset_forward_buffers()
+        self.scratch.release()
         self.active = False
 
     def remove_layer_hooks(self) -> None:
@@ -206,7 +209,7 @@ class MonitorHooks:
 
     def reset_forward_buffers(self) -> None:
         self.time_probes.reset()
-        self.tally = ForwardTally()
+        self.tally = ForwardTally(self.scratch)
         # per forward pass: its batch index and the smallest and largest input element
         self._input_extremes: list[tuple[int, Tensor]] = []
         self._call_order: list[str] = []

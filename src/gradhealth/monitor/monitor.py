@@ -15,10 +15,12 @@ Use it in any training loop::
 What it costs: a recorded step (``every``) is one fused ``torch._foreach_norm`` over the
 gradients and ONE device-to-host transfer, done when the step's record is complete (after the
 optimizer step, or at the next ``step()``). A detailed step (``detail_every``) adds the weight
-norms, the largest gradient element, the real update (a copy of the weights before the optimizer
-step, whose memory is kept between detailed steps on the CPU), the extremes of every layer's
-output and five or six reductions per activation output, and a zero probe added to each
-recurrent layer's input (and to each ``watch_time`` tensor) for its gradient through time. Other
+norms, the largest gradient element, the post-clip norms (only where something changed the
+gradients after ``step()``: their version counters say so), the real update (a copy of the
+weights before the optimizer step, whose memory is kept between detailed steps on the CPU: the
+one copy of the parameters the monitor makes, none with ``update_ratio=False``), the extremes of
+every weight layer's output and seven kernels per activation output (``forward_tally.py``), and
+a zero probe added to each recurrent layer's input (and to each ``watch_time`` tensor) for its gradient through time. Other
 steps cost a counter increment. Once, at the first training forward pass, each repeated block's
 autograd graph is read for a skip path. A non-finite loss or gradient found on a step whose forward
 pass was not watched arms the watch for the next forward pass (one detailed step).
@@ -41,6 +43,7 @@ from torch import Tensor, nn
 
 from gradhealth.errors import ConfigError
 from gradhealth.monitor.assembly import RecordAssembly
+from gradhealth.monitor.grad_versions import GradVersions
 from gradhealth.monitor.hooks import DETAIL_RATIO, MonitorHooks
 from gradhealth.monitor.measure import LayerMeasures, scalar_piece
 from gradhealth.monitor.records import BlockInfo, NonFiniteEvent, RunMeta, StepRecord
@@ -62,7 +65,9 @@ class GradientMonitor:
     ``activations``: hook activation modules (sigmoid, tanh, ReLU family, GELU, SiLU, ELU) for
     mean/std, saturation and dead units.
     ``optimizer``: lets the monitor read the lr, measure the real update of each step, and see
-    steps that GradScaler skipped. ``jsonl``: a path the full run is appended to; ``sinks``:
+    steps that GradScaler skipped. ``update_ratio``: measure that update against a copy of the
+    weights taken at ``step()`` on detailed steps (the one copy of the parameters the monitor
+    keeps); ``False`` measures no update ratios and keeps no copy. ``jsonl``: a path the full run is appended to; ``sinks``:
     other objects with ``write(record, meta)`` and ``close()`` (e.g. ``TensorBoardSink``).
     ``history``: how many records stay in memory (``records`` is a bounded deque).
 
@@ -112,6 +117,8 @@ class GradientMonitor:
         self._assembly = RecordAssembly(history=history, jsonl=jsonl, append=append, sinks=sinks,
                                         meta=lambda: self.meta)
         self._pending: PendingStep | None = None
+        # the gradients as measured at the pending detailed step's step() (unscaled ones only)
+        self._measured_grads: GradVersions | None = None
         # one writer per log: a second monitor on the same jsonl path is refused at attach
         self._jsonl = jsonl
         self._jsonl_lock: RunLock | None = None
@@ -365,6 +372,11 @@ class GradientMonitor:
                 pending.snapshot = measures.copy_of_weights()
         if grads:
             pending.pieces.update(measures.gradient_norms(positions, grads, detailed, grad_scale))
+        # the post-clip norms equal these while nothing touches the gradients (scaled ones are
+        # divided by the scale here but not after clipping, so they are always measured again)
+        self._measured_grads = None
+        if detailed and grads and grad_scale is None and not measures.sharded:
+            self._measured_grads = GradVersions.of(grads)
         return device
 
     @staticmethod
@@ -388,7 +400,11 @@ class GradientMonitor:
         pending = self._pending
         if pending is None:
             return
-        post = self._measures.post_clip_norms()
+        measured, self._measured_grads = self._measured_grads, None
+        if measured is not None and "grad_l2" in pending.pieces and measured.unchanged(self._measures.grads()[1]):
+            post = pending.pieces["grad_l2"]  # nothing clipped them: the same norms, no second pass
+        else:
+            post = self._measures.post_clip_norms()
         if post is not None:
             pending.pieces["post_l2"] = post
         if metrics:
