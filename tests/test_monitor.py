@@ -633,9 +633,14 @@ def test_forward_tally_keeps_each_rule_apart_and_reads_relu_finiteness_from_unit
     tally.add_activation("leaky", ACTIVATIONS["leaky_relu"], nn.LeakyReLU(0.01), leaky_in, leaky)
     tally.add_layer("conv", torch.randn(8, 3, 4, generator=g), features_last=False)
     tally.add_activation("relu_nan", ACTIVATIONS["relu"], nn.ReLU(), None, relu_nan)
+    # after a NaN step every weight is NaN: a unit whose maximum is NaN is not "dead"
+    relu_all_nan = torch.full((8, 5), float("nan"))
+    tally.add_layer("fc3", relu_all_nan, features_last=True)
+    tally.add_activation("relu_all_nan", ACTIVATIONS["relu"], nn.ReLU(), None, relu_all_nan)
     pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
     stats, bad = summarize_calls(tally.calls, pieces["fwd_extremes"], pieces["act_moments"], pieces["act_counts"])
-    assert bad == ["fc2", "relu_bad", "relu_nan"]
+    assert bad == ["fc2", "relu_bad", "relu_nan", "fc3", "relu_all_nan"]
+    assert stats["relu_all_nan"]["nonfinite"] == 1 and stats["relu_all_nan"]["dead_fraction"] == 0.0
     assert stats["relu_a"]["dead_fraction"] == pytest.approx(float((relu_a <= 0).all(0).float().mean()))
     assert stats["relu_a"]["dead_fraction"] >= 1 / 5
     assert stats["relu_a"]["saturation"] == pytest.approx(float((relu_a == 0).float().mean()))

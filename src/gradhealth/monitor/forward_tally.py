@@ -214,7 +214,9 @@ class ForwardTally:
         call = _call_index(tuple(lengths), device)
         # a NaN or an inf times zero is NaN, anything finite gives 0: the sum says which call went bad
         finite = torch.zeros(len(lengths), dtype=dtype, device=device).index_add_(0, call, maxima * 0)
-        alive = torch.zeros(len(lengths), dtype=dtype, device=device).index_add_(0, call, (maxima > 0).to(dtype))
+        # a ReLU unit's maximum is >= 0, so "on" is "not zero"; a NaN maximum is not counted dead
+        # (the call is reported non-finite instead), as a count of nonzero maxima never did
+        alive = torch.zeros(len(lengths), dtype=dtype, device=device).index_add_(0, call, (maxima != 0).to(dtype))
         return finite, alive
 
 
