@@ -88,8 +88,9 @@ def test_vanishing_reports_decay_factor_ratio_and_weak_layers(tmp_path):
 
 
 def test_vanishing_threshold_boundary(tmp_path):
-    just_below = [rules.VANISHING_RATIO * 0.99, math.sqrt(rules.VANISHING_RATIO * 0.99), 1.0]
-    just_above = [rules.VANISHING_RATIO * 1.01, math.sqrt(rules.VANISHING_RATIO * 1.01), 1.0]
+    # 10 layers, so that each layer's factor (~0.6) stays above 1/BLOCK_GROWTH: the end-to-end ratio decides
+    just_below = geometric(10, (rules.VANISHING_RATIO * 0.99) ** (1 / 9))
+    just_above = geometric(10, (rules.VANISHING_RATIO * 1.01) ** (1 / 9))
     below = by_kind(roundtrip(make_log([just_below] * 3), tmp_path), "vanishing_gradient")
     assert below is not None and below.severity == "warning"
     assert below.remedies[0].key == "residual"  # ReLU already: the skip path first
@@ -123,6 +124,49 @@ def test_exploding_toward_the_input(tmp_path):
     assert finding.evidence["profile"]["first_last_ratio"] == pytest.approx(4.0 ** 5, rel=1e-3)
     assert finding.remedies[0].key == "clip_norm"
     assert "vanishing_gradient" not in {f.kind for f in diagnose_log(log).findings}
+
+
+def _blocks_log(norms: list[float], **kw) -> RunLog:
+    """A log of repeated blocks blocks.K (two weight layers each), with per-block gradient norms."""
+    names = [f"blocks.{k}.fc{j}" for k in range(len(norms)) for j in (1, 2)]
+    row = [g / math.sqrt(2) for g in norms for _ in (1, 2)]  # two equal halves of each block's norm
+    return make_log([row] * 4, names=names, model=None, **kw)
+
+
+def test_a_shallow_net_whose_blocks_double_the_gradient_explodes_below_the_end_to_end_threshold(tmp_path):
+    # 4 blocks at 2.5x each: 15.6x end to end, far below EXPLODING_RATIO, but no healthy init compounds so fast
+    log = roundtrip(_blocks_log(geometric(4, 2.5)), tmp_path)
+    assert rules.gradient_profile(log)["first_last_ratio"] < rules.EXPLODING_RATIO
+    finding = by_kind(log, "exploding_gradient")
+    assert finding is not None and finding.severity == "warning"
+    assert finding.evidence["profile"]["block_factor"] == pytest.approx(2.5, rel=1e-3)
+    assert "each block toward the input multiplies the gradient by about 2.5" in finding.explanation
+    assert finding.layers == ["blocks.0"]  # the one block past MATERIAL_RATIO x the last one's
+    # the mirror: each block halving it, past a tenth end to end
+    shrinking = by_kind(roundtrip(_blocks_log(geometric(4, 0.4)), tmp_path), "vanishing_gradient")
+    assert shrinking is not None and shrinking.severity == "warning" and shrinking.layers == ["blocks.0"]
+
+
+def test_a_deep_net_drifting_mildly_per_block_is_healthy_though_it_spans_decades(tmp_path):
+    # 24 blocks at 1.15x each: 25x end to end, beyond the healthy band, yet each block is near the
+    # variance-preserving factor of 1: the end-to-end rule alone judges it, and it stays below 100x
+    assert kinds(roundtrip(_blocks_log(geometric(24, 1.15)), tmp_path)) == set()
+    assert kinds(roundtrip(_blocks_log(geometric(24, 1 / 1.15)), tmp_path)) == set()
+
+
+def test_fast_growth_per_block_must_also_be_material_end_to_end(tmp_path):
+    # 3 blocks at 2.5x each: 6.25x end to end, inside the healthy band of 0.1..10
+    assert kinds(roundtrip(_blocks_log(geometric(3, rules.BLOCK_GROWTH * 1.25)), tmp_path)) == set()
+    # just under the per-block bound with a material ratio: no finding either
+    assert kinds(roundtrip(_blocks_log(geometric(5, rules.BLOCK_GROWTH * 0.95)), tmp_path)) == set()
+
+
+def test_per_block_growth_is_not_judged_across_the_matrices_of_a_recurrent_layer(tmp_path):
+    # an RNN's input and recurrent matrices get gradients summed over the time steps: 3 "layers" at
+    # 4x each are no depth profile, and 16x stays below the end-to-end rule
+    log = make_log([geometric(3, 4.0)] * 4, names=["rnn.weight_ih_l0", "rnn.weight_hh_l0", "head"], model=None)
+    log.meta.layers.insert(0, LayerInfo("rnn", "RNN", "other", 0))
+    assert "exploding_gradient" not in kinds(roundtrip(log, tmp_path))
 
 
 def test_global_norm_rising_over_the_run(tmp_path):

@@ -52,6 +52,17 @@ VANISHING_RATIO = 1e-2
 EXPLODING_RATIO = 1e2
 # four decades: the first layers learn 10,000x slower (faster) than the last: an error
 SEVERE_RATIO = 1e4
+# The end-to-end ratio alone cannot fire on a shallow net however fast each block grows (4 blocks at
+# 3x each make 27x), so the rate per block is judged too: the chain rule multiplies the gradient by
+# one factor per block, and a variance-preserving init (Glorot & Bengio 2010, He et al. 2015) makes
+# that factor ~1 in expectation, as does a residual block x + f(x) whose branch is small beside the
+# skip path (the zoo's 10 healthy non-recurrent nets: 0.95..1.26 per block). A factor of 2 doubles
+# the gradient at each block: a weight gain twice the variance-preserving one, or a branch whose
+# Jacobian is as large as the skip path's identity; 1/2 is its mirror. The rate must also show end
+# to end, outside the healthy 0.1..10 band above: a deep net drifting mildly per block stays with
+# the 1e2 rule.
+BLOCK_GROWTH = 2.0
+MATERIAL_RATIO = 10.0
 # global norm growth: an order of magnitude from the first third of the run to the last, and
 # rising through the middle third, so that one spike does not count as a trend
 GRAD_GROWTH = 10.0
@@ -324,17 +335,41 @@ def _finding(kind: str, severity: str, title: str, explanation: str, ctx: dict[s
     return Finding(kind, severity, title, explanation, remedies=remedies_for(kind, ctx), **kw)
 
 
+def _unit_factor(p: dict[str, Any]) -> float | None:
+    """The profile's fitted factor per unit of depth: per block where the model has blocks (the skip
+    path goes around a block's layers, so the chain rule compounds block by block), else per layer."""
+    return p.get("block_factor") if p.get("unit") == "block" else p["decay_factor"]
+
+
+def _compounding(p: dict[str, Any], log: RunLog, grows: bool) -> bool:
+    """Whether the gradient grows (shrinks) toward the input by BLOCK_GROWTH (1/BLOCK_GROWTH) or more per
+    unit, and by MATERIAL_RATIO (1/MATERIAL_RATIO) or more end to end. Not for recurrent models: their
+    input and recurrent matrices are one layer whose gradient sums over the time steps, so its size
+    beside the head's is no factor per layer of depth (the through-time rules judge those)."""
+    factor, ratio = _unit_factor(p), p["first_last_ratio"]
+    if factor is None or ratio is None or recurrent_types(log):
+        return False
+    if grows:
+        return factor >= BLOCK_GROWTH and ratio >= MATERIAL_RATIO
+    return factor <= 1 / BLOCK_GROWTH and ratio <= 1 / MATERIAL_RATIO
+
+
 def find_vanishing_gradient(log: RunLog, context: dict[str, Any] | None = None) -> Finding | None:
-    """Early gradient norms falling geometrically toward the input, or exactly zero in early layers."""
+    """Early gradient norms falling geometrically toward the input (past VANISHING_RATIO end to end, or
+    by 1/BLOCK_GROWTH per block and past 1/MATERIAL_RATIO end to end), or exactly zero in early layers."""
     ctx, p = run_context(log, context), gradient_profile(log)
     if p is None:
         return None
     ratio, factor, zeros = p["first_last_ratio"], p["decay_factor"], p["zero_layers"]
-    trend = ratio is not None and ratio < VANISHING_RATIO and factor is not None and factor < 1
+    steep = ratio is not None and ratio < VANISHING_RATIO and factor is not None and factor < 1
+    compounding = not steep and _compounding(p, log, grows=False)
+    trend = steep or compounding
     if not trend and not (zeros and p["grad_norms"][-1] > 0):
         return None
     last = p["grad_norms"][-1]
-    weak = [n for n, g in zip(p["layers"], p["grad_norms"]) if g < VANISHING_RATIO * last]
+    # the named layers: those past the threshold that fired, the end-to-end one or the material one
+    under = 1 / MATERIAL_RATIO if compounding else VANISHING_RATIO
+    weak = [n for n, g in zip(p["layers"], p["grad_norms"]) if g < under * last]
     severe = bool(zeros) or (ratio is not None and ratio < 1 / SEVERE_RATIO)
     blocks = p.get("unit") == "block"
     parts = [f"Over {p['depth']} {'blocks' if blocks else 'weight layers'} the gradient shrinks toward the input"]
@@ -426,16 +461,20 @@ class _Sign:
     layers: list[str] = field(default_factory=list)
 
 
-def _growth_toward_input(p: dict[str, Any] | None) -> _Sign | None:
-    """Early gradient norms growing geometrically toward the input (the depth profile)."""
-    if not (p and p["first_last_ratio"] and p["first_last_ratio"] > EXPLODING_RATIO and (p["decay_factor"] or 0) > 1):
+def _growth_toward_input(p: dict[str, Any] | None, log: RunLog) -> _Sign | None:
+    """Early gradient norms growing geometrically toward the input (the depth profile): past
+    EXPLODING_RATIO end to end, or by BLOCK_GROWTH per block and past MATERIAL_RATIO end to end."""
+    if not p or not ((p["first_last_ratio"] and p["first_last_ratio"] > EXPLODING_RATIO
+                      and (p["decay_factor"] or 0) > 1) or _compounding(p, log, grows=True)):
         return None
-    last = p["grad_norms"][-1]
-    return _Sign(f"each layer toward the input multiplies the gradient by about {p['decay_factor']:.2g}, "
-                 f"so the first layer gets {p['first_last_ratio']:.2g}x the last one's",
-                 f"early layers get {p['first_last_ratio']:.1e}x the last layer's gradient",
+    last, word = p["grad_norms"][-1], "block" if p.get("unit") == "block" else "layer"
+    # the named layers: those past the threshold that fired, the end-to-end one or the material one
+    over = EXPLODING_RATIO if p["first_last_ratio"] > EXPLODING_RATIO else MATERIAL_RATIO
+    return _Sign(f"each {word} toward the input multiplies the gradient by about {_unit_factor(p):.2g}, "
+                 f"so the first {word} gets {p['first_last_ratio']:.2g}x the last one's",
+                 f"early {word}s get {p['first_last_ratio']:.1e}x the last {word}'s gradient",
                  "profile", {k: v for k, v in p.items() if k != "step"}, p["step"],
-                 [n for n, g in zip(p["layers"], p["grad_norms"]) if g > EXPLODING_RATIO * last])
+                 [n for n, g in zip(p["layers"], p["grad_norms"]) if g > over * last])
 
 
 def _init_scale(log: RunLog) -> _Sign | None:
@@ -480,7 +519,7 @@ def find_exploding_gradient(log: RunLog, context: dict[str, Any] | None = None) 
     gradient norm rising over the run, or a diverging loss."""
     ctx, p = run_context(log, context), gradient_profile(log)
     # the order ranks the signs: the first names the title, the step and the layers
-    signs = [s for s in (_growth_toward_input(p), _init_scale(log), _rising_grad_norm(log), _diverging_loss(log))
+    signs = [s for s in (_growth_toward_input(p, log), _init_scale(log), _rising_grad_norm(log), _diverging_loss(log))
              if s is not None]
     if not signs:
         return None
