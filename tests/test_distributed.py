@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 import _sharded_workers as workers
+from _ports import free_port
 from gradhealth.distributed import backend_device_type, collective_device
 
 
@@ -26,16 +26,11 @@ def test_collective_device_without_a_process_group_is_the_cpu():
     assert collective_device() == torch.device("cpu")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.timeout(600)
 def test_a_rank_without_tensors_joins_the_global_norm(tmp_path):
     world = 3
-    mp.spawn(workers.no_tensor_rank_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(workers.no_tensor_rank_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     # the pieces of ranks 0 and 1: [1, 2] and [2, 4]; rank 2 adds its zero
     want = math.sqrt(1 + 4 + 4 + 16)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from gradhealth.integrations.lightning import GradHealthCallback  # noqa: E402
 from gradhealth.monitor.records import read_jsonl  # noqa: E402
 
 import _lightning_workers as lightning_workers  # noqa: E402
+from _ports import free_port  # noqa: E402
 
 
 class TinyModule(lightning.LightningModule):
@@ -92,17 +92,12 @@ def test_callback_logs_norms_to_the_trainers_logger_and_writes_the_run_files_in_
     assert f"gradhealth: {findings['verdict']}" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.timeout(600)
 def test_callback_under_model_parallel_strategy_records_the_whole_tensors_norms(tmp_path):
     # Lightning's FSDP2 strategy runs on CPU with gloo: two ranks, each on every second example
     world = 2
-    mp.spawn(lightning_workers.model_parallel_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world,
+    mp.spawn(lightning_workers.model_parallel_worker, args=(world, free_port(), str(tmp_path)), nprocs=world,
              join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
     assert all(rank["sharded"] for rank in ranks)  # configure_model made every parameter a DTensor

@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 import _sharded_workers as workers
+from _ports import free_port
 
 REL = 1e-5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _spawn(worker, world: int, tmp_path) -> list[dict]:
-    mp.spawn(worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+
+from _ports import free_port
 
 from gradhealth.distributed import DistInfo
 from gradhealth.monitor.records import read_jsonl, record_to_json
@@ -29,16 +30,11 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
 
 def _launcher(nproc: int, entry: list[str], args: tuple[str, ...], env: dict[str, str] | None = None
               ) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-           "--master-port", _free_port(), *entry, "train", *args]
+           "--master-port", str(free_port()), *entry, "train", *args]
     # its own session, so a run that hangs is killed with its workers, not just the launcher
     return subprocess.Popen(cmd, env={**_env(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
