@@ -312,16 +312,21 @@ def monitor_candidate(name: str, label: str, model: nn.Module, opt: torch.optim.
     return Candidate(name, step, label, steps=every_multiple(steps, period)), mon.detach
 
 
-def lightning_grad_norm_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> Callable[[], None]:
-    """A step that calls ``lightning.pytorch.utilities.grad_norm(model, norm_type=2)`` after backward."""
+def lightning_grad_norm_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                             wrap: Callable[[Callable], Callable] = lambda f: f) -> Callable[[], None]:
+    """A step that calls ``lightning.pytorch.utilities.grad_norm(model, norm_type=2)`` after backward.
+
+    ``wrap`` may wrap ``grad_norm`` (a stopwatch that times the call on its own).
+    """
     from lightning.pytorch.utilities import grad_norm
 
+    measured = wrap(grad_norm)
     latest: list[dict] = []
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-        latest[:] = [grad_norm(model, norm_type=2)]
+        latest[:] = [measured(model, norm_type=2)]
         opt.step()
         opt.zero_grad(set_to_none=True)
 

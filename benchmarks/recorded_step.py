@@ -77,23 +77,6 @@ def monitored(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor
     return step, mon.detach
 
 
-def lightning(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
-              watch: Stopwatch) -> Callable[[], None]:
-    from lightning.pytorch.utilities import grad_norm
-
-    timed_grad_norm = watch.wrap(grad_norm)
-    latest: list[dict] = []
-
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        latest[:] = [timed_grad_norm(model, norm_type=2)]
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
 def run_model(name: str, s: dict, device: torch.device) -> dict:
     torch.manual_seed(0)
     template = build_model(s).to(device)
@@ -106,8 +89,8 @@ def run_model(name: str, s: dict, device: torch.device) -> dict:
     mon_step, detach = monitored(copies[1], opts[1], x, y, watches["monitor_recorded"])
     candidates = [harness.Candidate("baseline", harness.plain_step(copies[0], opts[0], x, y)),
                   harness.Candidate("monitor_recorded", mon_step),
-                  harness.Candidate("lightning_grad_norm", lightning(copies[2], opts[2], x, y,
-                                                                     watches["lightning_grad_norm"]))]
+                  harness.Candidate("lightning_grad_norm", harness.lightning_grad_norm_step(
+                      copies[2], opts[2], x, y, wrap=watches["lightning_grad_norm"].wrap))]
     print(f"{name}: batch {s['batch']}, {s['reps']} reps x {s['steps']} steps", file=sys.stderr)
     per_rep: dict[str, list[float]] = {c: [] for c in watches}
     times = _interleaved_with_watches(candidates, watches, per_rep, s, device)
