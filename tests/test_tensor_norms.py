@@ -192,3 +192,34 @@ def test_a_kept_scratch_whose_guess_no_longer_fits_still_measures_exactly(new_sc
         exact = [float(torch.linalg.vector_norm(t.double())) for t in changed]
         assert got[0] == pytest.approx(exact[0], rel=FLOAT32_REL)
         assert got[1] == pytest.approx(exact[1], rel=FLOAT32_REL)
+
+
+def test_an_all_zero_tensor_is_read_as_zero_without_a_scaled_copy(monkeypatch):
+    # an update too small to change any weight is exactly zero; one whose squares all underflow
+    # (float32 norm 0 too) is not, and still gets its scaled measurement
+    tensors = [torch.zeros(64, 64), torch.randn(300), torch.full((500,), 1e-30), torch.zeros(7)]
+    scaled_reads = []
+    real_mul = torch.mul
+
+    def mul(t, *args, **kwargs):
+        scaled_reads.append(t)
+        return real_mul(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "mul", mul)
+    scratch = ScaledScratch()
+    for _ in range(2):  # the second call with what the scratch kept
+        scaled_reads.clear()
+        got = fused_norms(tensors, scratch).tolist()
+        assert [id(t) for t in scaled_reads] == [id(tensors[2])]
+        assert got[0] == 0.0 and got[3] == 0.0
+        for t, value in zip(tensors[1:3], got[1:3]):
+            assert value == pytest.approx(float(torch.linalg.vector_norm(t.double())), rel=FLOAT32_REL)
+
+
+def test_the_kept_sizes_follow_tensors_whose_sizes_change():
+    scratch = ScaledScratch()
+    tiny = 1e-22  # trusted in float32 for a few elements, re-measured for many
+    for n in (4, 10**6, 4):
+        t = torch.full((n,), tiny)
+        got = fused_norms([t], scratch).item()
+        assert got == pytest.approx(tiny * math.sqrt(n), rel=FLOAT32_REL)

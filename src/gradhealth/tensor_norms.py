@@ -118,6 +118,8 @@ class ScaledScratch:
         self._views: dict[torch.Size, Tensor] = {}
         self._count = -1
         self._exponents: dict[int, int] = {}
+        self._counts: list[int] = []
+        self._numel = torch.zeros(0, dtype=NORM_DTYPE)
 
     def like(self, t: Tensor) -> Tensor:
         """A float32 tensor shaped like ``t`` in the kept memory (grown when ``t`` is larger)."""
@@ -138,6 +140,14 @@ class ScaledScratch:
 
     def remember(self, count: int, exponents: dict[int, int]) -> None:
         self._count, self._exponents = count, exponents
+
+    def numel_of(self, tensors: list[Tensor]) -> Tensor:
+        """The element count of every tensor as a float64 vector, kept while the counts stay the same."""
+        counts = [t.numel() for t in tensors]
+        if counts != self._counts:
+            # building the tensor from a list costs more than comparing the list with the last one
+            self._counts, self._numel = counts, torch.tensor(counts, dtype=NORM_DTYPE)
+        return self._numel
 
 
 def fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None = None) -> Tensor:
@@ -172,14 +182,23 @@ def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor
     first = None
     if plain_tensors:
         first = torch.stack(torch._foreach_norm(plain_tensors, 2.0)).to(NORM_DTYPE)
-        numel = torch.tensor([t.numel() for t in plain_tensors], dtype=NORM_DTYPE)
+        numel = scratch.numel_of(plain_tensors)
         trusted = torch.isfinite(first) & (first.square() >= numel * (lost * UNDERFLOW_MARGIN))
         # on the CPU this reads memory the norms are already in: no device transfer
         bad = (~trusted).nonzero().flatten().tolist()
+        bad_norms = first[bad].tolist() if bad else []
+        # a float32 norm of exactly 0 is exact when the largest |element| is 0 too (an all-zero
+        # tensor, such as an update too small to change any weight): one read, no scaled copy
+        zero = [j for j, value in zip(bad, bad_norms) if value == 0.0]
+        if zero:
+            largest = _max_abs([plain_tensors[j] for j in zero]).tolist()
+            exact_zero = {j for j, value in zip(zero, largest) if value == 0.0}
+            bad_norms = [value for j, value in zip(bad, bad_norms) if j not in exact_zero]
+            bad = [j for j in bad if j not in exact_zero]
         if not bad and not guessed:
             scratch.remember(len(tensors), {})
             return first
-        redo = list(zip([plain[j] for j in bad], first[bad].tolist()))
+        redo = list(zip([plain[j] for j in bad], bad_norms))
     # the few tensors measured scaled: put together as host floats, one tensor at the end
     norms = [0.0] * len(tensors)
     if first is not None:
