@@ -198,19 +198,26 @@ def test_an_all_zero_tensor_is_read_as_zero_without_a_scaled_copy(monkeypatch):
     # an update too small to change any weight is exactly zero; one whose squares all underflow
     # (float32 norm 0 too) is not, and still gets its scaled measurement
     tensors = [torch.zeros(64, 64), torch.randn(300), torch.full((500,), 1e-30), torch.zeros(7)]
-    scaled_reads = []
-    real_mul = torch.mul
+    scaled_reads, norm_reads = [], []
+    real_mul, real_foreach = torch.mul, torch._foreach_norm
 
     def mul(t, *args, **kwargs):
         scaled_reads.append(t)
         return real_mul(t, *args, **kwargs)
 
+    def foreach(ts, *args, **kwargs):
+        norm_reads.extend(t for t in ts if t.numel() != 16)  # (the tensor of 16 is the underflow probe)
+        return real_foreach(ts, *args, **kwargs)
+
     monkeypatch.setattr(torch, "mul", mul)
+    monkeypatch.setattr(torch, "_foreach_norm", foreach)
     scratch = ScaledScratch()
-    for _ in range(2):  # the second call with what the scratch kept
+    for call in range(2):  # the second call with what the scratch kept: the zeros take no norm
         scaled_reads.clear()
+        norm_reads.clear()
         got = fused_norms(tensors, scratch).tolist()
         assert [id(t) for t in scaled_reads] == [id(tensors[2])]
+        assert [id(t) for t in norm_reads] == [id(t) for t in (tensors if call == 0 else tensors[1:2])]
         assert got[0] == 0.0 and got[3] == 0.0
         for t, value in zip(tensors[1:3], got[1:3]):
             assert value == pytest.approx(float(torch.linalg.vector_norm(t.double())), rel=FLOAT32_REL)
@@ -223,3 +230,19 @@ def test_the_kept_sizes_follow_tensors_whose_sizes_change():
         t = torch.full((n,), tiny)
         got = fused_norms([t], scratch).item()
         assert got == pytest.approx(tiny * math.sqrt(n), rel=FLOAT32_REL)
+
+
+@pytest.mark.parametrize("new_value", [1e-30, 1.0, 1e30, math.inf, math.nan])
+def test_a_tensor_zero_last_time_is_measured_exactly_once_it_is_not(new_value):
+    scratch = ScaledScratch()
+    fused_norms([torch.randn(10), torch.zeros(4000)], scratch)
+    changed = torch.zeros(4000)
+    changed[17] = new_value
+    changed[3000] = -new_value / 2
+    for _ in range(2):  # the call after the change, and the one after that with what it learned
+        got = fused_norms([torch.randn(10), changed], scratch).tolist()[1]
+        exact = float(torch.linalg.vector_norm(changed.double()))
+        if math.isnan(exact):
+            assert math.isnan(got)
+        else:
+            assert got == pytest.approx(exact, rel=FLOAT32_REL)

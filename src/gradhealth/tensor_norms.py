@@ -110,14 +110,16 @@ class ScaledScratch:
     such tensor so far, written and read again at once (so it stays in cache); memory the process
     has not touched yet costs a page fault per 4 KiB, several times the copy itself. And which
     tensors needed scaling last time, with their powers of two: gradients vanish or explode over
-    many steps, so the next call measures those scaled at once and reads each tensor once.
+    many steps, so the next call measures those scaled at once and reads each tensor once. A
+    tensor that was all zeros (an update too small to change any weight) is remembered as such,
+    and the next call reads only its largest |element|.
     """
 
     def __init__(self) -> None:
         self._flat = torch.empty(0)
         self._views: dict[torch.Size, Tensor] = {}
         self._count = -1
-        self._exponents: dict[int, int] = {}
+        self._exponents: dict[int, int | None] = {}
         self._counts: list[int] = []
         self._numel = torch.zeros(0, dtype=NORM_DTYPE)
 
@@ -131,14 +133,16 @@ class ScaledScratch:
             view = self._views[t.shape] = self._flat[:t.numel()].view(t.shape)
         return view
 
-    def exponents_for(self, count: int) -> dict[int, int]:
-        """Position -> power of two of the tensors scaled last time, if that call measured ``count`` tensors.
+    def exponents_for(self, count: int) -> dict[int, int | None]:
+        """Position -> power of two of the tensors scaled last time (None: all zeros), if that call
+        measured ``count`` tensors.
 
-        Only a guess: every scaled norm is checked as if it had been chosen afresh.
+        Only a guess: every scaled norm is checked as if it had been chosen afresh, every zero by
+        the tensor's largest |element|.
         """
         return self._exponents if count == self._count else {}
 
-    def remember(self, count: int, exponents: dict[int, int]) -> None:
+    def remember(self, count: int, exponents: dict[int, int | None]) -> None:
         self._count, self._exponents = count, exponents
 
     def numel_of(self, tensors: list[Tensor]) -> Tensor:
@@ -180,6 +184,7 @@ def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor
     plain_tensors = tensors if not guessed else [tensors[i] for i in plain]
     redo: list[tuple[int, float]] = []
     first = None
+    exact_zeros: list[int] = []
     if plain_tensors:
         first = torch.stack(torch._foreach_norm(plain_tensors, 2.0)).to(NORM_DTYPE)
         numel = scratch.numel_of(plain_tensors)
@@ -196,16 +201,27 @@ def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor
             bad_norms = [value for j, value in zip(bad, bad_norms) if j not in exact_zero]
             bad = [j for j in bad if j not in exact_zero]
         if not bad and not guessed:
-            scratch.remember(len(tensors), {})
+            scratch.remember(len(tensors), dict.fromkeys(exact_zero) if zero else {})
             return first
+        exact_zeros = [plain[j] for j in exact_zero] if zero else []
         redo = list(zip([plain[j] for j in bad], bad_norms))
     # the few tensors measured scaled: put together as host floats, one tensor at the end
     norms = [0.0] * len(tensors)
     if first is not None:
         for i, value in zip(plain, first.tolist()):
             norms[i] = value
-    exponents: dict[int, int] = {}
+    exponents: dict[int, int | None] = dict.fromkeys(exact_zeros)
+    zero_guesses = [i for i, exponent in guessed.items() if exponent is None]
+    if zero_guesses:
+        # still all zeros where the largest |element| is 0: its norm stays 0, exactly
+        for i, value in zip(zero_guesses, _max_abs([tensors[i] for i in zero_guesses]).tolist()):
+            if value == 0.0:
+                exponents[i] = None
+            else:
+                redo.append((i, float(torch.linalg.vector_norm(tensors[i]))))
     for i, exponent in guessed.items():
+        if exponent is None:
+            continue
         value = _norm_scaled_by(tensors[i], exponent, lost, scratch)
         if value is None:  # the guess no longer fits: measured as if unscaled first
             redo.append((i, float(torch.linalg.vector_norm(tensors[i]))))
@@ -218,8 +234,8 @@ def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor
         norms[i] = value if value is not None else float(torch.linalg.vector_norm(tensors[i], dtype=NORM_DTYPE))
         exponents[i] = exponent
     # a tensor whose norm float32 now holds unscaled is measured unscaled again next time
-    scratch.remember(len(tensors), {i: e for i, e in exponents.items() if math.isfinite(norms[i])
-                                    and not _float32_holds(norms[i], tensors[i].numel(), lost)})
+    scratch.remember(len(tensors), {i: e for i, e in exponents.items() if e is None or (
+        math.isfinite(norms[i]) and not _float32_holds(norms[i], tensors[i].numel(), lost))})
     return torch.tensor(norms, dtype=NORM_DTYPE)
 
 
