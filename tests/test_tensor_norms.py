@@ -246,3 +246,30 @@ def test_a_tensor_zero_last_time_is_measured_exactly_once_it_is_not(new_value):
             assert math.isnan(got)
         else:
             assert got == pytest.approx(exact, rel=FLOAT32_REL)
+
+
+def test_small_tensors_of_one_shape_are_measured_stacked_in_their_own_order(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    scales = [1.0, 1e-30, 0.0, 1e25, 1e-3, math.inf, math.nan, 7.0, 1e-42, 2.0]
+    tensors = [torch.randn(8, 16, generator=g) * s for s in scales]  # one shape, stacked
+    tensors[2] = torch.zeros(8, 16)
+    tensors += [torch.randn(5000, generator=g), torch.randn(3, generator=g)]  # too large, too few
+    foreach_reads = []
+    real_foreach = torch._foreach_norm
+
+    def foreach(ts, *args, **kwargs):
+        foreach_reads.extend(t for t in ts if t.numel() != 16)  # (the tensor of 16 is the underflow probe)
+        return real_foreach(ts, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_norm", foreach)
+    scratch = ScaledScratch()
+    for _ in range(2):  # the second call with what the scratch kept
+        foreach_reads.clear()
+        got = fused_norms(tensors, scratch).tolist()
+        assert [id(t) for t in foreach_reads] == [id(tensors[-2]), id(tensors[-1])]
+        for t, value in zip(tensors, got):
+            exact = float(torch.linalg.vector_norm(t.double()))
+            if math.isnan(exact):
+                assert math.isnan(value)
+            else:
+                assert value == pytest.approx(exact, rel=FLOAT32_REL)
