@@ -273,3 +273,9 @@ def test_small_tensors_of_one_shape_are_measured_stacked_in_their_own_order(monk
                 assert math.isnan(value)
             else:
                 assert value == pytest.approx(exact, rel=FLOAT32_REL)
+
+
+def test_stacked_small_tensors_that_require_grad_are_measured_too():
+    tensors = [torch.randn(4, 4, requires_grad=True) for _ in range(6)]
+    got = fused_norms(tensors, ScaledScratch()).tolist()
+    assert got == pytest.approx([float(torch.linalg.vector_norm(t.detach().double())) for t in tensors], rel=FLOAT32_REL)

@@ -197,6 +197,8 @@ class ShapeGroups:
         self.order = torch.empty(len(shapes), dtype=torch.long)
         self.order[torch.tensor(measured, dtype=torch.long)] = torch.arange(len(shapes))
 
+    # stacking into the buffer (out=) records no graph, so tensors that require grad measure too
+    @torch.no_grad()
     def norms(self, tensors: list[Tensor]) -> Tensor:
         if not self.chunks:
             return torch.stack(torch._foreach_norm(tensors, 2.0))
