@@ -192,3 +192,90 @@ def test_a_kept_scratch_whose_guess_no_longer_fits_still_measures_exactly(new_sc
         exact = [float(torch.linalg.vector_norm(t.double())) for t in changed]
         assert got[0] == pytest.approx(exact[0], rel=FLOAT32_REL)
         assert got[1] == pytest.approx(exact[1], rel=FLOAT32_REL)
+
+
+def test_an_all_zero_tensor_is_read_as_zero_without_a_scaled_copy(monkeypatch):
+    # an update too small to change any weight is exactly zero; one whose squares all underflow
+    # (float32 norm 0 too) is not, and still gets its scaled measurement
+    tensors = [torch.zeros(64, 64), torch.randn(300), torch.full((500,), 1e-30), torch.zeros(7)]
+    scaled_reads, norm_reads = [], []
+    real_mul, real_foreach = torch.mul, torch._foreach_norm
+
+    def mul(t, *args, **kwargs):
+        scaled_reads.append(t)
+        return real_mul(t, *args, **kwargs)
+
+    def foreach(ts, *args, **kwargs):
+        norm_reads.extend(t for t in ts if t.numel() != 16)  # (the tensor of 16 is the underflow probe)
+        return real_foreach(ts, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "mul", mul)
+    monkeypatch.setattr(torch, "_foreach_norm", foreach)
+    scratch = ScaledScratch()
+    for call in range(2):  # the second call with what the scratch kept: the zeros take no norm
+        scaled_reads.clear()
+        norm_reads.clear()
+        got = fused_norms(tensors, scratch).tolist()
+        assert [id(t) for t in scaled_reads] == [id(tensors[2])]
+        assert [id(t) for t in norm_reads] == [id(t) for t in (tensors if call == 0 else tensors[1:2])]
+        assert got[0] == 0.0 and got[3] == 0.0
+        for t, value in zip(tensors[1:3], got[1:3]):
+            assert value == pytest.approx(float(torch.linalg.vector_norm(t.double())), rel=FLOAT32_REL)
+
+
+def test_the_kept_sizes_follow_tensors_whose_sizes_change():
+    scratch = ScaledScratch()
+    tiny = 1e-22  # trusted in float32 for a few elements, re-measured for many
+    for n in (4, 10**6, 4):
+        t = torch.full((n,), tiny)
+        got = fused_norms([t], scratch).item()
+        assert got == pytest.approx(tiny * math.sqrt(n), rel=FLOAT32_REL)
+
+
+@pytest.mark.parametrize("new_value", [1e-30, 1.0, 1e30, math.inf, math.nan])
+def test_a_tensor_zero_last_time_is_measured_exactly_once_it_is_not(new_value):
+    scratch = ScaledScratch()
+    fused_norms([torch.randn(10), torch.zeros(4000)], scratch)
+    changed = torch.zeros(4000)
+    changed[17] = new_value
+    changed[3000] = -new_value / 2
+    for _ in range(2):  # the call after the change, and the one after that with what it learned
+        got = fused_norms([torch.randn(10), changed], scratch).tolist()[1]
+        exact = float(torch.linalg.vector_norm(changed.double()))
+        if math.isnan(exact):
+            assert math.isnan(got)
+        else:
+            assert got == pytest.approx(exact, rel=FLOAT32_REL)
+
+
+def test_small_tensors_of_one_shape_are_measured_stacked_in_their_own_order(monkeypatch):
+    g = torch.Generator().manual_seed(3)
+    scales = [1.0, 1e-30, 0.0, 1e25, 1e-3, math.inf, math.nan, 7.0, 1e-42, 2.0]
+    tensors = [torch.randn(8, 16, generator=g) * s for s in scales]  # one shape, stacked
+    tensors[2] = torch.zeros(8, 16)
+    tensors += [torch.randn(5000, generator=g), torch.randn(3, generator=g)]  # too large, too few
+    foreach_reads = []
+    real_foreach = torch._foreach_norm
+
+    def foreach(ts, *args, **kwargs):
+        foreach_reads.extend(t for t in ts if t.numel() != 16)  # (the tensor of 16 is the underflow probe)
+        return real_foreach(ts, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_norm", foreach)
+    scratch = ScaledScratch()
+    for _ in range(2):  # the second call with what the scratch kept
+        foreach_reads.clear()
+        got = fused_norms(tensors, scratch).tolist()
+        assert [id(t) for t in foreach_reads] == [id(tensors[-2]), id(tensors[-1])]
+        for t, value in zip(tensors, got):
+            exact = float(torch.linalg.vector_norm(t.double()))
+            if math.isnan(exact):
+                assert math.isnan(value)
+            else:
+                assert value == pytest.approx(exact, rel=FLOAT32_REL)
+
+
+def test_stacked_small_tensors_that_require_grad_are_measured_too():
+    tensors = [torch.randn(4, 4, requires_grad=True) for _ in range(6)]
+    got = fused_norms(tensors, ScaledScratch()).tolist()
+    assert got == pytest.approx([float(torch.linalg.vector_norm(t.detach().double())) for t in tensors], rel=FLOAT32_REL)

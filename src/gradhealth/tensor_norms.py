@@ -46,6 +46,13 @@ MAX_SCALE_EXPONENT = 126
 NO_UNDERFLOW_EXPONENT = 86
 # the largest finite float32: what one element of a tensor whose float32 norm overflowed may be
 FLOAT32_MAX = torch.finfo(torch.float32).max
+# On the CPU a fused norm runs one kernel per tensor (a few microseconds of dispatch each): small
+# tensors of one shape (a transformer's blocks repeat theirs) are stacked, a chunk at a time, into
+# one kept buffer and measured by one kernel per chunk, where the copy costs less than the
+# dispatches it saves. The buffer (at most 2**16 elements, 256 KiB) stays in cache.
+GROUPED_MAX_ELEMENTS = 4096
+GROUPED_MIN_TENSORS = 4
+GROUPED_BUFFER_ELEMENTS = 1 << 16
 
 
 def stack_on(values: list[Tensor] | tuple[Tensor, ...], device: torch.device) -> Tensor:
@@ -110,14 +117,20 @@ class ScaledScratch:
     such tensor so far, written and read again at once (so it stays in cache); memory the process
     has not touched yet costs a page fault per 4 KiB, several times the copy itself. And which
     tensors needed scaling last time, with their powers of two: gradients vanish or explode over
-    many steps, so the next call measures those scaled at once and reads each tensor once.
+    many steps, so the next call measures those scaled at once and reads each tensor once. A
+    tensor that was all zeros (an update too small to change any weight) is remembered as such,
+    and the next call reads only its largest |element|.
     """
 
     def __init__(self) -> None:
         self._flat = torch.empty(0)
         self._views: dict[torch.Size, Tensor] = {}
         self._count = -1
-        self._exponents: dict[int, int] = {}
+        self._exponents: dict[int, int | None] = {}
+        self._counts: list[int] = []
+        self._numel = torch.zeros(0, dtype=NORM_DTYPE)
+        self._shapes: list[torch.Size] = []
+        self._groups = ShapeGroups([])
 
     def like(self, t: Tensor) -> Tensor:
         """A float32 tensor shaped like ``t`` in the kept memory (grown when ``t`` is larger)."""
@@ -129,15 +142,74 @@ class ScaledScratch:
             view = self._views[t.shape] = self._flat[:t.numel()].view(t.shape)
         return view
 
-    def exponents_for(self, count: int) -> dict[int, int]:
-        """Position -> power of two of the tensors scaled last time, if that call measured ``count`` tensors.
+    def exponents_for(self, count: int) -> dict[int, int | None]:
+        """Position -> power of two of the tensors scaled last time (None: all zeros), if that call
+        measured ``count`` tensors.
 
-        Only a guess: every scaled norm is checked as if it had been chosen afresh.
+        Only a guess: every scaled norm is checked as if it had been chosen afresh, every zero by
+        the tensor's largest |element|.
         """
         return self._exponents if count == self._count else {}
 
-    def remember(self, count: int, exponents: dict[int, int]) -> None:
+    def remember(self, count: int, exponents: dict[int, int | None]) -> None:
         self._count, self._exponents = count, exponents
+
+    def float32_norms(self, tensors: list[Tensor]) -> Tensor:
+        """The float32 norm of every float32 CPU tensor, in order (small ones of one shape stacked)."""
+        shapes = [t.shape for t in tensors]
+        if shapes != self._shapes:
+            self._shapes, self._groups = shapes, ShapeGroups(shapes)
+        return self._groups.norms(tensors)
+
+    def numel_of(self, tensors: list[Tensor]) -> Tensor:
+        """The element count of every tensor as a float64 vector, kept while the counts stay the same."""
+        counts = [t.numel() for t in tensors]
+        if counts != self._counts:
+            # building the tensor from a list costs more than comparing the list with the last one
+            self._counts, self._numel = counts, torch.tensor(counts, dtype=NORM_DTYPE)
+        return self._numel
+
+
+class ShapeGroups:
+    """The small tensors of a list grouped by shape, measured a stacked chunk at a time."""
+
+    def __init__(self, shapes: list[torch.Size]) -> None:
+        by_shape: dict[torch.Size, list[int]] = {}
+        for i, shape in enumerate(shapes):
+            if 0 < shape.numel() <= GROUPED_MAX_ELEMENTS:
+                by_shape.setdefault(shape, []).append(i)
+        groups = [positions for positions in by_shape.values() if len(positions) >= GROUPED_MIN_TENSORS]
+        grouped = {i for positions in groups for i in positions}
+        self.singles = [i for i in range(len(shapes)) if i not in grouped]
+        # the buffer: a chunk of the largest shape at least, and no more than an eighth of the
+        # grouped tensors (a small model's norms keep no copy of it)
+        total = sum(shapes[positions[0]].numel() * len(positions) for positions in groups)
+        largest = max((shapes[positions[0]].numel() for positions in groups), default=0)
+        size = min(GROUPED_BUFFER_ELEMENTS, max(largest, total // 8))
+        self.chunks: list[tuple[list[int], torch.Size]] = []
+        for positions in groups:
+            shape = shapes[positions[0]]
+            per = max(1, size // shape.numel())
+            self.chunks.extend((positions[s:s + per], shape) for s in range(0, len(positions), per))
+        self._buffer = torch.empty(size if groups else 0, dtype=torch.float32)
+        measured = [i for chunk, _ in self.chunks for i in chunk] + self.singles
+        # where each tensor's norm lands among the concatenated results, in the tensors' own order
+        self.order = torch.empty(len(shapes), dtype=torch.long)
+        self.order[torch.tensor(measured, dtype=torch.long)] = torch.arange(len(shapes))
+
+    # stacking into the buffer (out=) records no graph, so tensors that require grad measure too
+    @torch.no_grad()
+    def norms(self, tensors: list[Tensor]) -> Tensor:
+        if not self.chunks:
+            return torch.stack(torch._foreach_norm(tensors, 2.0))
+        pieces = []
+        for positions, shape in self.chunks:
+            stacked = self._buffer[:len(positions) * shape.numel()].view(len(positions), *shape)
+            torch.stack([tensors[i] for i in positions], out=stacked)
+            pieces.append(torch.linalg.vector_norm(stacked.view(len(positions), -1), dim=1))
+        if self.singles:
+            pieces.append(torch.stack(torch._foreach_norm([tensors[i] for i in self.singles], 2.0)))
+        return torch.cat(pieces)[self.order]
 
 
 def fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None = None) -> Tensor:
@@ -164,29 +236,53 @@ def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor
     if not _float32_on_cpu(tensors):
         return stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)
     lost = _square_underflow_loss()
+    kept = scratch is not None
     scratch = scratch if scratch is not None else ScaledScratch()
     guessed = scratch.exponents_for(len(tensors))
     plain = range(len(tensors)) if not guessed else [i for i in range(len(tensors)) if i not in guessed]
     plain_tensors = tensors if not guessed else [tensors[i] for i in plain]
     redo: list[tuple[int, float]] = []
     first = None
+    exact_zeros: list[int] = []
     if plain_tensors:
-        first = torch.stack(torch._foreach_norm(plain_tensors, 2.0)).to(NORM_DTYPE)
-        numel = torch.tensor([t.numel() for t in plain_tensors], dtype=NORM_DTYPE)
+        # stacked by shape only with a kept scratch: the grouping is worked out once for many calls
+        first = (scratch.float32_norms(plain_tensors) if kept
+                 else torch.stack(torch._foreach_norm(plain_tensors, 2.0))).to(NORM_DTYPE)
+        numel = scratch.numel_of(plain_tensors)
         trusted = torch.isfinite(first) & (first.square() >= numel * (lost * UNDERFLOW_MARGIN))
         # on the CPU this reads memory the norms are already in: no device transfer
         bad = (~trusted).nonzero().flatten().tolist()
+        bad_norms = first[bad].tolist() if bad else []
+        # a float32 norm of exactly 0 is exact when the largest |element| is 0 too (an all-zero
+        # tensor, such as an update too small to change any weight): one read, no scaled copy
+        zero = [j for j, value in zip(bad, bad_norms) if value == 0.0]
+        if zero:
+            largest = _max_abs([plain_tensors[j] for j in zero]).tolist()
+            exact_zero = {j for j, value in zip(zero, largest) if value == 0.0}
+            bad_norms = [value for j, value in zip(bad, bad_norms) if j not in exact_zero]
+            bad = [j for j in bad if j not in exact_zero]
         if not bad and not guessed:
-            scratch.remember(len(tensors), {})
+            scratch.remember(len(tensors), dict.fromkeys(exact_zero) if zero else {})
             return first
-        redo = list(zip([plain[j] for j in bad], first[bad].tolist()))
+        exact_zeros = [plain[j] for j in exact_zero] if zero else []
+        redo = list(zip([plain[j] for j in bad], bad_norms))
     # the few tensors measured scaled: put together as host floats, one tensor at the end
     norms = [0.0] * len(tensors)
     if first is not None:
         for i, value in zip(plain, first.tolist()):
             norms[i] = value
-    exponents: dict[int, int] = {}
+    exponents: dict[int, int | None] = dict.fromkeys(exact_zeros)
+    zero_guesses = [i for i, exponent in guessed.items() if exponent is None]
+    if zero_guesses:
+        # still all zeros where the largest |element| is 0: its norm stays 0, exactly
+        for i, value in zip(zero_guesses, _max_abs([tensors[i] for i in zero_guesses]).tolist()):
+            if value == 0.0:
+                exponents[i] = None
+            else:
+                redo.append((i, float(torch.linalg.vector_norm(tensors[i]))))
     for i, exponent in guessed.items():
+        if exponent is None:
+            continue
         value = _norm_scaled_by(tensors[i], exponent, lost, scratch)
         if value is None:  # the guess no longer fits: measured as if unscaled first
             redo.append((i, float(torch.linalg.vector_norm(tensors[i]))))
@@ -199,8 +295,8 @@ def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor
         norms[i] = value if value is not None else float(torch.linalg.vector_norm(tensors[i], dtype=NORM_DTYPE))
         exponents[i] = exponent
     # a tensor whose norm float32 now holds unscaled is measured unscaled again next time
-    scratch.remember(len(tensors), {i: e for i, e in exponents.items() if math.isfinite(norms[i])
-                                    and not _float32_holds(norms[i], tensors[i].numel(), lost)})
+    scratch.remember(len(tensors), {i: e for i, e in exponents.items() if e is None or (
+        math.isfinite(norms[i]) and not _float32_holds(norms[i], tensors[i].numel(), lost))})
     return torch.tensor(norms, dtype=NORM_DTYPE)
 
 

@@ -31,6 +31,9 @@ class LayerMeasures:
     def __init__(self) -> None:
         # the scaled copies of vanishing or exploding gradients, kept for the next step's
         self._grad_scratch = ScaledScratch()
+        # the same for the weights and the updates: each keeps its own sizes and scaled tensors
+        self._weight_scratch = ScaledScratch()
+        self._update_scratch = ScaledScratch()
         self.use_layout(ModelLayout())
 
     def use_layout(self, layout: ModelLayout) -> None:
@@ -92,7 +95,7 @@ class LayerMeasures:
         params = [p.detach() for p in self.layout.params]
         if self.sharded:
             return self._shares(params, self.all_positions)
-        weights = fused_norms(params)
+        weights = fused_norms(params, self._weight_scratch)
         return self.per_layer(weights, self.all_positions)[0]
 
     def gradient_norms(self, positions: list[int], grads: list[Tensor], detailed: bool,
@@ -178,7 +181,7 @@ class LayerMeasures:
             squares = counted_squares(before, counted)
             return group_squares(squares, self.index_on(squares.device, self.all_positions),
                                  len(self.layout.layer_names))
-        return self.per_layer(fused_norms(before), self.all_positions)[0]
+        return self.per_layer(fused_norms(before, self._update_scratch), self.all_positions)[0]
 
     def _local_weights(self) -> list[Tensor]:
         """The weights as tensors this rank holds (a sharded model's own pieces)."""
