@@ -97,7 +97,23 @@ def intro(note: str | None, produced_by: str | None) -> str:
     return "\n".join(lines)
 
 
-def section(name: str, codes: dict[str, int]) -> str:
+def kept_sections(path: Path = BENCHMARKS_MD) -> dict[str, str]:
+    """The CPU sections of the BENCHMARKS.md there is now, by their heading's words before the colon.
+
+    benchmarks/results/ is not kept in git, so a fresh checkout has no results to render: a section
+    whose benchmark has no result keeps its text (and its command and date) instead of being wiped.
+    """
+    if not path.is_file():
+        return {}
+    text = path.read_text().split("\n## On a GPU", 1)[0]
+    sections = {}
+    for part in text.split("\n## ")[1:]:
+        heading = part.split("\n", 1)[0]
+        sections.setdefault(heading.split(":", 1)[0].strip(), "## " + part.rstrip("\n"))
+    return sections
+
+
+def section(name: str, codes: dict[str, int], kept: dict[str, str] | None = None) -> str:
     import memory
     import overhead
     import peers
@@ -110,7 +126,11 @@ def section(name: str, codes: dict[str, int]) -> str:
 
     result = harness.read_result(name)
     titles = {"throughput": "Throughput", "overhead": "Overhead", "scaling": "Scaling", "study_time": "Studies",
-              "peers": "Peers", "real_models": "Real models", "zoo": "Zoo", "memory": "Memory"}
+              "peers": "Peers", "real_models": "Real models", "zoo": "Zoo", "memory": "Memory",
+              "sharded_overhead": "Sharded training"}
+    code = codes.get(name)
+    if result is None and not code and titles[name] in (kept or {}):
+        return (kept or {})[titles[name]]
     if name == "sharded_overhead":
         # the collectives counted by the tests are stated whether or not the timings ran
         text = sharded_overhead.markdown_section(result)
@@ -187,7 +207,8 @@ def render(note: str | None, codes: dict[str, int]) -> str:
         produced_by = produced_by.replace(shlex.quote(note), "'(the note below)'")
     names = ("throughput", "overhead", "memory", "peers", "real_models", "zoo", "sharded_overhead", "scaling",
              "study_time")
-    parts = [intro(note, produced_by)] + [section(name, codes) for name in names] + gpu_sections()
+    kept = kept_sections()
+    parts = [intro(note, produced_by)] + [section(name, codes, kept) for name in names] + gpu_sections()
     return "\n\n".join(parts) + "\n"
 
 
