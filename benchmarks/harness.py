@@ -20,7 +20,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -300,6 +299,13 @@ def monitor_candidate(name: str, label: str, model: nn.Module, opt: torch.optim.
 
     mon = GradientMonitor(model, optimizer=opt, **monitor_kwargs(wanted))
     mon.attach()
+    step = monitored_step(model, opt, x, y, mon)
+    period = math.lcm(mon.every, getattr(mon, "detail_every", 1))
+    return Candidate(name, step, label, steps=every_multiple(steps, period)), mon.detach
+
+
+def monitored_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor, mon) -> Callable[[], None]:
+    """A training step with ``mon.step(loss=loss)`` after backward, as the monitor's docstring says."""
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y)
@@ -308,8 +314,7 @@ def monitor_candidate(name: str, label: str, model: nn.Module, opt: torch.optim.
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    period = math.lcm(mon.every, getattr(mon, "detail_every", 1))
-    return Candidate(name, step, label, steps=every_multiple(steps, period)), mon.detach
+    return step
 
 
 def lightning_grad_norm_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
@@ -407,16 +412,10 @@ def now() -> str:
 def write_result(name: str, payload: dict, path: Path | None = None) -> Path:
     """Write ``payload`` as JSON to ``benchmarks/results/<name>.json`` (or ``path``), atomically."""
     path = Path(path) if path is not None else RESULTS_DIR / f"{name}.json"
+    from gradhealth.io import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
     return path
 

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,15 +65,7 @@ def monitored(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor
     mon.step = watch.wrap(mon.step)
     mon._materialize = watch.wrap(mon._materialize)
     mon.attach()
-
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        mon.step(loss=loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step, mon.detach
+    return harness.monitored_step(model, opt, x, y, mon), mon.detach
 
 
 def run_model(name: str, s: dict, device: torch.device) -> dict:

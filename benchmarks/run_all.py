@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -24,6 +22,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import harness  # noqa: E402
+
+from gradhealth.io import write_text_atomic  # noqa: E402
 
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 # Results measured on a GPU machine by benchmarks/gpu.sh. Kept in the repository (unlike
@@ -212,17 +212,6 @@ def render(note: str | None, codes: dict[str, int]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
@@ -236,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default=None, help="a sentence about these figures, shown at the top")
     args = parser.parse_args(argv)
     codes = {} if args.render_only else run_benchmarks(args)
-    write_atomically(BENCHMARKS_MD, render(args.note, codes))
+    write_text_atomic(BENCHMARKS_MD, render(args.note, codes))
     print(f"wrote {BENCHMARKS_MD}", file=sys.stderr)
     failed = {name: code for name, code in codes.items() if code}
     for name, code in failed.items():

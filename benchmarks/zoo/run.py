@@ -36,6 +36,7 @@ from zoo.cases import (CASES, INIT_LARGE, INIT_SMALL, LR_HIGH_ADAM, LR_HIGH_SGD,
                        QUICK, SHALLOW_DEPTH, SHORT_RANGE, STEPS, Case, case, label)
 
 from gradhealth.diagnose.rules import diagnose_log  # noqa: E402
+from gradhealth.io import write_text_atomic  # noqa: E402
 from gradhealth.monitor import GradientMonitor  # noqa: E402
 from gradhealth.monitor.records import read_jsonl  # noqa: E402
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         section = score.markdown_section(json.loads(RECORDED.read_text()))
         if args.markdown:
-            args.markdown.write_text(score.splice_section(args.markdown.read_text(), section))
+            write_text_atomic(args.markdown, score.splice_section(args.markdown.read_text(), section))
         print(section)
         return 0
     threads = harness.set_threads(args.threads)
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         harness.write_result("zoo", result, RECORDED)
     section = score.markdown_section(result)
     if args.markdown:
-        args.markdown.write_text(score.splice_section(args.markdown.read_text(), section))
+        write_text_atomic(args.markdown, score.splice_section(args.markdown.read_text(), section))
         print(f"wrote {args.markdown}", file=sys.stderr)
     print(section)
     return 0
