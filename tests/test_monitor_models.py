@@ -209,6 +209,19 @@ def test_parameters_assigned_after_attach_are_the_ones_measured():
     assert record.layers["0"].grad_norm == pytest.approx(_norm64([p.grad for p in model[0].parameters()]), rel=1e-6)
 
 
+def test_the_parameter_walk_finds_what_parameters_finds():
+    from gradhealth.monitor.measure import parameter_ids
+
+    torch.manual_seed(0)
+    shared = nn.Linear(4, 4, bias=False)  # no bias: a None entry among the parameters
+    model = nn.Sequential(shared, nn.ReLU(), shared, parametrizations.weight_norm(nn.Linear(4, 2)))
+    model.add_module("alias", model[3])  # one module under two names
+    assert parameter_ids(model) == {id(p) for p in model.parameters()}
+    before = parameter_ids(model)
+    model[3] = nn.Linear(4, 2)  # a replaced layer brings new parameters, and drops its old ones
+    assert parameter_ids(model) == {id(p) for p in model.parameters()} != before
+
+
 def test_attaching_to_a_model_still_on_the_meta_device_says_so():
     with torch.device("meta"):
         model = nn.Linear(3, 1)
