@@ -3,7 +3,10 @@
 A recorded step is what ``GradientMonitor`` does on every step at ``every=1`` between its
 detailed steps: the gradient norm of every layer and the loss, moved to the host once and turned
 into a record. Here the monitor records every step and never a detailed one (``detail_every``
-past the run). Beside it, Lightning's ``grad_norm(model, norm_type=2)`` on every step.
+past the run). Beside it, Lightning's ``grad_norm(model, norm_type=2)`` on every step, and the
+floor of any per-parameter gradient norm: one float32 ``torch._foreach_norm`` over the gradients,
+which reads each once and nothing else (inexact where squares underflow or overflow, and no
+per-layer grouping, transfer or record).
 
 * overhead: the harness's median of paired ratios to an unmonitored twin (interleaved);
 * direct: the monitor's own calls (``mon.step()`` and the record's completion in the optimizer's
@@ -68,20 +71,40 @@ def monitored(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor
     return harness.monitored_step(model, opt, x, y, mon), mon.detach
 
 
+def one_read_step(model: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                  watch: Stopwatch) -> Callable[[], None]:
+    """A step that reads every gradient once, by one float32 ``torch._foreach_norm`` (the floor)."""
+    params = list(model.parameters())
+
+    @watch.wrap
+    def read() -> list[Tensor]:
+        return torch._foreach_norm([p.grad for p in params if p.grad is not None], 2.0)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        read()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
 def run_model(name: str, s: dict, device: torch.device) -> dict:
     torch.manual_seed(0)
     template = build_model(s).to(device)
     x, y = harness.make_batch(s["batch"], s["input"], device)
     if s.get("tokens"):
         x = torch.randint(0, s["tokens"], (s["batch"], *s["input"]), generator=torch.Generator().manual_seed(1)).to(device)
-    copies = [copy.deepcopy(template) for _ in range(3)]
+    copies = [copy.deepcopy(template) for _ in range(4)]
     opts = [harness.new_optimizer(m) for m in copies]
-    watches = {"monitor_recorded": Stopwatch(), "lightning_grad_norm": Stopwatch()}
+    watches = {"monitor_recorded": Stopwatch(), "lightning_grad_norm": Stopwatch(), "one_read": Stopwatch()}
     mon_step, detach = monitored(copies[1], opts[1], x, y, watches["monitor_recorded"])
     candidates = [harness.Candidate("baseline", harness.plain_step(copies[0], opts[0], x, y)),
                   harness.Candidate("monitor_recorded", mon_step),
                   harness.Candidate("lightning_grad_norm", harness.lightning_grad_norm_step(
-                      copies[2], opts[2], x, y, wrap=watches["lightning_grad_norm"].wrap))]
+                      copies[2], opts[2], x, y, wrap=watches["lightning_grad_norm"].wrap)),
+                  harness.Candidate("one_read", one_read_step(copies[3], opts[3], x, y, watches["one_read"]))]
     print(f"{name}: batch {s['batch']}, {s['reps']} reps x {s['steps']} steps", file=sys.stderr)
     per_rep: dict[str, list[float]] = {c: [] for c in watches}
     times = _interleaved_with_watches(candidates, watches, per_rep, s, device)
@@ -154,15 +177,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+LABELS = {"monitor_recorded": "GradientMonitor recorded step",
+          "lightning_grad_norm": "Lightning grad_norm(model, 2)",
+          "one_read": "floor: one float32 torch._foreach_norm of the gradients"}
+
+
 def markdown_section(result: dict) -> str:
     """The rows BENCHMARKS.md's overhead section shows for the recorded step."""
     rows = []
     for model_name, m in result["models"].items():
         s = m["settings"]
         base = m["results"]["baseline"]["median_ms"]
-        for config in ("monitor_recorded", "lightning_grad_norm"):
-            r = m["results"][config]
-            label = "GradientMonitor recorded step" if config == "monitor_recorded" else "Lightning grad_norm(model, 2)"
+        for config, label in LABELS.items():
+            r = m["results"].get(config)
+            if r is None:  # a result written before this tool was timed
+                continue
             rows.append([f"{model_name} (batch {s['batch']}, {m['tensors']} tensors)", label, f"{base:.1f}",
                          f"{r['overhead_pct']:+.1f} %",
                          f"{(r['ratio_min'] - 1) * 100:+.1f} to {(r['ratio_max'] - 1) * 100:+.1f} %",
