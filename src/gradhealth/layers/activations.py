@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from gradhealth.errors import unknown_name
+from gradhealth.layers.flat_regions import flat_intervals, gelu_slope, interval_mask, mish_slope, silu_slope
 from gradhealth.vocabulary import ACTIVATION_NAMES, GAIN_NAMES, canonical_activation
 
 __all__ = [
@@ -72,32 +73,32 @@ def _elu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
     return (out < 0) & (out + alpha < SATURATION_FRACTION * max(1.0, alpha))
 
 
+# Peak slopes: GELU's at x = sqrt(2), SiLU's at x ~ 2.40, Mish's at x ~ 1.22
+GELU_MAX_SLOPE, SILU_MAX_SLOPE, MISH_MAX_SLOPE = 1.1289, 1.0998, 1.0886
+
+
 def _gelu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
-    # gelu'(x) = Phi(x) + x phi(x); its maximum is about 1.1289 (at x ~ 1.4 it peaks)
-    x = inp.float()
-    cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2)))
-    pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-    return (cdf + x * pdf).abs() < SATURATION_FRACTION * 1.1289
+    # gelu'(x) = Phi(x) + x phi(x): flat far left and around its zero crossing near x = -0.75
+    return interval_mask(inp, flat_intervals(gelu_slope, SATURATION_FRACTION * GELU_MAX_SLOPE))
 
 
 def _silu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
-    # silu'(x) = s (1 + x (1 - s)); its maximum is about 1.0998
-    x = inp.float()
-    s = torch.sigmoid(x)
-    return (s * (1 + x * (1 - s))).abs() < SATURATION_FRACTION * 1.0998
+    # silu'(x) = s (1 + x (1 - s)): flat far left and around its zero crossing near x = -1.28
+    return interval_mask(inp, flat_intervals(silu_slope, SATURATION_FRACTION * SILU_MAX_SLOPE))
 
 
 def _mish_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
-    # mish'(x) = tanh(sp) + x sech^2(sp) sigmoid(x), sp = softplus(x); its maximum is about 1.0886
-    x = inp.float()
-    t = torch.tanh(torch.nn.functional.softplus(x))
-    return (t + x * (1 - t * t) * torch.sigmoid(x)).abs() < SATURATION_FRACTION * 1.0886
+    # mish'(x) = tanh(sp) + x sech^2(sp) sigmoid(x), sp = softplus(x): as SiLU's, near x = -1.19
+    return interval_mask(inp, flat_intervals(mish_slope, SATURATION_FRACTION * MISH_MAX_SLOPE))
 
 
 def _softplus_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
-    # softplus'(x) = sigmoid(beta x) = 1 - exp(-beta out), at most 1
+    # softplus'(x) = sigmoid(beta x) = 1 - exp(-beta out), at most 1: under the limit exactly
+    # where out < -log(1 - limit) / beta, one comparison
     beta = float(getattr(module, "beta", 1.0))
-    return 1 - torch.exp(-beta * out.float()) < SATURATION_FRACTION
+    if beta <= 0:
+        return 1 - torch.exp(-beta * out.float()) < SATURATION_FRACTION
+    return interval_mask(out, ((-math.inf, -math.log1p(-SATURATION_FRACTION) / beta),))
 
 
 def _selu_flat(module: nn.Module, inp: Tensor, out: Tensor) -> Tensor:
