@@ -639,29 +639,65 @@ def test_a_hugging_face_vit_counts_its_class_token_and_position_embeddings():
 
 
 @pytest.mark.parametrize("module_activation", [False, True], ids=["function", "module"])
-def test_a_vit_of_torch_layers_counts_its_own_class_token_and_says_a_functional_activation_is_unseen(
-        module_activation):
+def test_a_vit_of_torch_layers_counts_its_own_class_token_and_measures_its_activation(module_activation):
     torch.manual_seed(0)
     model = TorchViT(activation=nn.GELU() if module_activation else "gelu")
+    fed = []  # what linear1 of the first block hands the activation
+    model.encoder.layers[0].linear1.register_forward_hook(lambda m, i, o: fed.append(o.detach()))
     with GradientMonitor(model, detail_every=1) as mon:
         model(torch.randn(3, 3, 16, 16)).logsumexp(-1).sum().backward()
         mon.step()
         _check_norms_and_coverage(model, mon)
         _check_roles(model, mon)
         cover = _coverage_is_whole(mon)
-        meta = mon.meta
+        meta, record = mon.meta, mon.records[-1]
     params = {p.name: p for p in meta.parameters}
     # parameters the model owns directly beside its children: the model is a layer of its own, "(root)"
     assert params["cls_token"].layer == "(root)" == params["pos_embed"].layer
     assert cover["weight_matrices"]["total"] == 2 + 1 + 2 * 4 + 1  # MHA: in_proj and out_proj
     blocks = [f"encoder.layers.{k}" for k in range(2)]
     assert meta.blocks == [BlockInfo(b, True) for b in blocks]
-    if module_activation:  # a module: hooked like any other
-        assert meta.unhooked == [] and cover["activations"]["hooked"] == 2
-    else:  # F.gelu inside the layer: no hook sees it, and that is said
-        assert [u.split(" ")[0] for u in meta.unhooked] == [f"{b}.activation" for b in blocks]
-        assert "gelu is called as a function" in meta.unhooked[0]
-        assert cover["activations"] == {"hooked": 0, "total": 2, "unhooked": meta.unhooked}
+    assert meta.unhooked == [] and cover["activations"] == {"hooked": 2, "total": 2, "unhooked": []}
+    name = "encoder.layers.0.activation"
+    stats = record.activations[name]
+    out = nn.functional.gelu(fed[0]).double()
+    assert stats.mean == pytest.approx(float(out.mean()), rel=1e-5, abs=1e-7)
+    assert stats.std == pytest.approx(float(out.std(correction=0)), rel=1e-4)
+    slope = 0.5 * torch.erfc(-fed[0].double() / math.sqrt(2)) + fed[0].double() * torch.exp(
+        -0.5 * fed[0].double() ** 2) / math.sqrt(2 * math.pi)
+    assert stats.saturation == pytest.approx(float((slope.abs() < 0.01 * 1.1289).double().mean()), abs=1e-9)
+    if not module_activation:  # F.gelu inside the layer: measured on linear1's output, in its place
+        order = [layer.name for layer in meta.layers]
+        assert order.index("encoder.layers.0.linear1") < order.index(name) < order.index("encoder.layers.0.linear2")
+        info = next(layer for layer in meta.layers if layer.name == name)
+        assert (info.role, info.type, info.activation) == ("activation", "gelu (a function)", "gelu")
+
+
+def test_the_relu_a_torch_encoder_layer_calls_shows_its_dead_units():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.1, batch_first=True)
+    model = nn.Sequential(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(16, 1))
+    with torch.no_grad():  # every unit of the first block's feed-forward off: all dead
+        model[0].layers[0].linear1.bias.fill_(-100.0)
+    with GradientMonitor(model, detail_every=1) as mon:
+        model(torch.randn(4, 5, 16)).sum().backward()
+        mon.step()
+        record = mon.records[-1]
+    assert mon.meta.unhooked == []
+    dead = record.activations["0.layers.0.activation"]
+    assert dead.dead_fraction == 1.0 and dead.saturation == 1.0 and dead.mean == 0.0
+    alive = record.activations["0.layers.1.activation"]
+    assert alive.dead_fraction < 0.5 and 0.2 < alive.saturation < 0.8
+
+
+def test_an_activation_function_without_a_rule_is_named_unmeasured():
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True,
+                                       activation=lambda x: x * torch.sigmoid(x))
+    with GradientMonitor(layer, detail_every=1) as mon:
+        layer(torch.randn(2, 3, 8)).sum().backward()
+        mon.step()
+        unhooked = mon.meta.unhooked
+    assert len(unhooked) == 1 and unhooked[0].startswith("(root).activation (TransformerEncoderLayer: <lambda> is called")
 
 
 def test_a_vgg_style_plain_cnn_is_seen_whole_and_its_stages_have_no_skip_path():

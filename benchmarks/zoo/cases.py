@@ -67,14 +67,18 @@ CAUSES: dict[str, Cause] = {c.name: c for c in (
     Cause("recurrent_init_large", f"hidden-to-hidden weights {INIT_LARGE:g}x their default scale",
           must=("exploding_through_time",), may=("exploding_gradient", "nonfinite", "saturation", "lr_too_high")),
     # the degradation problem (He et al. 2016): the deep plain net trains worse than a shallow plain
-    # twin; diagnosed with that twin's run as ``diagnose_log(log, compare=[twin])``, as the depth study does
+    # twin; diagnosed with that twin's run as ``diagnose_log(log, compare=[twin])``, as the depth study does.
+    # A deep plain stack of ReLUs also loses units for good (Lu et al. 2019, "Dying ReLU and
+    # initialization": the deeper the plain net, the likelier its ReLUs die)
     Cause("no_skip", f"the residual connections taken out of a deep net ({16} blocks), diagnosed against its "
-          f"{SHALLOW_DEPTH}-block plain twin", must=("degradation",), may=("vanishing_gradient",)),
+          f"{SHALLOW_DEPTH}-block plain twin", must=("degradation",), may=("vanishing_gradient", "dead_units")),
     Cause("lr_high_sgd", f"SGD at lr {LR_HIGH_SGD:g}", must=("lr_too_high",), may=_BLOWUP),
     Cause("lr_high_adam", f"Adam at lr {LR_HIGH_ADAM:g}", must=("lr_too_high",), may=_BLOWUP),
     Cause("lr_low", f"the healthy optimizer at {LR_LOW_FACTOR:g}x its lr", must=("lr_too_low",)),
+    # without warm-up the first Adam steps are oversized for a post-LN stack (Liu et al. 2020): the
+    # consequences of oversized updates, dead ReLUs among them, as for a learning rate too high
     Cause("post_ln_no_warmup", "post-LN encoder 16 layers deep, Adam 1e-3 without warm-up",
-          must=("vanishing_gradient",), may=("lr_too_high", "exploding_gradient", "nonfinite")),
+          must=("vanishing_gradient",), may=("lr_too_high", "exploding_gradient", "nonfinite", "dead_units")),
     Cause("dead_relu", f"every ReLU fed by a bias of {-5}", must=("dead_units",), may=("vanishing_gradient",),
           where="dead_relus"),
     Cause("nan", f"NaN output of the first weight layer of the middle unit at step {NAN_STEP}",

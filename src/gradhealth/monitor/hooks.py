@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from gradhealth.errors import ConfigError
 from gradhealth.monitor.forward_tally import ForwardTally, Scratch
 from gradhealth.monitor.skips import has_skip_path
-from gradhealth.monitor.structure import ModelLayout, features_last, unwrap
+from gradhealth.monitor.structure import CalledActivation, ModelLayout, features_last, unwrap
 from gradhealth.monitor.time_probes import TimeProbes
 from gradhealth.monitor.transfer import PendingStep
 from gradhealth.tensor_norms import NORM_DTYPE, stack_on
@@ -272,11 +272,17 @@ class MonitorHooks:
                 names_of[id(m)] = []
                 modules.append((n, m))
             names_of[id(m)].append(n)
+        called: list[tuple[str, CalledActivation]] = []
         if self.measure_activations:
             # PReLU owns parameters, so it is among the layers already
-            modules += [(n, m) for n, m, _ in self.layout.activations if n not in self.layout.layer_names]
+            modules += [(n, m) for n, m, _ in self.layout.activations
+                        if n not in self.layout.layer_names and not isinstance(m, CalledActivation)]
+            called = [(n, m) for n, m, _ in self.layout.activations if isinstance(m, CalledActivation)]
         self._layer_handles = [m.register_forward_hook(_Hook(self._make_layer_hook(n, m, names_of.get(id(m), [n]))))
                                for n, m in modules]
+        # after the feeder's own hook, so its output's layout (features last) is known
+        self._layer_handles += [m.feeder.register_forward_hook(_Hook(self._make_called_hook(n, m)))
+                                for n, m in called]
         self._layer_handles += [m.register_forward_pre_hook(_Hook(self._make_probe_hook(n)))
                                 for n, m in self.layout.recurrent]
         if self.forward_order is None:
@@ -348,5 +354,24 @@ class MonitorHooks:
                 inp = None
             if out.numel():
                 self.tally.add_activation(name, rule, module, inp, out)
+
+        return hook
+
+    def _make_called_hook(self, name: str, called: CalledActivation):
+        """A forward hook on the layer that feeds an activation called as a function: measures
+        ``function(output)``, the tensor the function makes (computed again, without autograd)."""
+
+        def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+            if _compiling() or not self.active or not module.training:
+                return
+            z = _first_tensor(output)
+            if z is None or not z.is_floating_point() or not z.numel():
+                return
+            if self.forward_order is None and name not in self._call_order:
+                self._call_order.append(name)
+            z = z.detach()
+            with torch.no_grad():
+                out = called.function(z)
+            self.tally.add_activation(name, called.rule, called, z, out)
 
         return hook

@@ -4,12 +4,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 
-from torch import nn
+from torch import Tensor, nn
 
-from gradhealth.layers.activations import ActivationRule, looks_like_activation, rule_for_module
+from gradhealth.layers.activations import ACTIVATIONS, ActivationRule, looks_like_activation, rule_for_module
 from gradhealth.monitor.records import LayerInfo, ParamInfo
 
-__all__ = ["ModelLayout", "unwrap", "layout_of", "role_of", "features_last", "complete_order",
+__all__ = ["CalledActivation", "ModelLayout", "unwrap", "layout_of", "role_of", "features_last", "complete_order",
            "recurrent_layers", "repeated_blocks"]
 
 
@@ -55,8 +55,26 @@ def _is_norm(module: nn.Module) -> bool:
         "Norm" in type(module).__name__ and all(p.dim() < 2 for p in module.parameters(recurse=False)))
 
 
+class CalledActivation(nn.Module):
+    """Stands for an activation a torch transformer layer calls as a function (``F.relu``), which
+    no hook can see: it is measured as ``function(feeder's output)``, the same tensor the layer
+    computes (``linear1`` feeds it; dropout comes after it). Not part of the user's model."""
+
+    def __init__(self, function, feeder: nn.Module, rule: ActivationRule):
+        super().__init__()
+        self.function = function
+        self.rule = rule
+        # kept out of the module tree: the feeder is the user's, not a child of this stand-in
+        self.__dict__["feeder"] = feeder
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.function(x)
+
+
 def role_of(module: nn.Module) -> str:
     """activation, weight (owns a parameter of 2 or more dims), norm, or other."""
+    if isinstance(module, CalledActivation):
+        return "activation"
     if rule_for_module(module) is not None:
         return "activation"
     if any(p.dim() >= 2 for p in _own_parameters(module)):
@@ -113,10 +131,16 @@ class ModelLayout:
         rules = {name: rule.name for name, _, rule in self.activations}
         ordered = complete_order(order, self.module_order)
         return [
-            LayerInfo(name=n, type=type(modules[n]).__name__, role=role_of(modules[n]),
+            LayerInfo(name=n, type=_type_name(modules[n]), role=role_of(modules[n]),
                       params=params.get(n, 0), activation=rules.get(n), tied=list(self.tied.get(n, [])))
             for n in ordered
         ]
+
+
+def _type_name(module: nn.Module) -> str:
+    if isinstance(module, CalledActivation):
+        return f"{getattr(module.function, '__name__', 'activation')} (a function)"
+    return type(module).__name__
 
 
 def complete_order(ran: list[str], defined: list[str]) -> list[str]:
@@ -225,10 +249,13 @@ def layout_of(model: nn.Module) -> ModelLayout:
                 layout.module_order.append(name)
         elif looks_like_activation(module):
             layout.unhooked.append(f"{name} ({type(module).__name__}: no saturation rule)")
-        functional = _functional_activation(module)
-        if functional is not None:
-            layout.unhooked.append(f"{name}.activation ({type(module).__name__}: {functional} is called as a "
-                                   "function, not a module, so it is not measured)")
+        called = _called_activation(module)
+        if isinstance(called, CalledActivation):
+            layout.activations.append((f"{name}.activation", called, called.rule))
+            layout.module_order.append(f"{name}.activation")
+        elif called is not None:
+            layout.unhooked.append(f"{name}.activation ({type(module).__name__}: {called} is called as a "
+                                   "function with no saturation rule, so it is not measured)")
     layout.blocks = repeated_blocks(model)
     _account_parameters(model, layout)
     return layout
@@ -237,18 +264,25 @@ def layout_of(model: nn.Module) -> ModelLayout:
 _TORCH_TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
-def _functional_activation(module: nn.Module) -> str | None:
-    """The name of the activation function a torch transformer layer calls, where it is a function.
+def _called_activation(module: nn.Module) -> CalledActivation | str | None:
+    """The activation function a torch transformer layer calls, where it is a function.
 
     ``TransformerEncoderLayer(activation="gelu")`` keeps ``F.gelu`` itself, which no hook can see;
-    given a module (``activation=nn.GELU()``) it is a child like any other and measured as one.
+    it is measured on ``linear1``'s output where a rule knows it (relu, gelu: a
+    ``CalledActivation``), and only named otherwise (a str). Given a module
+    (``activation=nn.GELU()``) it is a child like any other and measured as one (None here).
     """
     if not isinstance(module, _TORCH_TRANSFORMER_LAYERS):
         return None
     activation = getattr(module, "activation", None)
     if activation is None or isinstance(activation, nn.Module):
         return None
-    return getattr(activation, "__name__", type(activation).__name__)
+    name = getattr(activation, "__name__", type(activation).__name__)
+    rule = ACTIVATIONS.get(name)
+    feeder = getattr(module, "linear1", None)
+    if rule is None or rule.name == "identity" or not isinstance(feeder, nn.Module):
+        return name
+    return CalledActivation(activation, feeder, rule)
 
 
 def _module_of(param_name: str) -> str:
