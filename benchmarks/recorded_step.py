@@ -200,8 +200,26 @@ def markdown_section(result: dict) -> str:
     table = harness.markdown_table(["model", "tool", "baseline ms/step", "overhead (paired)", "per-rep range",
                                     "tool's own ms/step (range)", "own / baseline step"], rows)
     clock = "CPU time of the process" if result.get("clock") == "cpu" else "wall time"
-    return "\n".join([table, "", f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
-                      f"Machine: {harness.describe_machine(result['machine'])}  ", f"Steps timed by: {clock}"])
+    return "\n".join([table, "", *_against_the_floor(result), f"Command: `{result['command']}`  ",
+                      f"Date: {result['date']}  ", f"Machine: {harness.describe_machine(result['machine'])}  ",
+                      f"Steps timed by: {clock}"])
+
+
+def _against_the_floor(result: dict) -> list[str]:
+    """One sentence: each tool's own time as a multiple of one read of the gradients (the floor)."""
+    parts = []
+    for model_name, m in result["models"].items():
+        floor = m["results"].get("one_read")
+        if floor is None or not floor["direct_ms"]:
+            continue
+        ours = m["results"]["monitor_recorded"]["direct_ms"] / floor["direct_ms"]
+        theirs = m["results"]["lightning_grad_norm"]["direct_ms"] / floor["direct_ms"]
+        parts.append(f"{model_name} {ours:.2f}x (Lightning {theirs:.2f}x, the floor {floor['direct_pct']:.1f} % "
+                     "of a step)")
+    if not parts:
+        return []
+    return ["Each tool's own time as a multiple of the floor's (one float32 read of every gradient, "
+            "inexact where squares underflow): " + "; ".join(parts) + ".", ""]
 
 
 if __name__ == "__main__":
