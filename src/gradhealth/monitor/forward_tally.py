@@ -49,12 +49,25 @@ __all__ = ["CallInfo", "ForwardTally", "Scratch", "summarize_calls"]
 # how a count was taken: "mask" counts where the rule holds, "nonzero" counts the nonzero
 # elements of a ReLU output (off exactly where it is zero), so the rule holds for the rest;
 # "unit_alive" counts, once per step for all ReLU calls together, the units whose largest
-# output is above zero (dead: the rest)
+# output (or sum of outputs) is above zero (dead: the rest)
 MASK, NONZERO, UNIT_ALIVE = "mask", "nonzero", "unit_alive"
+
+# how whether a call's output is finite was read: "extremes" from its smallest and largest element
+# (two values in fwd_extremes), "units" from its units' maxima or sums (a ReLU output, never
+# negative: one flag per call after the extremes), "host" from its sum, read at once on the CPU
+# and finite (nothing kept)
+EXTREMES, UNITS, HOST = "extremes", "units", "host"
 
 # On the CPU an output's own sum and sum of squares are kept where mean^2 <= this * variance: the
 # variance they give is then off by at most 2 (1 + this) times the sums' rounding (module docstring)
 RAW_MOMENT_RATIO = 10.0
+
+# float32 and float64 reduce in their own dtype (a dtype argument costs a conversion step even
+# when it changes nothing); half precision accumulates in float32
+_OWN_ACCUMULATOR = (torch.float32, torch.float64)
+
+# distinct output shapes whose scratch views are kept (a model with varying shapes keeps no more)
+_MAX_VIEWS = 64
 
 
 @dataclass(frozen=True)
@@ -62,40 +75,51 @@ class CallInfo:
     """Host-side facts about one measured call: which module, and what its counts mean."""
 
     name: str
-    rule: ActivationRule | None = None  # None: a weight layer (only its extremes are read)
+    rule: ActivationRule | None = None  # None: a weight layer (only whether its output is finite)
     elements: int = 0
     units: int = 0
     saturated: str | None = None
     dead: str | None = None
-    # False: whether the output is finite is read from its units' maxima (a ReLU output, which
-    # is never negative), not from its own extremes
-    extremes: bool = True
+    # where whether the output is finite was read (EXTREMES, UNITS or HOST)
+    finite_from: str = EXTREMES
 
 
 class Scratch:
-    """Memory for the deviations of one activation output, kept from call to call and step to step.
+    """Memory for the deviations or signs of one activation output, kept from call to call and step to step.
 
     On the CPU a fresh tensor the size of an activation costs page faults each time (a 128 KiB
     one about as much as the ReLU that made it); a kept one grows to the largest output measured
-    and stays that size. A GPU's caching allocator already reuses freed memory, so there each
-    call takes a fresh tensor.
+    and stays that size, and its view of each output shape is kept too (slicing and viewing cost
+    more Python time than the ReLU's sign pass over a small output). A GPU's caching allocator
+    already reuses freed memory, so there each call takes a fresh tensor.
     """
 
     def __init__(self) -> None:
-        self._flat: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._flat: dict[torch.dtype, Tensor] = {}
+        self._views: dict[tuple[torch.Size, torch.dtype], Tensor] = {}
 
     def like(self, x: Tensor) -> Tensor:
         """A contiguous tensor of ``x``'s shape and dtype, its contents undefined."""
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        key = (x.device, x.dtype)
-        flat = self._flat.get(key)
-        if flat is None or flat.numel() < x.numel():
-            flat = self._flat[key] = torch.empty(x.numel(), dtype=x.dtype, device=x.device)
-        return flat[:x.numel()].view(x.shape)
+        key = (x.shape, x.dtype)
+        view = self._views.get(key)
+        if view is not None:
+            return view
+        n = x.numel()
+        flat = self._flat.get(x.dtype)
+        if flat is None or flat.numel() < n:
+            # the views of a smaller buffer would keep it alive: they go with it
+            self._views = {k: v for k, v in self._views.items() if k[1] != x.dtype}
+            flat = self._flat[x.dtype] = torch.empty(n, dtype=x.dtype)
+        if len(self._views) >= _MAX_VIEWS:
+            self._views.clear()
+        view = self._views[key] = flat[:n].view(x.shape)
+        return view
 
     def release(self) -> None:
         self._flat.clear()
+        self._views.clear()
 
 
 class ForwardTally:
@@ -106,13 +130,14 @@ class ForwardTally:
         self.calls: list[CallInfo] = []
         # whether the last weight layer that ran keeps its features in the last dim (a Linear)
         self._features_last = False
-        self._extremes: list[Tensor] = []  # per call with extremes: min and max of the output (its own dtype)
+        self._extremes: list[Tensor] = []  # per call read by its extremes: min and max of the output (its own dtype)
         # per activation call: sum, L2 norm about a centre, the centre, then the nonzero
         # count of a ReLU output
         self._moments: list[Tensor] = []
         # per activation call: saturated elements by a mask, then dead units (int64, exact)
         self._counts: list[Tensor] = []
-        # per ReLU call: the largest output of each unit, reduced for all calls at once in pieces()
+        # per ReLU call: the largest output (on the CPU: the sum of outputs) of each unit, reduced
+        # for all calls at once in pieces()
         self._unit_maxima: list[Tensor] = []
         # the centre of the moments taken about zero, one 0-d tensor per device and dtype
         self._zeros: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -121,31 +146,52 @@ class ForwardTally:
         return bool(self.calls)
 
     def add_layer(self, name: str, out: Tensor, features_last: bool = False) -> None:
-        self._extremes.extend(torch.aminmax(out.detach()))
+        x = out.detach()
         self._features_last = features_last
+        if x.is_cpu and _finite_sum(x.sum(dtype=None if x.dtype in _OWN_ACCUMULATOR else torch.float32)):
+            self.calls.append(CallInfo(name, finite_from=HOST))
+            return
+        self._extremes.extend(torch.aminmax(x))
         self.calls.append(CallInfo(name))
 
     def add_activation(self, name: str, rule: ActivationRule, module: nn.Module, inp: Tensor | None,
                        out: Tensor) -> None:
         x = out.detach()
-        unit_dim = x.dim() - 1 if self._features_last else 1
-        units = x.shape[unit_dim] if x.dim() >= 2 else 0
+        ndim = x.dim()
+        unit_dim = ndim - 1 if self._features_last else 1
+        units = x.shape[unit_dim] if ndim >= 2 else 0
         relu_units = rule.zero_is_off and rule.dead is not None and units > 0
+        acc = None if x.dtype in _OWN_ACCUMULATOR else torch.float32
+        cpu = x.is_cpu
+        total = None
         if relu_units:
-            # a ReLU output is never negative, so -inf cannot occur and a NaN or +inf shows in
-            # its unit's maximum: one pass gives the dead units and whether the output is finite
-            self._unit_maxima.append(x.amax(dim=[d for d in range(x.dim()) if d != unit_dim]))
+            # a ReLU output is never negative: a unit is dead exactly where its largest output,
+            # or equally the sum of its outputs, is zero, and a NaN or +inf shows in either
+            others = [d for d in range(ndim) if d != unit_dim]
+            if cpu:
+                # the units' sums also give the output's sum (a pass fewer than maxima and a
+                # sum); finite, they say every output is finite, else the maxima are taken,
+                # which tell an overflowing sum of finite outputs from a NaN or an Inf
+                sums = x.sum(dim=others, dtype=acc)
+                total = sums.sum()
+                self._unit_maxima.append(sums if _finite_sum(total) else x.amax(dim=others))
+            else:
+                self._unit_maxima.append(x.amax(dim=others))
+            finite_from = UNITS
         else:
-            self._extremes.extend(torch.aminmax(x))
-        # float32 and float64 reduce in their own dtype (a dtype argument costs a conversion
-        # step even when it changes nothing); half precision accumulates in float32
-        acc = None if x.dtype in (torch.float32, torch.float64) else torch.float32
+            if cpu:
+                total = x.sum(dtype=acc)
+            if cpu and _finite_sum(total):
+                finite_from = HOST
+            else:
+                self._extremes.extend(torch.aminmax(x))
+                finite_from = EXTREMES
         deviations = None
-        if not (x.device.type == "cpu" and self._raw_moments(x, acc)):
+        if not (cpu and self._raw_moments(x, acc, total)):
             # a centre near the mean, from a few elements (a view: no copy): the last dim of the
             # first row; the extremes' midpoint would do for a saturated layer but not for a
             # ReLU's long tail
-            center = x[(0,) * (x.dim() - 1)].mean(dtype=acc) if x.dim() else x.to(acc or x.dtype)
+            center = x[(0,) * (ndim - 1)].mean(dtype=acc) if ndim else x.to(acc or x.dtype)
             # the deviations' sum gives the mean as centre + sum/n, as exact as the deviations
             deviations = torch.sub(x, center, out=self._scratch.like(x))
             self._moments += [deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc), center]
@@ -166,15 +212,14 @@ class ForwardTally:
             dead = UNIT_ALIVE
         elif rule.dead is not None and units:
             # a unit is off for the whole batch when its largest output says so
-            unit_max = x.amax(dim=[d for d in range(x.dim()) if d != unit_dim])
+            unit_max = x.amax(dim=[d for d in range(ndim) if d != unit_dim])
             self._counts.append(torch.count_nonzero(rule.dead(unit_max)))
             dead = MASK
-        self.calls.append(CallInfo(name, rule, x.numel(), units, saturated, dead, extremes=not relu_units))
+        self.calls.append(CallInfo(name, rule, x.numel(), units, saturated, dead, finite_from))
 
-    def _raw_moments(self, x: Tensor, acc: torch.dtype | None) -> bool:
-        """On the CPU: keep the sum and L2 norm of ``x`` itself (centre 0) where the variance they
-        give is trustworthy; whether they were kept. Reading them costs no wait on the CPU."""
-        total = x.sum(dtype=acc)
+    def _raw_moments(self, x: Tensor, acc: torch.dtype | None, total: Tensor) -> bool:
+        """On the CPU: keep the sum (``total``) and L2 norm of ``x`` itself (centre 0) where the
+        variance they give is trustworthy; whether they were kept. Reading them costs no wait on the CPU."""
         norm = torch.linalg.vector_norm(x, dtype=acc)
         n = x.numel()
         mean = float(total) / n
@@ -191,9 +236,9 @@ class ForwardTally:
     def pieces(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         """The step's numbers as three flat tensors of ``dtype`` on ``device`` (few kernels).
 
-        ``fwd_extremes``: min and max per call that took them, then per ReLU call 0 where its
-        output is finite and NaN where not; ``act_counts``: the counts by a mask in call order,
-        then per ReLU call its units that were on for some element of the batch.
+        ``fwd_extremes``: min and max per call read by its extremes, then per ReLU call 0 where
+        its output is finite and NaN where not; ``act_counts``: the counts by a mask in call
+        order, then per ReLU call its units that were on for some element of the batch.
         """
         out = {}
         for key, values in (("fwd_extremes", self._extremes), ("act_moments", self._moments),
@@ -214,10 +259,16 @@ class ForwardTally:
         call = _call_index(tuple(lengths), device)
         # a NaN or an inf times zero is NaN, anything finite gives 0: the sum says which call went bad
         finite = torch.zeros(len(lengths), dtype=dtype, device=device).index_add_(0, call, maxima * 0)
-        # a ReLU unit's maximum is >= 0, so "on" is "not zero"; a NaN maximum is not counted dead
-        # (the call is reported non-finite instead), as a count of nonzero maxima never did
+        # a ReLU unit's maximum (or sum) is >= 0, so "on" is "not zero"; a NaN maximum is not
+        # counted dead (the call is reported non-finite instead), as a count of nonzero maxima never did
         alive = torch.zeros(len(lengths), dtype=dtype, device=device).index_add_(0, call, (maxima != 0).to(dtype))
         return finite, alive
+
+
+def _finite_sum(total: Tensor) -> bool:
+    """Whether a CPU sum is finite, which says every element summed is: a NaN or an Inf makes
+    any sum NaN or infinite. Not finite, the sum says nothing (finite elements may overflow it)."""
+    return math.isfinite(float(total))
 
 
 @functools.lru_cache(maxsize=16)
@@ -239,16 +290,18 @@ def summarize_calls(calls: list[CallInfo], extremes: list[float], moments: list[
     bad: list[str] = []
     # the calls with their own extremes come first, then one flag per ReLU call; the counts by a
     # mask first, then the ReLU calls' units that were on
-    e, flag = 0, 2 * sum(call.extremes for call in calls)
+    e, flag = 0, 2 * sum(call.finite_from == EXTREMES for call in calls)
     m, c = 0, 0
     alive = sum((call.saturated == MASK) + (call.dead == MASK) for call in calls)
     for call in calls:
-        if call.extremes:
+        if call.finite_from == EXTREMES:
             finite = math.isfinite(extremes[e]) and math.isfinite(extremes[e + 1])
             e += 2
-        else:
+        elif call.finite_from == UNITS:
             finite = math.isfinite(extremes[flag])
             flag += 1
+        else:
+            finite = True  # its sum was read and finite
         if not finite:
             bad.append(call.name)
         if call.rule is None:
