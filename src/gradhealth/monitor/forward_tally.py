@@ -6,27 +6,36 @@ everything else (stacking, squaring, turning counts into fractions, pooling the 
 module, finding the first bad one) to ``pieces()`` on the device and ``summarize_calls()`` on
 the host, once per step.
 
-Per call of a weight layer: the output's smallest and largest element, which tell exactly
-whether it holds a NaN or an Inf (a sum would call a finite but exploding tensor non-finite).
+Per call of a weight layer: whether its output holds a NaN or an Inf, exactly. On the CPU, where
+reading a number costs no wait, that is read from the output's sum: an Inf or a NaN makes any sum
+infinite or NaN, so a finite sum says every element is finite; a sum that is not finite (a NaN,
+an Inf, or finite outputs large enough to overflow it) is followed by the output's smallest and
+largest element, which tell the two apart. Elsewhere the extremes are taken for every call.
 Per call of an activation, in addition: its mean and spread, and the count of saturated elements
 and of units that were off for the whole batch, by the activation's own rule. The variance
 ``sum(x^2)/n - mean^2`` must not cancel: a saturated sigmoid's outputs sit near 1 with a spread of
 1e-4, and in float32 that difference would lose every digit. So the spread is taken about a
 centre near the mean (the mean of the first row's last dim) as the sum and the L2 norm of the
 deviations, written into one scratch tensor kept from call to call, except on the CPU where the
-output's own sum and L2 norm are read first (two kernels, no write, and no wait on the CPU) and
-kept when ``mean^2 <= RAW_MOMENT_RATIO * variance`` (ReLU, GELU and tanh outputs nearly always):
-there the variance's relative error is at most about ``2 (1 + RAW_MOMENT_RATIO)`` = 22 times the
-larger relative rounding of the two sums, which for float32 is about 5e-8 for a sum and 1e-5
-for the L2 norm of two million elements (measured): about 2e-4 of the variance, 1e-4 of the std. A tight spread about a large mean fails the
-test and is measured about a centre. Sums accumulate in float32 (float64 for a float64 model).
+output's own sum and L2 norm are read first (two kernels, no write, and no wait on the CPU; the
+sum is the one that says whether the output is finite) and kept when
+``mean^2 <= RAW_MOMENT_RATIO * variance`` (ReLU, GELU and tanh outputs nearly always): there the
+variance's relative error is at most about ``2 (1 + RAW_MOMENT_RATIO)`` = 22 times the larger
+relative rounding of the two sums, which for float32 is about 5e-8 for a sum and 1e-5 for the L2
+norm of two million elements (measured): about 2e-4 of the variance, 1e-4 of the std. A tight
+spread about a large mean fails the test and is measured about a centre. Sums accumulate in
+float32 (float64 for a float64 model).
 
-A ReLU output is never negative, so its finiteness is read from the largest output of each of
-its units, which the dead units need anyway: one pass instead of two. The units' maxima of all
-ReLU calls of a step are reduced together in ``pieces()`` (whether each call is finite, how many
-of its units were on), and a ReLU's signs go into the scratch tensor. Per ReLU call the hook
-thus runs five kernels over the output on the CPU (maxima, sum, L2 norm, signs, their sum; two
-more when the spread is measured about a centre) and allocates nothing the size of the output.
+A ReLU's rules are both read from one mask: its output is off (saturated) where ``out <= 0``,
+and a unit is dead where its largest output is ``<= 0``, that is where every one of its outputs
+is off (a NaN output is neither, so a unit with one is not dead). The mask goes into the scratch
+tensor as 0 or 1 and is summed per unit: a unit is dead where its count of off outputs is its
+number of outputs, and a call's counts add up to its saturated elements, exactly (a unit's count
+is summed in float32, exact up to 2^24 outputs, in float64 past that; the units are added in
+``pieces()`` in float64). The units' counts of all ReLU calls of a step are reduced together
+there. Per ReLU call the hook thus runs four kernels over the output on the CPU (sum, L2 norm,
+mask, its sums per unit; four more when the spread is measured about a centre, one more when the
+sum is not finite) and allocates nothing the size of the output.
 
 The units of an activation are its channels (dim 1) after a convolution or a BatchNorm /
 GroupNorm, and its features (the last dim) after a Linear or a LayerNorm, as in a (batch,
@@ -46,17 +55,10 @@ from gradhealth.tensor_norms import stack_on
 
 __all__ = ["CallInfo", "ForwardTally", "Scratch", "summarize_calls"]
 
-# how a count was taken: "mask" counts where the rule holds, "nonzero" counts the nonzero
-# elements of a ReLU output (off exactly where it is zero), so the rule holds for the rest;
-# "unit_alive" counts, once per step for all ReLU calls together, the units whose largest
-# output (or sum of outputs) is above zero (dead: the rest)
-MASK, NONZERO, UNIT_ALIVE = "mask", "nonzero", "unit_alive"
-
-# how whether a call's output is finite was read: "extremes" from its smallest and largest element
-# (two values in fwd_extremes), "units" from its units' maxima or sums (a ReLU output, never
-# negative: one flag per call after the extremes), "host" from its sum, read at once on the CPU
-# and finite (nothing kept)
-EXTREMES, UNITS, HOST = "extremes", "units", "host"
+# how a count was taken: "mask" counts where the rule holds; "units" marks a ReLU call, whose
+# off elements and dead units are counted once per step for all ReLU calls together from its
+# units' counts of off outputs
+MASK, UNITS = "mask", "units"
 
 # On the CPU an output's own sum and sum of squares are kept where mean^2 <= this * variance: the
 # variance they give is then off by at most 2 (1 + this) times the sums' rounding (module docstring)
@@ -65,6 +67,9 @@ RAW_MOMENT_RATIO = 10.0
 # float32 and float64 reduce in their own dtype (a dtype argument costs a conversion step even
 # when it changes nothing); half precision accumulates in float32
 _OWN_ACCUMULATOR = (torch.float32, torch.float64)
+
+# float32 counts every integer up to here exactly
+_FLOAT32_EXACT = 2 ** 24
 
 # distinct output shapes whose scratch views are kept (a model with varying shapes keeps no more)
 _MAX_VIEWS = 64
@@ -80,8 +85,9 @@ class CallInfo:
     units: int = 0
     saturated: str | None = None
     dead: str | None = None
-    # where whether the output is finite was read (EXTREMES, UNITS or HOST)
-    finite_from: str = EXTREMES
+    # True: its output's extremes were taken (two values in fwd_extremes); False: its sum was
+    # read on the CPU and was finite, so the output is
+    extremes: bool = True
 
 
 class Scratch:
@@ -89,9 +95,9 @@ class Scratch:
 
     On the CPU a fresh tensor the size of an activation costs page faults each time (a 128 KiB
     one about as much as the ReLU that made it); a kept one grows to the largest output measured
-    and stays that size, and its view of each output shape is kept too (slicing and viewing cost
-    more Python time than the ReLU's sign pass over a small output). A GPU's caching allocator
-    already reuses freed memory, so there each call takes a fresh tensor.
+    and stays that size, and its view for each output shape is kept too (slicing and viewing a
+    small output cost as much as a pass over it). A GPU's caching allocator already reuses freed
+    memory, so there each call takes a fresh tensor.
     """
 
     def __init__(self) -> None:
@@ -109,7 +115,7 @@ class Scratch:
         n = x.numel()
         flat = self._flat.get(x.dtype)
         if flat is None or flat.numel() < n:
-            # the views of a smaller buffer would keep it alive: they go with it
+            # the views of the smaller buffer would keep it alive: they go with it
             self._views = {k: v for k, v in self._views.items() if k[1] != x.dtype}
             flat = self._flat[x.dtype] = torch.empty(n, dtype=x.dtype)
         if len(self._views) >= _MAX_VIEWS:
@@ -130,15 +136,15 @@ class ForwardTally:
         self.calls: list[CallInfo] = []
         # whether the last weight layer that ran keeps its features in the last dim (a Linear)
         self._features_last = False
-        self._extremes: list[Tensor] = []  # per call read by its extremes: min and max of the output (its own dtype)
-        # per activation call: sum, L2 norm about a centre, the centre, then the nonzero
-        # count of a ReLU output
+        self._extremes: list[Tensor] = []  # per call with extremes: min and max of the output (its own dtype)
+        # per activation call: sum, L2 norm about a centre, the centre
         self._moments: list[Tensor] = []
         # per activation call: saturated elements by a mask, then dead units (int64, exact)
         self._counts: list[Tensor] = []
-        # per ReLU call: the largest output (on the CPU: the sum of outputs) of each unit, reduced
-        # for all calls at once in pieces()
-        self._unit_maxima: list[Tensor] = []
+        # per ReLU call: each unit's count of off outputs, and how many outputs a unit has,
+        # reduced for all calls at once in pieces()
+        self._unit_counts: list[Tensor] = []
+        self._unit_sizes: list[int] = []
         # the centre of the moments taken about zero, one 0-d tensor per device and dtype
         self._zeros: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
@@ -148,11 +154,10 @@ class ForwardTally:
     def add_layer(self, name: str, out: Tensor, features_last: bool = False) -> None:
         x = out.detach()
         self._features_last = features_last
-        if x.is_cpu and _finite_sum(x.sum(dtype=None if x.dtype in _OWN_ACCUMULATOR else torch.float32)):
-            self.calls.append(CallInfo(name, finite_from=HOST))
-            return
-        self._extremes.extend(torch.aminmax(x))
-        self.calls.append(CallInfo(name))
+        extremes = not (x.is_cpu and _finite(x.sum(dtype=None if x.dtype in _OWN_ACCUMULATOR else torch.float32)))
+        if extremes:
+            self._extremes.extend(torch.aminmax(x))
+        self.calls.append(CallInfo(name, extremes=extremes))
 
     def add_activation(self, name: str, rule: ActivationRule, module: nn.Module, inp: Tensor | None,
                        out: Tensor) -> None:
@@ -160,32 +165,12 @@ class ForwardTally:
         ndim = x.dim()
         unit_dim = ndim - 1 if self._features_last else 1
         units = x.shape[unit_dim] if ndim >= 2 else 0
-        relu_units = rule.zero_is_off and rule.dead is not None and units > 0
         acc = None if x.dtype in _OWN_ACCUMULATOR else torch.float32
         cpu = x.is_cpu
-        total = None
-        if relu_units:
-            # a ReLU output is never negative: a unit is dead exactly where its largest output,
-            # or equally the sum of its outputs, is zero, and a NaN or +inf shows in either
-            others = [d for d in range(ndim) if d != unit_dim]
-            if cpu:
-                # the units' sums also give the output's sum (a pass fewer than maxima and a
-                # sum); finite, they say every output is finite, else the maxima are taken,
-                # which tell an overflowing sum of finite outputs from a NaN or an Inf
-                sums = x.sum(dim=others, dtype=acc)
-                total = sums.sum()
-                self._unit_maxima.append(sums if _finite_sum(total) else x.amax(dim=others))
-            else:
-                self._unit_maxima.append(x.amax(dim=others))
-            finite_from = UNITS
-        else:
-            if cpu:
-                total = x.sum(dtype=acc)
-            if cpu and _finite_sum(total):
-                finite_from = HOST
-            else:
-                self._extremes.extend(torch.aminmax(x))
-                finite_from = EXTREMES
+        total = x.sum(dtype=acc) if cpu else None
+        extremes = not (cpu and _finite(total))
+        if extremes:
+            self._extremes.extend(torch.aminmax(x))
         deviations = None
         if not (cpu and self._raw_moments(x, acc, total)):
             # a centre near the mean, from a few elements (a view: no copy): the last dim of the
@@ -197,25 +182,26 @@ class ForwardTally:
             self._moments += [deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc), center]
         saturated = dead = None
         if rule.zero_is_off:
-            # ReLU: the nonzero elements, counted as the sum of their signs (0 or 1), 15 times
-            # faster on the CPU than count_nonzero of a float tensor; float32, so past 2^24
-            # elements the count may be off by a few parts in 10^7, nothing a fraction shows;
-            # a NaN in the output makes it NaN, and the call is reported non-finite anyway.
-            # The signs go into the deviations' memory, read already: no second allocation
-            signs = torch.sign(x, out=self._scratch.like(x) if deviations is None else deviations)
-            self._moments.append(signs.sum(dtype=torch.float32))
-            saturated = NONZERO
+            # ReLU: its mask out <= 0 as 0 or 1 in x's dtype, written into the deviations' memory
+            # (read already; a bool mask would cost an allocation, and counting it several times
+            # as long on the CPU), summed per unit
+            off = torch.le(x, 0, out=self._scratch.like(x) if deviations is None else deviations)
+            others = [d for d in range(ndim) if d != unit_dim] if units else list(range(ndim))
+            size = x.numel() // units if units else x.numel()
+            count_dtype = torch.float32 if size <= _FLOAT32_EXACT else torch.float64
+            self._unit_counts.append((off.sum(dim=others, dtype=count_dtype) if others else off.to(count_dtype)).reshape(-1))
+            self._unit_sizes.append(size)
+            saturated = UNITS
+            dead = UNITS if rule.dead is not None and units else None
         elif rule.saturated is not None and (inp is not None or not rule.uses_input):
             self._counts.append(torch.count_nonzero(rule.saturated(module, None if inp is None else inp.detach(), x)))
             saturated = MASK
-        if relu_units:
-            dead = UNIT_ALIVE
-        elif rule.dead is not None and units:
+        if dead is None and rule.dead is not None and units:
             # a unit is off for the whole batch when its largest output says so
             unit_max = x.amax(dim=[d for d in range(ndim) if d != unit_dim])
             self._counts.append(torch.count_nonzero(rule.dead(unit_max)))
             dead = MASK
-        self.calls.append(CallInfo(name, rule, x.numel(), units, saturated, dead, finite_from))
+        self.calls.append(CallInfo(name, rule, x.numel(), units, saturated, dead, extremes))
 
     def _raw_moments(self, x: Tensor, acc: torch.dtype | None, total: Tensor) -> bool:
         """On the CPU: keep the sum (``total``) and L2 norm of ``x`` itself (centre 0) where the
@@ -236,9 +222,9 @@ class ForwardTally:
     def pieces(self, device: torch.device, dtype: torch.dtype) -> dict[str, Tensor]:
         """The step's numbers as three flat tensors of ``dtype`` on ``device`` (few kernels).
 
-        ``fwd_extremes``: min and max per call read by its extremes, then per ReLU call 0 where
-        its output is finite and NaN where not; ``act_counts``: the counts by a mask in call
-        order, then per ReLU call its units that were on for some element of the batch.
+        ``fwd_extremes``: min and max per call that took them; ``act_moments``: sum, L2 norm
+        and centre per activation call; ``act_counts``: the counts by a mask in call order, then
+        per ReLU call its dead units, then per ReLU call its saturated (off) elements.
         """
         out = {}
         for key, values in (("fwd_extremes", self._extremes), ("act_moments", self._moments),
@@ -246,26 +232,25 @@ class ForwardTally:
             if values:
                 # counts are stacked as int64, so the cast to float64 keeps them exact
                 out[key] = stack_on(values, device).to(dtype)
-        if self._unit_maxima:
-            finite, alive = self._reduce_unit_maxima(device, dtype)
-            out["fwd_extremes"] = torch.cat([out["fwd_extremes"], finite]) if "fwd_extremes" in out else finite
-            out["act_counts"] = torch.cat([out["act_counts"], alive]) if "act_counts" in out else alive
+        if self._unit_counts:
+            per_call = self._reduce_unit_counts(device, dtype)
+            out["act_counts"] = torch.cat([out["act_counts"], per_call]) if "act_counts" in out else per_call
         return out
 
-    def _reduce_unit_maxima(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Per ReLU call, 0 if finite else NaN, and its units that were ever on: a few kernels for all."""
-        lengths = [m.numel() for m in self._unit_maxima]
-        maxima = torch.cat([m.to(device, dtype, non_blocking=True) for m in self._unit_maxima])
-        call = _call_index(tuple(lengths), device)
-        # a NaN or an inf times zero is NaN, anything finite gives 0: the sum says which call went bad
-        finite = torch.zeros(len(lengths), dtype=dtype, device=device).index_add_(0, call, maxima * 0)
-        # a ReLU unit's maximum (or sum) is >= 0, so "on" is "not zero"; a NaN maximum is not
-        # counted dead (the call is reported non-finite instead), as a count of nonzero maxima never did
-        alive = torch.zeros(len(lengths), dtype=dtype, device=device).index_add_(0, call, (maxima != 0).to(dtype))
-        return finite, alive
+    def _reduce_unit_counts(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Per ReLU call its dead units, then per ReLU call its off elements: a few kernels for all."""
+        lengths = tuple(c.numel() for c in self._unit_counts)
+        counts = torch.cat([c.to(device, dtype, non_blocking=True) for c in self._unit_counts])
+        call = _call_index(lengths, device)
+        sizes = _unit_sizes(lengths, tuple(self._unit_sizes), device, dtype)
+        calls = len(lengths)
+        # a unit is dead where every one of its outputs was off
+        dead = torch.zeros(calls, dtype=dtype, device=device).index_add_(0, call, (counts == sizes).to(dtype))
+        off = torch.zeros(calls, dtype=dtype, device=device).index_add_(0, call, counts)
+        return torch.cat([dead, off])
 
 
-def _finite_sum(total: Tensor) -> bool:
+def _finite(total: Tensor) -> bool:
     """Whether a CPU sum is finite, which says every element summed is: a NaN or an Inf makes
     any sum NaN or infinite. Not finite, the sum says nothing (finite elements may overflow it)."""
     return math.isfinite(float(total))
@@ -278,6 +263,12 @@ def _call_index(lengths: tuple[int, ...], device: torch.device) -> Tensor:
     return torch.repeat_interleave(torch.arange(len(lengths)), counts).to(device)
 
 
+@functools.lru_cache(maxsize=16)
+def _unit_sizes(lengths: tuple[int, ...], sizes: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """How many outputs each unit has, unit by unit (as ``_call_index``: made once)."""
+    return torch.repeat_interleave(torch.tensor(sizes, dtype=dtype), torch.tensor(lengths)).to(device)
+
+
 def summarize_calls(calls: list[CallInfo], extremes: list[float], moments: list[float],
                     counts: list[float]) -> tuple[dict[str, dict[str, float | None]], list[str]]:
     """Per activation module, its calls pooled into ActivationStats fields; the bad calls in order.
@@ -288,18 +279,15 @@ def summarize_calls(calls: list[CallInfo], extremes: list[float], moments: list[
     """
     pooled: dict[str, dict[str, float]] = {}
     bad: list[str] = []
-    # the calls with their own extremes come first, then one flag per ReLU call; the counts by a
-    # mask first, then the ReLU calls' units that were on
-    e, flag = 0, 2 * sum(call.finite_from == EXTREMES for call in calls)
-    m, c = 0, 0
-    alive = sum((call.saturated == MASK) + (call.dead == MASK) for call in calls)
+    # the counts by a mask first, then per ReLU call its dead units, then per ReLU call its off
+    # elements
+    e, m, c = 0, 0, 0
+    dead = sum((call.saturated == MASK) + (call.dead == MASK) for call in calls)
+    off = dead + sum(call.saturated == UNITS for call in calls)
     for call in calls:
-        if call.finite_from == EXTREMES:
+        if call.extremes:
             finite = math.isfinite(extremes[e]) and math.isfinite(extremes[e + 1])
             e += 2
-        elif call.finite_from == UNITS:
-            finite = math.isfinite(extremes[flag])
-            flag += 1
         else:
             finite = True  # its sum was read and finite
         if not finite:
@@ -316,17 +304,17 @@ def summarize_calls(calls: list[CallInfo], extremes: list[float], moments: list[
         if call.saturated == MASK:
             row["saturated"] += counts[c]
             c += 1
-        elif call.saturated == NONZERO:
-            row["saturated"] += call.elements - moments[m]
-            m += 1
+        elif call.saturated == UNITS:
+            row["saturated"] += counts[off]
+            if call.dead == UNITS:
+                row["dead"] += counts[dead]
+            dead += 1
+            off += 1
         if call.saturated is not None:
             row["sat_elements"] += call.elements
         if call.dead == MASK:
             row["dead"] += counts[c]
             c += 1
-        elif call.dead == UNIT_ALIVE:
-            row["dead"] += call.units - counts[alive]
-            alive += 1
         if call.dead is not None:
             row["dead_units"] += call.units
     return {name: _summary(row) for name, row in pooled.items()}, bad
