@@ -186,10 +186,14 @@ class ForwardTally:
             # (read already; a bool mask would cost an allocation, and counting it several times
             # as long on the CPU), summed per unit
             off = torch.le(x, 0, out=self._scratch.like(x) if deviations is None else deviations)
-            others = [d for d in range(ndim) if d != unit_dim] if units else list(range(ndim))
             size = x.numel() // units if units else x.numel()
-            count_dtype = torch.float32 if size <= _FLOAT32_EXACT else torch.float64
-            self._unit_counts.append((off.sum(dim=others, dtype=count_dtype) if others else off.to(count_dtype)).reshape(-1))
+            # float32 and float64 count in their own dtype up to where float32 is exact
+            exact = x.dtype is torch.float64 or (x.dtype is torch.float32 and size <= _FLOAT32_EXACT)
+            count_dtype = None if exact else torch.float32 if size <= _FLOAT32_EXACT else torch.float64
+            if units:
+                self._unit_counts.append(off.sum(_other_dims(ndim, unit_dim), dtype=count_dtype))
+            else:  # no units: the output counts as one
+                self._unit_counts.append(off.sum(dtype=count_dtype).reshape(1))
             self._unit_sizes.append(size)
             saturated = UNITS
             dead = UNITS if rule.dead is not None and units else None
@@ -198,7 +202,7 @@ class ForwardTally:
             saturated = MASK
         if dead is None and rule.dead is not None and units:
             # a unit is off for the whole batch when its largest output says so
-            unit_max = x.amax(dim=[d for d in range(ndim) if d != unit_dim])
+            unit_max = x.amax(dim=_other_dims(ndim, unit_dim))
             self._counts.append(torch.count_nonzero(rule.dead(unit_max)))
             dead = MASK
         self.calls.append(CallInfo(name, rule, x.numel(), units, saturated, dead, extremes))
@@ -248,6 +252,12 @@ class ForwardTally:
         dead = torch.zeros(calls, dtype=dtype, device=device).index_add_(0, call, (counts == sizes).to(dtype))
         off = torch.zeros(calls, dtype=dtype, device=device).index_add_(0, call, counts)
         return torch.cat([dead, off])
+
+
+@functools.lru_cache(maxsize=64)
+def _other_dims(ndim: int, unit_dim: int) -> tuple[int, ...]:
+    """The dims of an output other than its units' dim: those a per-unit count reduces."""
+    return tuple(d for d in range(ndim) if d != unit_dim)
 
 
 def _finite(total: Tensor) -> bool:
