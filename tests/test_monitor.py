@@ -748,3 +748,142 @@ def test_relu_moments_taken_about_zero_on_the_cpu_are_within_the_stated_bound(sh
     assert stats["relu"]["mean"] == pytest.approx(float(oracle.mean()), rel=1e-6)
     assert stats["relu"]["std"] == pytest.approx(float(oracle.std(unbiased=False)), rel=1e-4)
     assert stats["relu"]["saturation"] == pytest.approx(float((x == 0).double().mean()), abs=1e-7)
+
+
+def _tally_stats(calls):
+    """Run (name, rule, module, output, features_last) calls through one ForwardTally; its stats and bad calls."""
+    from gradhealth.monitor.forward_tally import ForwardTally, summarize_calls
+
+    tally = ForwardTally()
+    for name, rule, module, out, features_last in calls:
+        if rule is None:
+            tally.add_layer(name, out, features_last=features_last)
+        else:
+            tally.add_activation(name, rule, module, None, out)
+    pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+    return summarize_calls(tally.calls, pieces.get("fwd_extremes", []), pieces.get("act_moments", []),
+                           pieces.get("act_counts", []))
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (6, 3, 4, 4), (7,)])
+def test_relu_counts_follow_the_relu_rule_on_any_output(shape):
+    # saturated is out <= 0 and dead is a unit whose largest output is <= 0, read from one mask
+    # summed per unit: -0.0 is off, a NaN neither off nor dead, and a ReLU-named module whose
+    # outputs go negative is counted by the same two rules
+    from gradhealth.layers.activations import ACTIVATIONS
+
+    relu = ACTIVATIONS["relu"]
+    g = torch.Generator().manual_seed(0)
+    cases = {}
+    cases["plain"] = torch.relu(torch.randn(*shape, generator=g))
+    signed_zero = torch.relu(torch.randn(*shape, generator=g))
+    signed_zero[signed_zero == 0] = -0.0
+    cases["negative zero"] = signed_zero
+    with_nan = torch.relu(torch.randn(*shape, generator=g))
+    with_nan.view(-1)[[0, 3]] = float("nan")
+    cases["nan"] = with_nan
+    cases["negative outputs"] = torch.randn(*shape, generator=g) - 0.5
+    if len(shape) > 1:
+        dead_unit = torch.relu(torch.randn(*shape, generator=g))
+        dead_unit[:, 1] = 0.0
+        cases["dead unit"] = dead_unit
+    for name, out in cases.items():
+        stats, bad = _tally_stats([(name, relu, nn.ReLU(), out, False)])
+        assert stats[name]["saturation"] == pytest.approx(float(relu.saturated(None, None, out).double().mean()))
+        if len(shape) > 1:
+            unit_max = out.amax(dim=[d for d in range(out.dim()) if d != 1])
+            assert stats[name]["dead_fraction"] == pytest.approx(float(relu.dead(unit_max).double().mean()))
+        else:
+            assert stats[name]["dead_fraction"] is None
+        assert stats[name]["nonfinite"] == int(name == "nan")
+        assert bad == ([name] if name == "nan" else [])
+
+
+def test_relu_counts_stay_exact_past_float32_integers(monkeypatch):
+    # a unit with more outputs than float32 counts exactly is counted in float64 (the bound is
+    # lowered here so a small output takes that path)
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor import forward_tally
+
+    monkeypatch.setattr(forward_tally, "_FLOAT32_EXACT", 4)
+    g = torch.Generator().manual_seed(0)
+    out = torch.relu(torch.randn(64, 3, generator=g))
+    out[:, 2] = 0.0
+    stats, _ = _tally_stats([("act", ACTIVATIONS["relu"], nn.ReLU(), out, True)])
+    assert stats["act"]["saturation"] == float((out <= 0).double().mean())
+    assert stats["act"]["dead_fraction"] == pytest.approx(1 / 3)
+
+
+def test_on_the_cpu_a_finite_sum_stands_for_the_extremes():
+    # a finite sum says every element is finite, so nothing is kept; a sum that is not finite is
+    # followed by the extremes, which tell an Inf from finite outputs that overflowed the sum
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally
+
+    g = torch.Generator().manual_seed(0)
+    tanh = ACTIVATIONS["tanh"]
+    tally = ForwardTally()
+    tally.add_layer("fc", torch.randn(8, 5, generator=g), features_last=True)
+    tally.add_activation("tanh", tanh, nn.Tanh(), None, torch.tanh(torch.randn(8, 5, generator=g)))
+    assert "fwd_extremes" not in tally.pieces(torch.device("cpu"), torch.float64)
+
+    huge = torch.full((8, 5), 3e37)  # finite, but its float32 sum is past 3.4e38
+    infinite = torch.randn(8, 5, generator=g)
+    infinite[2, 3] = -float("inf")
+    nan = torch.randn(8, 5, generator=g)
+    nan[0, 0] = float("nan")
+    stats, bad = _tally_stats([("huge", None, None, huge, True), ("inf", None, None, infinite, True),
+                               ("act_huge", tanh, nn.Tanh(), huge, True), ("act_nan", tanh, nn.Tanh(), nan, True),
+                               ("fine", None, None, torch.randn(8, 5, generator=g), True)])
+    assert bad == ["inf", "act_nan"]
+    assert stats["act_huge"]["nonfinite"] == 0 and stats["act_nan"]["nonfinite"] == 1
+
+
+def test_kept_scratch_views_give_the_same_counts_across_shapes():
+    # the scratch keeps one view per output shape and grows to the largest output: a small, a
+    # larger, then the small shape again are each counted as a fresh tally counts them
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally, Scratch, summarize_calls
+
+    relu = ACTIVATIONS["relu"]
+    g = torch.Generator().manual_seed(0)
+    outputs = [torch.relu(torch.randn(*s, generator=g)) for s in [(4, 6), (16, 8, 3), (4, 6), (2, 6)]]
+    scratch = Scratch()
+    for out in outputs:
+        tally = ForwardTally(scratch)
+        tally.add_activation("act", relu, nn.ReLU(), None, out)
+        pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+        stats, _ = summarize_calls(tally.calls, [], pieces["act_moments"], pieces["act_counts"])
+        assert stats["act"]["saturation"] == pytest.approx(float((out <= 0).double().mean()))
+        assert stats["act"]["dead_fraction"] == pytest.approx(float((out.amax(0) <= 0).double().mean()))
+        assert stats["act"]["std"] == pytest.approx(float(out.double().std(unbiased=False)), rel=1e-5)
+    assert scratch._flat[torch.float32].numel() == 16 * 8 * 3
+    scratch.release()
+    assert not scratch._flat and not scratch._views
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "saturated sigmoid", "tanh", "saturated tanh", "relu", "gelu",
+                                  "relu float16"])
+def test_activation_moments_are_within_the_stated_bound_of_float64(kind):
+    # mean and std of 2^19 outputs against float64, whichever way the tally takes them (about
+    # zero or about a centre): the std to 1e-4 (the module's bound), the mean to 1e-6 of the std
+    from gradhealth.layers.activations import ACTIVATIONS
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(128, 64, 8, 8, generator=g)
+    out, module = {
+        "sigmoid": (torch.sigmoid(z), nn.Sigmoid()),
+        "saturated sigmoid": (torch.sigmoid(z * 1e-3 + 9.0), nn.Sigmoid()),
+        "tanh": (torch.tanh(z), nn.Tanh()),
+        "saturated tanh": (torch.tanh(z * 1e-2 - 4.0), nn.Tanh()),
+        "relu": (torch.relu(z + 1.0), nn.ReLU()),
+        "gelu": (F.gelu(z), nn.GELU()),
+        "relu float16": (torch.relu(z).half(), nn.ReLU()),
+    }[kind]
+    rule = ACTIVATIONS[kind.split()[-1] if kind != "relu float16" else "relu"]
+    stats, bad = _tally_stats([("act", rule, module, out, False)])
+    oracle = out.double()
+    std = float(oracle.std(unbiased=False))
+    assert bad == []
+    assert stats["act"]["std"] == pytest.approx(std, rel=1e-4)
+    assert stats["act"]["mean"] == pytest.approx(float(oracle.mean()), abs=1e-6 * std)
