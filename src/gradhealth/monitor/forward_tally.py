@@ -104,20 +104,21 @@ class Scratch:
         self._flat: dict[torch.dtype, Tensor] = {}
         self._views: dict[tuple[torch.Size, torch.dtype], Tensor] = {}
 
-    def like(self, x: Tensor) -> Tensor:
-        """A contiguous tensor of ``x``'s shape and dtype, its contents undefined."""
+    def like(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """A contiguous tensor of ``x``'s shape, in ``dtype`` (``x``'s by default), its contents undefined."""
+        dtype = dtype or x.dtype
         if not x.is_cpu:
-            return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        key = (x.shape, x.dtype)
+            return torch.empty(x.shape, dtype=dtype, device=x.device)
+        key = (x.shape, dtype)
         view = self._views.get(key)
         if view is not None:
             return view
         n = x.numel()
-        flat = self._flat.get(x.dtype)
+        flat = self._flat.get(dtype)
         if flat is None or flat.numel() < n:
             # the views of the smaller buffer would keep it alive: they go with it
-            self._views = {k: v for k, v in self._views.items() if k[1] != x.dtype}
-            flat = self._flat[x.dtype] = torch.empty(n, dtype=x.dtype)
+            self._views = {k: v for k, v in self._views.items() if k[1] != dtype}
+            flat = self._flat[dtype] = torch.empty(n, dtype=dtype)
         if len(self._views) >= _MAX_VIEWS:
             self._views.clear()
         view = self._views[key] = flat[:n].view(x.shape)
@@ -154,7 +155,7 @@ class ForwardTally:
     def add_layer(self, name: str, out: Tensor, features_last: bool = False) -> None:
         x = out.detach()
         self._features_last = features_last
-        extremes = not (x.is_cpu and _finite(x.sum(dtype=None if x.dtype in _OWN_ACCUMULATOR else torch.float32)))
+        extremes = not (_reads_cost_no_wait(x) and _finite(x.sum(dtype=None if x.dtype in _OWN_ACCUMULATOR else torch.float32)))
         if extremes:
             self._extremes.extend(torch.aminmax(x))
         self.calls.append(CallInfo(name, extremes=extremes))
@@ -166,7 +167,7 @@ class ForwardTally:
         unit_dim = ndim - 1 if self._features_last else 1
         units = x.shape[unit_dim] if ndim >= 2 else 0
         acc = None if x.dtype in _OWN_ACCUMULATOR else torch.float32
-        cpu = x.is_cpu
+        cpu = _reads_cost_no_wait(x)
         total = x.sum(dtype=acc) if cpu else None
         extremes = not (cpu and _finite(total))
         if extremes:
@@ -177,8 +178,11 @@ class ForwardTally:
             # first row; the extremes' midpoint would do for a saturated layer but not for a
             # ReLU's long tail
             center = x[(0,) * (ndim - 1)].mean(dtype=acc) if ndim else x.to(acc or x.dtype)
-            # the deviations' sum gives the mean as centre + sum/n, as exact as the deviations
-            deviations = torch.sub(x, center, out=self._scratch.like(x))
+            # the deviations' sum gives the mean as centre + sum/n, as exact as the deviations,
+            # which half precision takes in float32: a 0-d float32 centre would be rounded to
+            # half and so would every deviation, and those of a ReLU's many zeros would all round
+            # the same way and bias the mean (a centre with dims makes the subtraction float32)
+            deviations = torch.sub(x, center if acc is None else center.reshape((1,) * ndim), out=self._scratch.like(x, acc))
             self._moments += [deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc), center]
         saturated = dead = None
         if rule.zero_is_off:
@@ -258,6 +262,12 @@ class ForwardTally:
 def _other_dims(ndim: int, unit_dim: int) -> tuple[int, ...]:
     """The dims of an output other than its units' dim: those a per-unit count reduces."""
     return tuple(d for d in range(ndim) if d != unit_dim)
+
+
+def _reads_cost_no_wait(x: Tensor) -> bool:
+    """Whether a number computed from ``x`` can be read on the host without waiting for a device:
+    on the CPU it is ready when the kernel returns."""
+    return x.is_cpu
 
 
 def _finite(total: Tensor) -> bool:
