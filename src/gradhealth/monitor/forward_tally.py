@@ -90,6 +90,11 @@ class CallInfo:
     extremes: bool = True
 
 
+# A call's facts repeat every step: one shared CallInfo per distinct set (they are frozen) costs
+# a cache lookup, a new one several times as much (bounded: a model's calls, and no more)
+_call_info = functools.lru_cache(maxsize=4096)(CallInfo)
+
+
 class Scratch:
     """Memory for the deviations or signs of one activation output, kept from call to call and step to step.
 
@@ -158,7 +163,7 @@ class ForwardTally:
         extremes = not (_reads_cost_no_wait(x) and _finite(x.sum(dtype=None if x.dtype in _OWN_ACCUMULATOR else torch.float32)))
         if extremes:
             self._extremes.extend(torch.aminmax(x))
-        self.calls.append(CallInfo(name, extremes=extremes))
+        self.calls.append(_call_info(name, None, 0, 0, None, None, extremes))
 
     def add_activation(self, name: str, rule: ActivationRule, module: nn.Module, inp: Tensor | None,
                        out: Tensor) -> None:
@@ -209,7 +214,7 @@ class ForwardTally:
             unit_max = x.amax(dim=_other_dims(ndim, unit_dim))
             self._counts.append(torch.count_nonzero(rule.dead(unit_max)))
             dead = MASK
-        self.calls.append(CallInfo(name, rule, x.numel(), units, saturated, dead, extremes))
+        self.calls.append(_call_info(name, rule, x.numel(), units, saturated, dead, extremes))
 
     def _raw_moments(self, x: Tensor, acc: torch.dtype | None, total: Tensor) -> bool:
         """On the CPU: keep the sum (``total``) and L2 norm of ``x`` itself (centre 0) where the
