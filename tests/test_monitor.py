@@ -604,10 +604,10 @@ def test_post_clip_norms_reuse_the_gradient_norms_only_while_nothing_touched_the
     assert replaced.layers["head"].grad_norm_post_clip < replaced.layers["head"].grad_norm
 
 
-def test_forward_tally_keeps_each_rule_apart_and_reads_relu_finiteness_from_unit_maxima():
-    # ReLU calls (counted from their units' maxima, reduced once per step) mixed with sigmoid,
-    # leaky ReLU and weight layers, whose extremes and counts are kept per call: every call's
-    # numbers must land on that call
+def test_forward_tally_keeps_each_rule_apart_and_names_the_bad_calls(tally_path):
+    # ReLU calls (counted from their units' counts, reduced once per step) mixed with sigmoid,
+    # leaky ReLU and weight layers, whose extremes (where taken) and counts are kept per call:
+    # every call's numbers must land on that call
     from gradhealth.layers.activations import ACTIVATIONS
     from gradhealth.monitor.forward_tally import ForwardTally, summarize_calls
 

@@ -96,7 +96,7 @@ _call_info = functools.lru_cache(maxsize=4096)(CallInfo)
 
 
 class Scratch:
-    """Memory for the deviations or signs of one activation output, kept from call to call and step to step.
+    """Memory for the deviations or the ReLU mask of one activation output, kept from call to call and step to step.
 
     On the CPU a fresh tensor the size of an activation costs page faults each time (a 128 KiB
     one about as much as the ReLU that made it); a kept one grows to the largest output measured
@@ -160,7 +160,8 @@ class ForwardTally:
     def add_layer(self, name: str, out: Tensor, features_last: bool = False) -> None:
         x = out.detach()
         self._features_last = features_last
-        extremes = not (_reads_cost_no_wait(x) and _finite(x.sum(dtype=None if x.dtype in _OWN_ACCUMULATOR else torch.float32)))
+        acc = None if x.dtype in _OWN_ACCUMULATOR else torch.float32
+        extremes = not (_reads_cost_no_wait(x) and _finite(x.sum(dtype=acc)))
         if extremes:
             self._extremes.extend(torch.aminmax(x))
         self.calls.append(_call_info(name, None, 0, 0, None, None, extremes))
@@ -187,13 +188,14 @@ class ForwardTally:
             # which half precision takes in float32: a 0-d float32 centre would be rounded to
             # half and so would every deviation, and those of a ReLU's many zeros would all round
             # the same way and bias the mean (a centre with dims makes the subtraction float32)
-            deviations = torch.sub(x, center if acc is None else center.reshape((1,) * ndim), out=self._scratch.like(x, acc))
+            subtracted = center if acc is None else center.reshape((1,) * ndim)
+            deviations = torch.sub(x, subtracted, out=self._scratch.like(x, acc))
             self._moments += [deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc), center]
         saturated = dead = None
         if rule.zero_is_off:
-            # ReLU: its mask out <= 0 as 0 or 1 in x's dtype, written into the deviations' memory
-            # (read already; a bool mask would cost an allocation, and counting it several times
-            # as long on the CPU), summed per unit
+            # ReLU: its mask out <= 0 as 0 or 1, written into the deviations' memory (read
+            # already; a bool mask would cost an allocation, and counting it several times as
+            # long on the CPU), summed per unit
             off = torch.le(x, 0, out=self._scratch.like(x) if deviations is None else deviations)
             size = x.numel() // units if units else x.numel()
             # float32 and float64 count in their own dtype up to where float32 is exact
