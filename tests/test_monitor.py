@@ -898,3 +898,41 @@ def test_activation_moments_are_within_the_stated_bound_of_float64(kind, tally_p
     assert bad == []
     assert stats["act"]["std"] == pytest.approx(std, rel=1e-4)
     assert stats["act"]["mean"] == pytest.approx(float(oracle.mean()), abs=1e-6 * std)
+
+
+def test_a_module_measured_about_a_centre_starts_there_next_time():
+    # on the CPU a saturated layer's next output skips the raw sums, gives the same numbers, and
+    # its deviations still say whether it is finite; a layer that spreads out goes back to them
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally, Scratch, summarize_calls
+
+    sigmoid = ACTIVATIONS["sigmoid"]
+    g = torch.Generator().manual_seed(0)
+    saturated = torch.sigmoid(torch.randn(64, 32, generator=g) * 1e-2 + 6.0)
+    spread = torch.sigmoid(torch.randn(64, 32, generator=g))
+    with_nan = saturated.clone()
+    with_nan[5, 7] = float("nan")
+    scratch = Scratch()
+
+    def measure(out):
+        tally = ForwardTally(scratch)
+        tally.add_activation("sig", sigmoid, nn.Sigmoid(), None, out)
+        pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+        stats, bad = summarize_calls(tally.calls, pieces.get("fwd_extremes", []), pieces["act_moments"],
+                                     pieces["act_counts"])
+        return stats["sig"], bad, pieces["act_moments"][2], "sig" in scratch.centred
+
+    first, _, first_centre, kept = measure(saturated)
+    assert first_centre != 0.0 and kept
+    again, bad, centre, kept = measure(saturated)
+    assert again == first and bad == [] and centre == first_centre and kept
+    _, bad, _, kept = measure(with_nan)
+    assert bad == ["sig"] and kept
+    huge = torch.full((64, 32), -3e37)
+    huge[0] = 3e37  # the centre: every other deviation is -6e37, finite, and their sum is not
+    stats, bad, _, kept = measure(huge)
+    assert bad == [] and stats["nonfinite"] == 0 and kept
+    stats, _, centre, kept = measure(spread)
+    assert stats["std"] == pytest.approx(float(spread.double().std(unbiased=False)), rel=1e-5) and not kept
+    _, _, centre, _ = measure(spread)
+    assert centre == 0.0  # about zero again

@@ -96,7 +96,8 @@ _call_info = functools.lru_cache(maxsize=4096)(CallInfo)
 
 
 class Scratch:
-    """Memory for the deviations or the ReLU mask of one activation output, kept from call to call and step to step.
+    """What the tally keeps from call to call and step to step: memory for the deviations or the
+    ReLU mask of one activation output, and which modules' outputs were last measured about a centre.
 
     On the CPU a fresh tensor the size of an activation costs page faults each time (a 128 KiB
     one about as much as the ReLU that made it); a kept one grows to the largest output measured
@@ -108,6 +109,9 @@ class Scratch:
     def __init__(self) -> None:
         self._flat: dict[torch.dtype, Tensor] = {}
         self._views: dict[tuple[torch.Size, torch.dtype], Tensor] = {}
+        # modules whose last output failed the raw-moment test: their next is measured about a
+        # centre first (a saturated layer stays saturated), saving the raw sum and L2 norm
+        self.centred: set[str] = set()
 
     def like(self, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
         """A contiguous tensor of ``x``'s shape, in ``dtype`` (``x``'s by default), its contents undefined."""
@@ -132,6 +136,7 @@ class Scratch:
     def release(self) -> None:
         self._flat.clear()
         self._views.clear()
+        self.centred.clear()
 
 
 class ForwardTally:
@@ -174,12 +179,16 @@ class ForwardTally:
         units = x.shape[unit_dim] if ndim >= 2 else 0
         acc = None if x.dtype in _OWN_ACCUMULATOR else torch.float32
         cpu = _reads_cost_no_wait(x)
-        total = x.sum(dtype=acc) if cpu else None
-        extremes = not (cpu and _finite(total))
-        if extremes:
+        # on the CPU a module whose last output was measured about a centre starts there; its
+        # deviations' sum then says whether the output is finite (finite deviations from a
+        # finite centre are finite outputs; a NaN or an Inf anywhere makes their sum so)
+        centred_first = cpu and name in self._scratch.centred
+        total = x.sum(dtype=acc) if cpu and not centred_first else None
+        extremes = not (total is not None and _finite(total))
+        if extremes and not centred_first:
             self._extremes.extend(torch.aminmax(x))
         deviations = None
-        if not (cpu and self._raw_moments(x, acc, total)):
+        if centred_first or not (cpu and self._raw_moments(x, acc, total)):
             # a centre near the mean, from a few elements (a view: no copy): the last dim of the
             # first row; the extremes' midpoint would do for a saturated layer but not for a
             # ReLU's long tail
@@ -190,7 +199,12 @@ class ForwardTally:
             # the same way and bias the mean (a centre with dims makes the subtraction float32)
             subtracted = center if acc is None else center.reshape((1,) * ndim)
             deviations = torch.sub(x, subtracted, out=self._scratch.like(x, acc))
-            self._moments += [deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc), center]
+            offset, spread = deviations.sum(dtype=acc), torch.linalg.vector_norm(deviations, dtype=acc)
+            self._moments += [offset, spread, center]
+            if centred_first:
+                extremes = self._note_centred(name, x, center, offset, spread)
+            elif cpu:
+                self._scratch.centred.add(name)  # the raw test failed: start about a centre next time
         saturated = dead = None
         if rule.zero_is_off:
             # ReLU: its mask out <= 0 as 0 or 1, written into the deviations' memory (read
@@ -217,6 +231,19 @@ class ForwardTally:
             self._counts.append(torch.count_nonzero(rule.dead(unit_max)))
             dead = MASK
         self.calls.append(_call_info(name, rule, x.numel(), units, saturated, dead, extremes))
+
+    def _note_centred(self, name: str, x: Tensor, center: Tensor, offset: Tensor, spread: Tensor) -> bool:
+        """After measuring about a centre first: whether the output's extremes are needed (its
+        deviations were not finite), and whether the module starts about a centre next time."""
+        n = x.numel()
+        shift, square = float(offset) / n, float(spread) ** 2 / n
+        if not (math.isfinite(shift) and math.isfinite(square)):
+            self._extremes.extend(torch.aminmax(x))
+            return True
+        mean = float(center) + shift
+        if mean * mean <= RAW_MOMENT_RATIO * (square - shift * shift):
+            self._scratch.centred.discard(name)  # no longer dwarfed by the mean: raw sums next time
+        return False
 
     def _raw_moments(self, x: Tensor, acc: torch.dtype | None, total: Tensor) -> bool:
         """On the CPU: keep the sum (``total``) and L2 norm of ``x`` itself (centre 0) where the
