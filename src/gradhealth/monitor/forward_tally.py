@@ -23,8 +23,9 @@ sum is the one that says whether the output is finite) and kept when
 variance's relative error is at most about ``2 (1 + RAW_MOMENT_RATIO)`` = 22 times the larger
 relative rounding of the two sums, which for float32 is about 5e-8 for a sum and 1e-5 for the L2
 norm of two million elements (measured): about 2e-4 of the variance, 1e-4 of the std. A tight
-spread about a large mean fails the test and is measured about a centre. Sums accumulate in
-float32 (float64 for a float64 model).
+spread about a large mean fails the test and is measured about a centre; that module's next
+output starts there (a saturated layer stays saturated), without the two raw sums, until its
+mean no longer dwarfs its spread. Sums accumulate in float32 (float64 for a float64 model).
 
 A ReLU's rules are both read from one mask: its output is off (saturated) where ``out <= 0``,
 and a unit is dead where its largest output is ``<= 0``, that is where every one of its outputs
