@@ -604,10 +604,10 @@ def test_post_clip_norms_reuse_the_gradient_norms_only_while_nothing_touched_the
     assert replaced.layers["head"].grad_norm_post_clip < replaced.layers["head"].grad_norm
 
 
-def test_forward_tally_keeps_each_rule_apart_and_reads_relu_finiteness_from_unit_maxima():
-    # ReLU calls (counted from their units' maxima, reduced once per step) mixed with sigmoid,
-    # leaky ReLU and weight layers, whose extremes and counts are kept per call: every call's
-    # numbers must land on that call
+def test_forward_tally_keeps_each_rule_apart_and_names_the_bad_calls(tally_path):
+    # ReLU calls (counted from their units' counts, reduced once per step) mixed with sigmoid,
+    # leaky ReLU and weight layers, whose extremes (where taken) and counts are kept per call:
+    # every call's numbers must land on that call
     from gradhealth.layers.activations import ACTIVATIONS
     from gradhealth.monitor.forward_tally import ForwardTally, summarize_calls
 
@@ -638,7 +638,8 @@ def test_forward_tally_keeps_each_rule_apart_and_reads_relu_finiteness_from_unit
     tally.add_layer("fc3", relu_all_nan, features_last=True)
     tally.add_activation("relu_all_nan", ACTIVATIONS["relu"], nn.ReLU(), None, relu_all_nan)
     pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
-    stats, bad = summarize_calls(tally.calls, pieces["fwd_extremes"], pieces["act_moments"], pieces["act_counts"])
+    stats, bad = summarize_calls(tally.calls, pieces.get("fwd_extremes", []), pieces["act_moments"],
+                                 pieces.get("act_counts", []))
     assert bad == ["fc2", "relu_bad", "relu_nan", "fc3", "relu_all_nan"]
     assert stats["relu_all_nan"]["nonfinite"] == 1 and stats["relu_all_nan"]["dead_fraction"] == 0.0
     assert stats["relu_a"]["dead_fraction"] == pytest.approx(float((relu_a <= 0).all(0).float().mean()))
@@ -720,7 +721,8 @@ def test_a_tight_spread_about_a_large_mean_keeps_its_digits(elements):
     tally = ForwardTally()
     tally.add_activation("sig", ACTIVATIONS["sigmoid"], nn.Sigmoid(), None, x)
     pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
-    stats, _ = summarize_calls(tally.calls, pieces["fwd_extremes"], pieces["act_moments"], pieces["act_counts"])
+    stats, _ = summarize_calls(tally.calls, pieces.get("fwd_extremes", []), pieces["act_moments"],
+                                 pieces.get("act_counts", []))
     oracle = x.double()
     assert pieces["act_moments"][2] != 0.0  # measured about a centre, not about zero
     assert stats["sig"]["mean"] == pytest.approx(float(oracle.mean()), rel=1e-7)
@@ -739,9 +741,198 @@ def test_relu_moments_taken_about_zero_on_the_cpu_are_within_the_stated_bound(sh
     tally = ForwardTally()
     tally.add_activation("relu", ACTIVATIONS["relu"], nn.ReLU(), None, x)
     pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
-    stats, _ = summarize_calls(tally.calls, pieces["fwd_extremes"], pieces["act_moments"], pieces["act_counts"])
+    stats, _ = summarize_calls(tally.calls, pieces.get("fwd_extremes", []), pieces["act_moments"],
+                                 pieces.get("act_counts", []))
     oracle = x.double()
     assert pieces["act_moments"][2] == 0.0  # about zero
     assert stats["relu"]["mean"] == pytest.approx(float(oracle.mean()), rel=1e-6)
     assert stats["relu"]["std"] == pytest.approx(float(oracle.std(unbiased=False)), rel=1e-4)
     assert stats["relu"]["saturation"] == pytest.approx(float((x == 0).double().mean()), abs=1e-7)
+
+
+def _tally_stats(calls):
+    """Run (name, rule, module, output, features_last) calls through one ForwardTally; its stats and bad calls."""
+    from gradhealth.monitor.forward_tally import ForwardTally, summarize_calls
+
+    tally = ForwardTally()
+    for name, rule, module, out, features_last in calls:
+        if rule is None:
+            tally.add_layer(name, out, features_last=features_last)
+        else:
+            tally.add_activation(name, rule, module, None, out)
+    pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+    return summarize_calls(tally.calls, pieces.get("fwd_extremes", []), pieces.get("act_moments", []),
+                           pieces.get("act_counts", []))
+
+
+@pytest.fixture(params=["cpu path", "device path"])
+def tally_path(request, monkeypatch):
+    """Runs a test on the CPU's way (sums read on the host) and on a device's (no host reads:
+    extremes for every call, moments about a centre), both on CPU tensors."""
+    if request.param == "device path":
+        from gradhealth.monitor import forward_tally
+        monkeypatch.setattr(forward_tally, "_reads_cost_no_wait", lambda x: False)
+    return request.param
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (6, 3, 4, 4), (7,)])
+def test_relu_counts_follow_the_relu_rule_on_any_output(shape, tally_path):
+    # saturated is out <= 0 and dead is a unit whose largest output is <= 0, read from one mask
+    # summed per unit: -0.0 is off, a NaN neither off nor dead, and a ReLU-named module whose
+    # outputs go negative is counted by the same two rules
+    from gradhealth.layers.activations import ACTIVATIONS
+
+    relu = ACTIVATIONS["relu"]
+    g = torch.Generator().manual_seed(0)
+    cases = {}
+    cases["plain"] = torch.relu(torch.randn(*shape, generator=g))
+    signed_zero = torch.relu(torch.randn(*shape, generator=g))
+    signed_zero[signed_zero == 0] = -0.0
+    cases["negative zero"] = signed_zero
+    with_nan = torch.relu(torch.randn(*shape, generator=g))
+    with_nan.view(-1)[[0, 3]] = float("nan")
+    cases["nan"] = with_nan
+    cases["negative outputs"] = torch.randn(*shape, generator=g) - 0.5
+    if len(shape) > 1:
+        dead_unit = torch.relu(torch.randn(*shape, generator=g))
+        dead_unit[:, 1] = 0.0
+        cases["dead unit"] = dead_unit
+    for name, out in cases.items():
+        stats, bad = _tally_stats([(name, relu, nn.ReLU(), out, False)])
+        assert stats[name]["saturation"] == pytest.approx(float(relu.saturated(None, None, out).double().mean()))
+        if len(shape) > 1:
+            unit_max = out.amax(dim=[d for d in range(out.dim()) if d != 1])
+            assert stats[name]["dead_fraction"] == pytest.approx(float(relu.dead(unit_max).double().mean()))
+        else:
+            assert stats[name]["dead_fraction"] is None
+        assert stats[name]["nonfinite"] == int(name == "nan")
+        assert bad == ([name] if name == "nan" else [])
+
+
+def test_relu_counts_stay_exact_past_float32_integers(monkeypatch, tally_path):
+    # a unit with more outputs than float32 counts exactly is counted in float64 (the bound is
+    # lowered here so a small output takes that path)
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor import forward_tally
+
+    monkeypatch.setattr(forward_tally, "_FLOAT32_EXACT", 4)
+    g = torch.Generator().manual_seed(0)
+    out = torch.relu(torch.randn(64, 3, generator=g))
+    out[:, 2] = 0.0
+    stats, _ = _tally_stats([("act", ACTIVATIONS["relu"], nn.ReLU(), out, True)])
+    assert stats["act"]["saturation"] == float((out <= 0).double().mean())
+    assert stats["act"]["dead_fraction"] == pytest.approx(1 / 3)
+
+
+def test_on_the_cpu_a_finite_sum_stands_for_the_extremes(tally_path):
+    # a finite sum says every element is finite, so nothing is kept; a sum that is not finite is
+    # followed by the extremes, which tell an Inf from finite outputs that overflowed the sum
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally
+
+    g = torch.Generator().manual_seed(0)
+    tanh = ACTIVATIONS["tanh"]
+    tally = ForwardTally()
+    tally.add_layer("fc", torch.randn(8, 5, generator=g), features_last=True)
+    tally.add_activation("tanh", tanh, nn.Tanh(), None, torch.tanh(torch.randn(8, 5, generator=g)))
+    # on a device, where a read waits, the extremes are kept for every call
+    assert ("fwd_extremes" in tally.pieces(torch.device("cpu"), torch.float64)) == (tally_path == "device path")
+
+    huge = torch.full((8, 5), 3e37)  # finite, but its float32 sum is past 3.4e38
+    infinite = torch.randn(8, 5, generator=g)
+    infinite[2, 3] = -float("inf")
+    nan = torch.randn(8, 5, generator=g)
+    nan[0, 0] = float("nan")
+    stats, bad = _tally_stats([("huge", None, None, huge, True), ("inf", None, None, infinite, True),
+                               ("act_huge", tanh, nn.Tanh(), huge, True), ("act_nan", tanh, nn.Tanh(), nan, True),
+                               ("fine", None, None, torch.randn(8, 5, generator=g), True)])
+    assert bad == ["inf", "act_nan"]
+    assert stats["act_huge"]["nonfinite"] == 0 and stats["act_nan"]["nonfinite"] == 1
+
+
+def test_kept_scratch_views_give_the_same_counts_across_shapes():
+    # the scratch keeps one view per output shape and grows to the largest output: a small, a
+    # larger, then the small shape again are each counted as a fresh tally counts them
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally, Scratch, summarize_calls
+
+    relu = ACTIVATIONS["relu"]
+    g = torch.Generator().manual_seed(0)
+    outputs = [torch.relu(torch.randn(*s, generator=g)) for s in [(4, 6), (16, 8, 3), (4, 6), (2, 6)]]
+    scratch = Scratch()
+    for out in outputs:
+        tally = ForwardTally(scratch)
+        tally.add_activation("act", relu, nn.ReLU(), None, out)
+        pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+        stats, _ = summarize_calls(tally.calls, [], pieces["act_moments"], pieces["act_counts"])
+        assert stats["act"]["saturation"] == pytest.approx(float((out <= 0).double().mean()))
+        assert stats["act"]["dead_fraction"] == pytest.approx(float((out.amax(0) <= 0).double().mean()))
+        assert stats["act"]["std"] == pytest.approx(float(out.double().std(unbiased=False)), rel=1e-5)
+    assert scratch._flat[torch.float32].numel() == 16 * 8 * 3
+    scratch.release()
+    assert not scratch._flat and not scratch._views
+
+
+@pytest.mark.parametrize("kind", ["sigmoid", "saturated sigmoid", "tanh", "saturated tanh", "relu", "gelu",
+                                  "relu float16"])
+def test_activation_moments_are_within_the_stated_bound_of_float64(kind, tally_path):
+    # mean and std of 2^19 outputs against float64, whichever way the tally takes them (about
+    # zero or about a centre): the std to 1e-4 (the module's bound), the mean to 1e-6 of the std
+    from gradhealth.layers.activations import ACTIVATIONS
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(128, 64, 8, 8, generator=g)
+    out, module = {
+        "sigmoid": (torch.sigmoid(z), nn.Sigmoid()),
+        "saturated sigmoid": (torch.sigmoid(z * 1e-3 + 9.0), nn.Sigmoid()),
+        "tanh": (torch.tanh(z), nn.Tanh()),
+        "saturated tanh": (torch.tanh(z * 1e-2 - 4.0), nn.Tanh()),
+        "relu": (torch.relu(z + 1.0), nn.ReLU()),
+        "gelu": (F.gelu(z), nn.GELU()),
+        "relu float16": (torch.relu(z).half(), nn.ReLU()),
+    }[kind]
+    rule = ACTIVATIONS[kind.split()[-1] if kind != "relu float16" else "relu"]
+    stats, bad = _tally_stats([("act", rule, module, out, False)])
+    oracle = out.double()
+    std = float(oracle.std(unbiased=False))
+    assert bad == []
+    assert stats["act"]["std"] == pytest.approx(std, rel=1e-4)
+    assert stats["act"]["mean"] == pytest.approx(float(oracle.mean()), abs=1e-6 * std)
+
+
+def test_a_module_measured_about_a_centre_starts_there_next_time():
+    # on the CPU a saturated layer's next output skips the raw sums, gives the same numbers, and
+    # its deviations still say whether it is finite; a layer that spreads out goes back to them
+    from gradhealth.layers.activations import ACTIVATIONS
+    from gradhealth.monitor.forward_tally import ForwardTally, Scratch, summarize_calls
+
+    sigmoid = ACTIVATIONS["sigmoid"]
+    g = torch.Generator().manual_seed(0)
+    saturated = torch.sigmoid(torch.randn(64, 32, generator=g) * 1e-2 + 6.0)
+    spread = torch.sigmoid(torch.randn(64, 32, generator=g))
+    with_nan = saturated.clone()
+    with_nan[5, 7] = float("nan")
+    scratch = Scratch()
+
+    def measure(out):
+        tally = ForwardTally(scratch)
+        tally.add_activation("sig", sigmoid, nn.Sigmoid(), None, out)
+        pieces = {k: v.tolist() for k, v in tally.pieces(torch.device("cpu"), torch.float64).items()}
+        stats, bad = summarize_calls(tally.calls, pieces.get("fwd_extremes", []), pieces["act_moments"],
+                                     pieces["act_counts"])
+        return stats["sig"], bad, pieces["act_moments"][2], "sig" in scratch.centred
+
+    first, _, first_centre, kept = measure(saturated)
+    assert first_centre != 0.0 and kept
+    again, bad, centre, kept = measure(saturated)
+    assert again == first and bad == [] and centre == first_centre and kept
+    _, bad, _, kept = measure(with_nan)
+    assert bad == ["sig"] and kept
+    huge = torch.full((64, 32), -3e37)
+    huge[0] = 3e37  # the centre: every other deviation is -6e37, finite, and their sum is not
+    stats, bad, _, kept = measure(huge)
+    assert bad == [] and stats["nonfinite"] == 0 and kept
+    stats, _, centre, kept = measure(spread)
+    assert stats["std"] == pytest.approx(float(spread.double().std(unbiased=False)), rel=1e-5) and not kept
+    _, _, centre, _ = measure(spread)
+    assert centre == 0.0  # about zero again
