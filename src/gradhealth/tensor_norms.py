@@ -249,10 +249,13 @@ class ShapeGroups:
             floor = self._floors[lost] = _underflow_floor(self.numel, lost)
         return floor
 
-    # stacking into the buffer (out=) records no graph, so tensors that require grad measure too
-    @torch.no_grad()
     def norms(self, tensors: Sequence[Tensor]) -> Tensor:
         """The float32 norm of every tensor, in order; ``ShapesChanged`` where a shape is not the plan's."""
+        if torch.is_grad_enabled():
+            # writing into the buffer (out=) must record no graph, so tensors that require grad
+            # measure too (the monitor measures with gradients off already: no second context)
+            with torch.no_grad():
+                return self.norms(tensors)
         if not self._chunks:
             if [t.shape for t in tensors] != self.shapes:
                 raise ShapesChanged
