@@ -51,7 +51,8 @@ FLOAT32_MAX = torch.finfo(torch.float32).max
 # On the CPU a fused norm runs one kernel per tensor (a few microseconds of dispatch each): small
 # tensors of one shape (a transformer's blocks repeat theirs) are stacked, a chunk at a time, into
 # one kept buffer and measured by one kernel per chunk, where the copy costs less than the
-# dispatches it saves. The buffer (at most 2**16 elements, 256 KiB) stays in cache.
+# dispatches it saves. The buffer (at most 2**16 elements, 256 KiB) stays in cache; a model whose
+# stacked tensors are fewer than that keeps a buffer of their size and stacks each shape at once.
 GROUPED_MAX_ELEMENTS = 4096
 GROUPED_MIN_TENSORS = 4
 GROUPED_BUFFER_ELEMENTS = 1 << 16
@@ -209,11 +210,10 @@ class ShapeGroups:
         groups = [positions for positions in by_shape.values() if len(positions) >= GROUPED_MIN_TENSORS]
         grouped = {i for positions in groups for i in positions}
         singles = [i for i in range(len(shapes)) if i not in grouped]
-        # the buffer: a chunk of the largest shape at least, and no more than an eighth of the
-        # grouped tensors (a small model's norms keep no copy of it)
+        # the buffer: as large as the grouped tensors (so a small model's take one chunk a shape)
+        # up to 2**16 elements, at least one tensor of each shape (at most 4096 elements)
         total = sum(shapes[positions[0]].numel() * len(positions) for positions in groups)
-        largest = max((shapes[positions[0]].numel() for positions in groups), default=0)
-        size = min(GROUPED_BUFFER_ELEMENTS, max(largest, total // 8))
+        size = min(GROUPED_BUFFER_ELEMENTS, total)
         self._buffer = torch.empty(size if groups else 0, dtype=torch.float32)
         # every norm lands here, chunk after chunk and then the others: no list of results to
         # stack or concatenate
@@ -225,7 +225,9 @@ class ShapeGroups:
         measured: list[int] = []
         for positions in groups:
             shape = shapes[positions[0]]
-            per = max(1, size // shape.numel())
+            # as few chunks as the buffer allows, of even sizes: no chunk of one tensor left over
+            count = -(-len(positions) // (size // shape.numel()))
+            per = -(-len(positions) // count)
             for start in range(0, len(positions), per):
                 chunk = positions[start:start + per]
                 stacked = self._buffer[:len(chunk) * shape.numel()].view(len(chunk), *shape)
