@@ -289,6 +289,16 @@ def test_small_tensors_of_one_shape_are_measured_stacked_in_their_own_order(monk
                 assert value == pytest.approx(exact, rel=FLOAT32_REL)
 
 
+def test_many_small_tensors_of_one_shape_are_measured_in_chunks_of_two_or_more():
+    # 49 tensors of 4096 elements fill the 2**16-element buffer 16 at a time: four chunks, none of one
+    g = torch.Generator().manual_seed(10)
+    scales = [1.0, 1e-30, 1e25, 0.0, 1e-3]
+    tensors = [torch.randn(64, 64, generator=g) * scales[i % len(scales)] for i in range(49)]
+    plan = tensor_norms.ShapeGroups([t.shape for t in tensors])
+    assert sorted(len(stacked) for _, _, stacked, _, _ in plan._chunks) == [12, 12, 12, 13]
+    _assert_exact_norms(tensors, fused_norms(tensors, ScaledScratch()).tolist())
+
+
 def test_stacked_small_tensors_that_require_grad_are_measured_too():
     tensors = [torch.randn(4, 4, requires_grad=True) for _ in range(6)]
     got = fused_norms(tensors, ScaledScratch()).tolist()

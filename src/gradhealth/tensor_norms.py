@@ -225,11 +225,14 @@ class ShapeGroups:
         measured: list[int] = []
         for positions in groups:
             shape = shapes[positions[0]]
-            # as few chunks as the buffer allows, of even sizes: no chunk of one tensor left over
+            # as few chunks as the buffer allows, their sizes a tensor apart at most: no chunk of
+            # one tensor left over (of 4 or more, each chunk holds 2 at least)
             count = -(-len(positions) // (size // shape.numel()))
-            per = -(-len(positions) // count)
-            for start in range(0, len(positions), per):
-                chunk = positions[start:start + per]
+            per, larger = divmod(len(positions), count)
+            start = 0
+            for c in range(count):
+                chunk = positions[start:start + per + (c < larger)]
+                start += len(chunk)
                 stacked = self._buffer[:len(chunk) * shape.numel()].view(len(chunk), *shape)
                 norms = self._measured[len(measured):len(measured) + len(chunk)]
                 self._chunks.append((_picker(chunk), shape, stacked, stacked.view(len(chunk), -1), norms))
