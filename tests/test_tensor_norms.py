@@ -101,6 +101,22 @@ def test_a_norm_shrunk_by_flushed_squares_is_measured_again_where_the_cpu_flushe
     assert got == pytest.approx(float(torch.linalg.vector_norm(t.double())), rel=FLOAT32_REL, abs=0.0)
 
 
+@pytest.mark.parametrize("scratch", [None, ScaledScratch()], ids=["fresh memory", "kept scratch"])
+@pytest.mark.parametrize("outlier", ["overflows", "underflows", "nan"])
+def test_one_norm_float32_cannot_hold_among_healthy_ones_is_measured_exactly(outlier, scratch):
+    # the others would all be trusted: the one outlier alone must turn the measurement its way
+    g = torch.Generator().manual_seed(11)
+    odd = {"overflows": torch.full((1000,), 1e20), "underflows": torch.full((1000,), 1e-25),
+           "nan": torch.tensor([1.0, math.nan])}[outlier]
+    tensors = [torch.randn(100, generator=g), odd, torch.randn(8, 8, generator=g)]
+    got = fused_norms(tensors, scratch).tolist()
+    if outlier == "nan":
+        assert math.isnan(got[1])
+        _assert_exact_norms(tensors[::2], got[::2])
+    else:
+        _assert_exact_norms(tensors, got)
+
+
 def test_nan_and_inf_come_out_as_float64_says():
     tensors = [torch.tensor([1.0, float("inf")]), torch.tensor([-float("inf"), 1e-30]),
                torch.tensor([float("nan"), float("inf")]), torch.tensor([1e-30, float("nan")])]

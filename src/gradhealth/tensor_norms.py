@@ -245,14 +245,14 @@ class ShapeGroups:
         self._order = torch.empty(len(shapes), dtype=torch.long)
         self._order[torch.tensor(measured, dtype=torch.long)] = torch.arange(len(shapes))
         self.numel = torch.tensor([shape.numel() for shape in shapes], dtype=NORM_DTYPE)
-        self._floors: dict[float, Tensor] = {}
+        self._trusted: dict[float, tuple[Tensor, Tensor]] = {}
 
-    def underflow_floor(self, lost: float) -> Tensor:
-        """Per tensor, the smallest square of a float32 norm trusted where each square loses up to ``lost``."""
-        floor = self._floors.get(lost)
-        if floor is None:
-            floor = self._floors[lost] = _underflow_floor(self.numel, lost)
-        return floor
+    def trust_range(self, lost: float) -> tuple[Tensor, Tensor]:
+        """``_trust_range`` of these tensors, kept."""
+        bounds = self._trusted.get(lost)
+        if bounds is None:
+            bounds = self._trusted[lost] = _trust_range(self.numel, lost)
+        return bounds
 
     def norms(self, tensors: Sequence[Tensor]) -> Tensor:
         """The float32 norm of every tensor, in order; ``ShapesChanged`` where a shape is not the plan's."""
@@ -279,10 +279,12 @@ class ShapeGroups:
         return self._measured[self._order]
 
 
-def _underflow_floor(numel: Tensor, lost: float) -> Tensor:
-    """Per tensor of ``numel`` elements, the smallest square of a float32 norm trusted where each
-    square loses up to ``lost``: a million times what they can lose together."""
-    return numel * (lost * UNDERFLOW_MARGIN)
+def _trust_range(numel: Tensor, lost: float) -> tuple[Tensor, Tensor]:
+    """Per tensor of ``numel`` elements, the least and the most square of a float32 norm trusted
+    where each square loses up to ``lost`` to underflow: a million times what they can lose
+    together, and float32's largest squared (no finite float32 norm squares past it; inf does)."""
+    floor = numel * (lost * UNDERFLOW_MARGIN)
+    return floor, torch.full_like(floor, FLOAT32_MAX * FLOAT32_MAX)
 
 
 def fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None = None) -> Tensor:
@@ -321,24 +323,23 @@ def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor
         if kept:
             # stacked by shape only with a kept scratch: the grouping is worked out once for many calls
             first32, groups = scratch.float32_norms(plain_tensors)
-            floor = groups.underflow_floor
+            trust_range = groups.trust_range
         else:
             first32 = torch.stack(torch._foreach_norm(plain_tensors, 2.0))
             numel = torch.tensor([t.numel() for t in plain_tensors], dtype=NORM_DTYPE)
-            floor = lambda loss: _underflow_floor(numel, loss)  # noqa: E731
+            trust_range = lambda loss: _trust_range(numel, loss)  # noqa: E731
         first = first32.to(NORM_DTYPE)
         squares = first.square()
-        # finite: no float32 norm squares past float32's largest squared (nan compares false), in
-        # one kernel where isfinite takes four
-        finite = squares <= FLOAT32_MAX * FLOAT32_MAX
         if lost is None:
             # trusted against the most a square can lose (flushed to zero) whatever the CPU's mode:
-            # the usual call, which needs no probe of the kernel
-            if bool((finite & (squares >= floor(FLOAT32_SMALLEST_NORMAL))).all()):
+            # the usual call, which needs no probe of the kernel. In two kernels: a square clamped
+            # into its range and left as it was is in it (nan equals nothing; inf is clamped)
+            if torch.equal(squares.clamp(*trust_range(FLOAT32_SMALLEST_NORMAL)), squares):
                 scratch.remember(len(tensors), {})
                 return first
             lost = _square_underflow_loss()
-        trusted = finite & (squares >= floor(lost))
+        floor, ceiling = trust_range(lost)
+        trusted = (squares >= floor) & (squares <= ceiling)
         # on the CPU this reads memory the norms are already in: no device transfer
         bad = (~trusted).nonzero().flatten().tolist()
         bad_norms = first[bad].tolist() if bad else []
