@@ -406,6 +406,18 @@ def test_a_kept_plan_with_nothing_stacked_follows_a_tensor_that_grows():
         _assert_exact_norms(tensors, fused_norms(tensors, scratch).tolist())
 
 
+@pytest.mark.parametrize("first_inside", [True, False], ids=["inference mode first", "inference mode later"])
+def test_a_kept_scratch_serves_calls_inside_and_outside_inference_mode(first_inside):
+    # stacked small tensors and a vanishing one (its scaled copy): every kept buffer is written
+    g = torch.Generator().manual_seed(12)
+    tensors = [torch.randn(8, 8, generator=g) for _ in range(6)] + [torch.full((500,), 1e-30)]
+    scratch = ScaledScratch()
+    for inside in (first_inside, not first_inside, first_inside):
+        with torch.inference_mode(inside):
+            got = fused_norms([t.clone() for t in tensors], scratch).tolist()
+        _assert_exact_norms(tensors, got)
+
+
 def test_the_gradients_of_a_model_whose_parameters_change_dtype_are_measured_in_their_own():
     # model.double() keeps the same Parameter objects: their gradients come back float64
     torch.manual_seed(8)

@@ -141,10 +141,13 @@ class ScaledScratch:
         """A float32 tensor shaped like ``t`` in the kept memory (grown when ``t`` is larger)."""
         view = self._views.get(t.shape)
         if view is None:
-            if self._flat.numel() < t.numel():
-                self._flat = torch.empty(t.numel(), dtype=torch.float32, device="cpu")
-                self._views.clear()
-            view = self._views[t.shape] = self._flat[:t.numel()].view(t.shape)
+            # kept memory is written again by later calls, inside inference mode or not: made
+            # outside it (an inference tensor may not be written outside inference mode)
+            with torch.inference_mode(False):
+                if self._flat.numel() < t.numel():
+                    self._flat = torch.empty(t.numel(), dtype=torch.float32, device="cpu")
+                    self._views.clear()
+                view = self._views[t.shape] = self._flat[:t.numel()].view(t.shape)
         return view
 
     def exponents_for(self, count: int) -> dict[int, int | None]:
@@ -173,7 +176,8 @@ class ScaledScratch:
                 # stacked at all, e.g. a sparse one (the plan stands: the caller's fallback)
                 if [t.shape for t in tensors] == groups.shapes:
                     raise
-        groups = self._groups = ShapeGroups([t.shape for t in tensors])
+        with torch.inference_mode(False):  # its buffers are kept memory, as in ``like``
+            groups = self._groups = ShapeGroups([t.shape for t in tensors])
         return groups.norms(tensors), groups
 
 
