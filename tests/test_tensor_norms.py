@@ -87,6 +87,36 @@ def test_float32_norms_stay_exact_where_the_cpu_flushes_subnormal_results_to_zer
         assert got == pytest.approx(exact, rel=FLOAT32_REL, abs=0.0), name
 
 
+def test_a_norm_shrunk_by_flushed_squares_is_measured_again_where_the_cpu_flushes_them():
+    # 1000 squares of 1e-42 (subnormal) are 1e-3 of this norm's square: kept where subnormal
+    # results survive, so there its float32 norm is trusted; flushed to zero, they are lost
+    t = torch.full((1000,), 1e-21)
+    t[0] = 1e-18
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormal numbers")
+    try:
+        got = fused_norms([torch.randn(10), t], ScaledScratch()).tolist()[1]
+    finally:
+        torch.set_flush_denormal(False)
+    assert got == pytest.approx(float(torch.linalg.vector_norm(t.double())), rel=FLOAT32_REL, abs=0.0)
+
+
+@pytest.mark.parametrize("scratch", [None, ScaledScratch()], ids=["fresh memory", "kept scratch"])
+@pytest.mark.parametrize("outlier", ["overflows", "underflows", "nan"])
+def test_one_norm_float32_cannot_hold_among_healthy_ones_is_measured_exactly(outlier, scratch):
+    # the others would all be trusted: the one outlier alone must turn the measurement its way
+    g = torch.Generator().manual_seed(11)
+    odd = {"overflows": torch.full((1000,), 1e20), "underflows": torch.full((1000,), 1e-25),
+           "nan": torch.tensor([1.0, math.nan])}[outlier]
+    tensors = [torch.randn(100, generator=g), odd, torch.randn(8, 8, generator=g)]
+    got = fused_norms(tensors, scratch).tolist()
+    if outlier == "nan":
+        assert math.isnan(got[1])
+        _assert_exact_norms(tensors[::2], got[::2])
+    else:
+        _assert_exact_norms(tensors, got)
+
+
 def test_nan_and_inf_come_out_as_float64_says():
     tensors = [torch.tensor([1.0, float("inf")]), torch.tensor([-float("inf"), 1e-30]),
                torch.tensor([float("nan"), float("inf")]), torch.tensor([1e-30, float("nan")])]
@@ -275,7 +305,160 @@ def test_small_tensors_of_one_shape_are_measured_stacked_in_their_own_order(monk
                 assert value == pytest.approx(exact, rel=FLOAT32_REL)
 
 
+def test_many_small_tensors_of_one_shape_are_measured_in_chunks_of_two_or_more():
+    # 49 tensors of 4096 elements fill the 2**16-element buffer 16 at a time: four chunks, none of one
+    g = torch.Generator().manual_seed(10)
+    scales = [1.0, 1e-30, 1e25, 0.0, 1e-3]
+    tensors = [torch.randn(64, 64, generator=g) * scales[i % len(scales)] for i in range(49)]
+    plan = tensor_norms.ShapeGroups([t.shape for t in tensors])
+    assert sorted(len(stacked) for _, _, stacked, _, _ in plan._chunks) == [12, 12, 12, 13]
+    _assert_exact_norms(tensors, fused_norms(tensors, ScaledScratch()).tolist())
+
+
 def test_stacked_small_tensors_that_require_grad_are_measured_too():
     tensors = [torch.randn(4, 4, requires_grad=True) for _ in range(6)]
     got = fused_norms(tensors, ScaledScratch()).tolist()
     assert got == pytest.approx([float(torch.linalg.vector_norm(t.detach().double())) for t in tensors], rel=FLOAT32_REL)
+
+
+def _assert_exact_norms(tensors: list[torch.Tensor], got: list[float]) -> None:
+    """float32 tensors within float32's accumulation error of the float64 oracle; a list with any
+    other dtype is measured in float64 throughout, so within float64's rounding."""
+    rel = FLOAT32_REL if all(t.dtype == torch.float32 for t in tensors) else 1e-12
+    for i, (t, value) in enumerate(zip(tensors, got)):
+        dense = t.to_dense() if t.is_sparse else t
+        assert value == pytest.approx(float(torch.linalg.vector_norm(dense.double())), rel=rel, abs=0.0), i
+
+
+def _grads_like_a_model(g: torch.Generator) -> list[torch.Tensor]:
+    """Repeated blocks' small shapes (stacked by shape) around a few large or unique ones."""
+    shapes = [(300, 20)] + [(8, 16), (16,), (16, 16)] * 6 + [(5,), (7, 3)]
+    return [torch.randn(*shape, generator=g) for shape in shapes]
+
+
+def test_a_kept_plan_measures_fresh_tensors_of_the_same_shapes_without_working_it_out_again(monkeypatch):
+    plans = []
+    real_init = tensor_norms.ShapeGroups.__init__
+
+    def counted_init(self, shapes):
+        plans.append(len(shapes))
+        real_init(self, shapes)
+
+    monkeypatch.setattr(tensor_norms.ShapeGroups, "__init__", counted_init)
+    g = torch.Generator().manual_seed(6)
+    scratch = ScaledScratch()
+    for _ in range(3):  # new tensors each call, as a training step's new gradients
+        tensors = _grads_like_a_model(g)
+        _assert_exact_norms(tensors, fused_norms(tensors, scratch).tolist())
+    assert plans == [len(tensors)]
+
+
+def _changed(tensors: list[torch.Tensor], change: str) -> list[torch.Tensor]:
+    out = [t.clone() for t in tensors]
+    if change == "a stacked tensor changes shape":
+        out[1] = torch.randn(4, 32)  # its chunk's other tensors keep (8, 16)
+    elif change == "the first stacked tensor changes shape":
+        out[1] = torch.randn(16, 8)
+    elif change == "every stacked tensor of a shape changes it alike":
+        out = [torch.randn(4, 16) if t.shape == (8, 16) else t for t in out]
+    elif change == "a tensor measured alone grows, its squares underflowing":
+        # only its new size says its float32 norm is not to be trusted: 50,000 squares lost to
+        # underflow, 3e-5 of the sum (its old size, 5, would have trusted it)
+        out[-2] = torch.full((50_000,), 2.5e-23)
+        out[-2][0] = 1e-18
+    elif change == "a tensor becomes float64":
+        out[2] = out[2].double()
+    elif change == "every tensor becomes half precision":
+        out = [t.half() for t in out]
+    elif change == "a tensor drops out (no gradient)":
+        del out[3]
+    elif change == "one drops out and another takes its place":
+        del out[3]
+        out.append(torch.randn(9, 9))
+    elif change == "a stacked tensor becomes sparse":
+        out[1] = out[1].to_sparse()
+    return out
+
+
+@pytest.mark.parametrize("change", [
+    "a stacked tensor changes shape", "the first stacked tensor changes shape",
+    "every stacked tensor of a shape changes it alike", "a tensor measured alone grows, its squares underflowing",
+    "a tensor becomes float64", "every tensor becomes half precision", "a tensor drops out (no gradient)",
+    "one drops out and another takes its place", "a stacked tensor becomes sparse"])
+def test_a_kept_plan_follows_tensors_that_change_between_calls(change):
+    g = torch.Generator().manual_seed(7)
+    before = _grads_like_a_model(g)
+    after = _changed(before, change)
+    scratch = ScaledScratch()
+    fused_norms(before, scratch)
+    for tensors in (after, after, before):  # the change, the call after it, and back again
+        _assert_exact_norms(tensors, fused_norms(tensors, scratch).tolist())
+
+
+def test_a_kept_plan_with_nothing_stacked_follows_a_tensor_that_grows():
+    g = torch.Generator().manual_seed(9)
+    before = [torch.randn(300, generator=g), torch.randn(5, generator=g)]
+    grown = torch.full((50_000,), 2.5e-23)  # as in the stacked case above: only its size says so
+    grown[0] = 1e-18
+    scratch = ScaledScratch()
+    fused_norms(before, scratch)
+    for tensors in ([before[0], grown], [before[0], grown], before):
+        _assert_exact_norms(tensors, fused_norms(tensors, scratch).tolist())
+
+
+@pytest.mark.parametrize("first_inside", [True, False], ids=["inference mode first", "inference mode later"])
+def test_a_kept_scratch_serves_calls_inside_and_outside_inference_mode(first_inside):
+    # stacked small tensors and a vanishing one (its scaled copy): every kept buffer is written
+    g = torch.Generator().manual_seed(12)
+    tensors = [torch.randn(8, 8, generator=g) for _ in range(6)] + [torch.full((500,), 1e-30)]
+    scratch = ScaledScratch()
+    for inside in (first_inside, not first_inside, first_inside):
+        with torch.inference_mode(inside):
+            got = fused_norms([t.clone() for t in tensors], scratch).tolist()
+        _assert_exact_norms(tensors, got)
+
+
+def test_the_gradients_of_a_model_whose_parameters_change_dtype_are_measured_in_their_own():
+    # model.double() keeps the same Parameter objects: their gradients come back float64
+    torch.manual_seed(8)
+    model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(6)])
+    x = torch.randn(4, 8)
+    scratch = ScaledScratch()
+    for dtype in (torch.float32, torch.float64, torch.float32):
+        model.to(dtype)
+        model.zero_grad(set_to_none=True)
+        model(x.to(dtype)).square().sum().backward()
+        grads = [p.grad for p in model.parameters()]
+        assert {g.dtype for g in grads} == {dtype}
+        _assert_exact_norms(grads, fused_norms(grads, scratch).tolist())
+
+
+def test_the_underflow_probe_is_read_only_where_a_norm_is_not_trusted_without_it(monkeypatch):
+    probes = []
+    real_probe = tensor_norms._square_underflow_loss
+
+    def probe():
+        probes.append(1)
+        return real_probe()
+
+    scaled_reads = []
+    real_mul = torch.mul
+
+    def mul(t, *args, **kwargs):
+        scaled_reads.append(t)
+        return real_mul(t, *args, **kwargs)
+
+    monkeypatch.setattr(tensor_norms, "_square_underflow_loss", probe)
+    monkeypatch.setattr(torch, "mul", mul)
+    scratch = ScaledScratch()
+    healthy = [torch.randn(100), torch.randn(10, 10)]
+    fused_norms(healthy, scratch)
+    assert probes == []
+    # a square of 1e-33 over 1000 elements: trusted where subnormal squares survive (this CPU's
+    # default), not where they could be flushed: the probe decides, and nothing is re-measured
+    small = torch.full((1000,), 1e-18)
+    assert tensor_norms._square_underflow_loss() == tensor_norms.SUBNORMAL_ROUNDING
+    probes.clear()
+    got = fused_norms([torch.randn(100), small], scratch).tolist()
+    assert probes == [1] and scaled_reads == []
+    assert got[1] == pytest.approx(float(torch.linalg.vector_norm(small.double())), rel=FLOAT32_REL)

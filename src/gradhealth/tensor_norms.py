@@ -8,6 +8,8 @@ once.
 from __future__ import annotations
 
 import math
+import operator
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -49,7 +51,8 @@ FLOAT32_MAX = torch.finfo(torch.float32).max
 # On the CPU a fused norm runs one kernel per tensor (a few microseconds of dispatch each): small
 # tensors of one shape (a transformer's blocks repeat theirs) are stacked, a chunk at a time, into
 # one kept buffer and measured by one kernel per chunk, where the copy costs less than the
-# dispatches it saves. The buffer (at most 2**16 elements, 256 KiB) stays in cache.
+# dispatches it saves. The buffer (at most 2**16 elements, 256 KiB) stays in cache; a model whose
+# stacked tensors are fewer than that keeps a buffer of their size and stacks each shape at once.
 GROUPED_MAX_ELEMENTS = 4096
 GROUPED_MIN_TENSORS = 4
 GROUPED_BUFFER_ELEMENTS = 1 << 16
@@ -78,9 +81,13 @@ def _square_underflow_loss() -> float:
     return SUBNORMAL_ROUNDING if float(norm) == 4 * _PROBE else FLOAT32_SMALLEST_NORMAL
 
 
+_dtype_of = operator.attrgetter("dtype")
+
+
 def _float32_on_cpu(tensors: list[Tensor]) -> bool:
     """Whether every tensor is float32 in CPU memory: there float32 passes are the fast ones."""
-    return tensors[0].device.type == "cpu" and all(t.dtype == torch.float32 for t in tensors)
+    # read on every call, so counted in C: one attribute read a tensor, no Python frame
+    return tensors[0].is_cpu and operator.countOf(map(_dtype_of, tensors), torch.float32) == len(tensors)
 
 
 def _plain(t: Tensor, modulus: bool) -> Tensor:
@@ -119,7 +126,8 @@ class ScaledScratch:
     tensors needed scaling last time, with their powers of two: gradients vanish or explode over
     many steps, so the next call measures those scaled at once and reads each tensor once. A
     tensor that was all zeros (an update too small to change any weight) is remembered as such,
-    and the next call reads only its largest |element|.
+    and the next call reads only its largest |element|. And how to measure tensors of the shapes
+    seen last time (``ShapeGroups``), worked out once for every call that sees them again.
     """
 
     def __init__(self) -> None:
@@ -127,19 +135,19 @@ class ScaledScratch:
         self._views: dict[torch.Size, Tensor] = {}
         self._count = -1
         self._exponents: dict[int, int | None] = {}
-        self._counts: list[int] = []
-        self._numel = torch.zeros(0, dtype=NORM_DTYPE)
-        self._shapes: list[torch.Size] = []
-        self._groups = ShapeGroups([])
+        self._groups: ShapeGroups | None = None
 
     def like(self, t: Tensor) -> Tensor:
         """A float32 tensor shaped like ``t`` in the kept memory (grown when ``t`` is larger)."""
         view = self._views.get(t.shape)
         if view is None:
-            if self._flat.numel() < t.numel():
-                self._flat = torch.empty(t.numel(), dtype=torch.float32, device="cpu")
-                self._views.clear()
-            view = self._views[t.shape] = self._flat[:t.numel()].view(t.shape)
+            # kept memory is written again by later calls, inside inference mode or not: made
+            # outside it (an inference tensor may not be written outside inference mode)
+            with torch.inference_mode(False):
+                if self._flat.numel() < t.numel():
+                    self._flat = torch.empty(t.numel(), dtype=torch.float32, device="cpu")
+                    self._views.clear()
+                view = self._views[t.shape] = self._flat[:t.numel()].view(t.shape)
         return view
 
     def exponents_for(self, count: int) -> dict[int, int | None]:
@@ -154,62 +162,133 @@ class ScaledScratch:
     def remember(self, count: int, exponents: dict[int, int | None]) -> None:
         self._count, self._exponents = count, exponents
 
-    def float32_norms(self, tensors: list[Tensor]) -> Tensor:
-        """The float32 norm of every float32 CPU tensor, in order (small ones of one shape stacked)."""
-        shapes = [t.shape for t in tensors]
-        if shapes != self._shapes:
-            self._shapes, self._groups = shapes, ShapeGroups(shapes)
-        return self._groups.norms(tensors)
+    def float32_norms(self, tensors: list[Tensor]) -> tuple[Tensor, ShapeGroups]:
+        """The float32 norm of every float32 CPU tensor, in order, and the plan that measured them
+        (which knows their sizes)."""
+        groups = self._groups
+        if groups is not None and len(tensors) == len(groups.shapes):
+            try:
+                return groups.norms(tensors), groups
+            except ShapesChanged:
+                pass
+            except RuntimeError:
+                # a chunk's tensors no longer share a shape (a new plan), or a tensor cannot be
+                # stacked at all, e.g. a sparse one (the plan stands: the caller's fallback)
+                if [t.shape for t in tensors] == groups.shapes:
+                    raise
+        with torch.inference_mode(False):  # its buffers are kept memory, as in ``like``
+            groups = self._groups = ShapeGroups([t.shape for t in tensors])
+        return groups.norms(tensors), groups
 
-    def numel_of(self, tensors: list[Tensor]) -> Tensor:
-        """The element count of every tensor as a float64 vector, kept while the counts stay the same."""
-        counts = [t.numel() for t in tensors]
-        if counts != self._counts:
-            # building the tensor from a list costs more than comparing the list with the last one
-            self._counts, self._numel = counts, torch.tensor(counts, dtype=NORM_DTYPE)
-        return self._numel
+
+class ShapesChanged(Exception):
+    """A tensor no longer has the shape its ``ShapeGroups`` plan was made for."""
+
+
+def _picker(positions: list[int]) -> Callable[[Sequence[Tensor]], tuple[Tensor, ...]]:
+    """Picks the tensors at ``positions`` out of a list, as a tuple, in one C call."""
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda tensors: (tensors[only],)
+    return operator.itemgetter(*positions)
 
 
 class ShapeGroups:
-    """The small tensors of a list grouped by shape, measured a stacked chunk at a time."""
+    """How to measure float32 CPU tensors of the given shapes: the small tensors grouped by shape,
+    measured a stacked chunk at a time, and the others one kernel each.
+
+    Worked out once for many calls (the monitor measures the same parameters every step), so a
+    call reads no list of shapes, sizes or positions: every norm is written in place into one
+    vector, and the plan is checked as it goes, exactly and cheaply. Stacking refuses tensors of
+    different shapes, so the first tensor of a chunk is compared with the plan and the stack
+    checks the rest; the tensors measured one by one (large ones and shapes of their own: few)
+    are compared one by one. Their dtype and device are the caller's to check.
+    """
 
     def __init__(self, shapes: list[torch.Size]) -> None:
+        self.shapes = shapes
         by_shape: dict[torch.Size, list[int]] = {}
         for i, shape in enumerate(shapes):
             if 0 < shape.numel() <= GROUPED_MAX_ELEMENTS:
                 by_shape.setdefault(shape, []).append(i)
         groups = [positions for positions in by_shape.values() if len(positions) >= GROUPED_MIN_TENSORS]
         grouped = {i for positions in groups for i in positions}
-        self.singles = [i for i in range(len(shapes)) if i not in grouped]
-        # the buffer: a chunk of the largest shape at least, and no more than an eighth of the
-        # grouped tensors (a small model's norms keep no copy of it)
+        singles = [i for i in range(len(shapes)) if i not in grouped]
+        # the buffer: as large as the grouped tensors (so a small model's take one chunk a shape)
+        # up to 2**16 elements, at least one tensor of each shape (at most 4096 elements)
         total = sum(shapes[positions[0]].numel() * len(positions) for positions in groups)
-        largest = max((shapes[positions[0]].numel() for positions in groups), default=0)
-        size = min(GROUPED_BUFFER_ELEMENTS, max(largest, total // 8))
-        self.chunks: list[tuple[list[int], torch.Size]] = []
+        size = min(GROUPED_BUFFER_ELEMENTS, total)
+        self._buffer = torch.empty(size if groups else 0, dtype=torch.float32)
+        # every norm lands here, chunk after chunk and then the others: no list of results to
+        # stack or concatenate
+        self._measured = torch.empty(len(shapes), dtype=torch.float32)
+        # per chunk: its picker, its shape, its place in the buffer (stacked, and one row a
+        # tensor) and its place among the norms
+        self._chunks: list[tuple[Callable[[Sequence[Tensor]], tuple[Tensor, ...]], torch.Size, Tensor, Tensor,
+                                 Tensor]] = []
+        measured: list[int] = []
         for positions in groups:
             shape = shapes[positions[0]]
-            per = max(1, size // shape.numel())
-            self.chunks.extend((positions[s:s + per], shape) for s in range(0, len(positions), per))
-        self._buffer = torch.empty(size if groups else 0, dtype=torch.float32)
-        measured = [i for chunk, _ in self.chunks for i in chunk] + self.singles
-        # where each tensor's norm lands among the concatenated results, in the tensors' own order
-        self.order = torch.empty(len(shapes), dtype=torch.long)
-        self.order[torch.tensor(measured, dtype=torch.long)] = torch.arange(len(shapes))
+            # as few chunks as the buffer allows, their sizes a tensor apart at most: no chunk of
+            # one tensor left over (of 4 or more, each chunk holds 2 at least)
+            count = -(-len(positions) // (size // shape.numel()))
+            per, larger = divmod(len(positions), count)
+            start = 0
+            for c in range(count):
+                chunk = positions[start:start + per + (c < larger)]
+                start += len(chunk)
+                stacked = self._buffer[:len(chunk) * shape.numel()].view(len(chunk), *shape)
+                norms = self._measured[len(measured):len(measured) + len(chunk)]
+                self._chunks.append((_picker(chunk), shape, stacked, stacked.view(len(chunk), -1), norms))
+                measured.extend(chunk)
+        self._single_norms = self._measured[len(measured):]
+        self._pick_singles = _picker(singles) if singles else None
+        self._single_shapes = [shapes[i] for i in singles]
+        measured.extend(singles)
+        # where each tensor's norm lands among the measured, in the tensors' own order
+        self._order = torch.empty(len(shapes), dtype=torch.long)
+        self._order[torch.tensor(measured, dtype=torch.long)] = torch.arange(len(shapes))
+        self.numel = torch.tensor([shape.numel() for shape in shapes], dtype=NORM_DTYPE)
+        self._trusted: dict[float, tuple[Tensor, Tensor]] = {}
 
-    # stacking into the buffer (out=) records no graph, so tensors that require grad measure too
-    @torch.no_grad()
-    def norms(self, tensors: list[Tensor]) -> Tensor:
-        if not self.chunks:
+    def trust_range(self, lost: float) -> tuple[Tensor, Tensor]:
+        """``_trust_range`` of these tensors, kept."""
+        bounds = self._trusted.get(lost)
+        if bounds is None:
+            bounds = self._trusted[lost] = _trust_range(self.numel, lost)
+        return bounds
+
+    def norms(self, tensors: Sequence[Tensor]) -> Tensor:
+        """The float32 norm of every tensor, in order; ``ShapesChanged`` where a shape is not the plan's."""
+        if torch.is_grad_enabled():
+            # writing into the buffer (out=) must record no graph, so tensors that require grad
+            # measure too (the monitor measures with gradients off already: no second context)
+            with torch.no_grad():
+                return self.norms(tensors)
+        if not self._chunks:
+            if [t.shape for t in tensors] != self.shapes:
+                raise ShapesChanged
             return torch.stack(torch._foreach_norm(tensors, 2.0))
-        pieces = []
-        for positions, shape in self.chunks:
-            stacked = self._buffer[:len(positions) * shape.numel()].view(len(positions), *shape)
-            torch.stack([tensors[i] for i in positions], out=stacked)
-            pieces.append(torch.linalg.vector_norm(stacked.view(len(positions), -1), dim=1))
-        if self.singles:
-            pieces.append(torch.stack(torch._foreach_norm([tensors[i] for i in self.singles], 2.0)))
-        return torch.cat(pieces)[self.order]
+        for pick, shape, stacked, rows, norms in self._chunks:
+            chunk = pick(tensors)
+            if chunk[0].shape != shape:
+                raise ShapesChanged
+            torch.stack(chunk, out=stacked)  # refuses a tensor whose shape is not the first one's
+            torch.linalg.vector_norm(rows, dim=1, out=norms)
+        if self._pick_singles is not None:
+            singles = self._pick_singles(tensors)
+            if [t.shape for t in singles] != self._single_shapes:
+                raise ShapesChanged
+            torch.stack(torch._foreach_norm(singles, 2.0), out=self._single_norms)
+        return self._measured[self._order]
+
+
+def _trust_range(numel: Tensor, lost: float) -> tuple[Tensor, Tensor]:
+    """Per tensor of ``numel`` elements, the least and the most square of a float32 norm trusted
+    where each square loses up to ``lost`` to underflow: a million times what they can lose
+    together, and float32's largest squared (no finite float32 norm squares past it; inf does)."""
+    floor = numel * (lost * UNDERFLOW_MARGIN)
+    return floor, torch.full_like(floor, FLOAT32_MAX * FLOAT32_MAX)
 
 
 def fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None = None) -> Tensor:
@@ -232,24 +311,39 @@ def fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None = None) -> 
 
 
 def _fused_norms(tensors: list[Tensor], scratch: ScaledScratch | None) -> Tensor:
-    device = tensors[0].device
     if not _float32_on_cpu(tensors):
-        return stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), device)
-    lost = _square_underflow_loss()
+        return stack_on(torch._foreach_norm(tensors, 2.0, dtype=NORM_DTYPE), tensors[0].device)
     kept = scratch is not None
     scratch = scratch if scratch is not None else ScaledScratch()
     guessed = scratch.exponents_for(len(tensors))
+    # what one square can lose to underflow, read from the kernel where some tensor needs it
+    lost = _square_underflow_loss() if guessed else None
     plain = range(len(tensors)) if not guessed else [i for i in range(len(tensors)) if i not in guessed]
     plain_tensors = tensors if not guessed else [tensors[i] for i in plain]
     redo: list[tuple[int, float]] = []
     first = None
     exact_zeros: list[int] = []
     if plain_tensors:
-        # stacked by shape only with a kept scratch: the grouping is worked out once for many calls
-        first = (scratch.float32_norms(plain_tensors) if kept
-                 else torch.stack(torch._foreach_norm(plain_tensors, 2.0))).to(NORM_DTYPE)
-        numel = scratch.numel_of(plain_tensors)
-        trusted = torch.isfinite(first) & (first.square() >= numel * (lost * UNDERFLOW_MARGIN))
+        if kept:
+            # stacked by shape only with a kept scratch: the grouping is worked out once for many calls
+            first32, groups = scratch.float32_norms(plain_tensors)
+            trust_range = groups.trust_range
+        else:
+            first32 = torch.stack(torch._foreach_norm(plain_tensors, 2.0))
+            numel = torch.tensor([t.numel() for t in plain_tensors], dtype=NORM_DTYPE)
+            trust_range = lambda loss: _trust_range(numel, loss)  # noqa: E731
+        first = first32.to(NORM_DTYPE)
+        squares = first.square()
+        if lost is None:
+            # trusted against the most a square can lose (flushed to zero) whatever the CPU's mode:
+            # the usual call, which needs no probe of the kernel. In two kernels: a square clamped
+            # into its range and left as it was is in it (nan equals nothing; inf is clamped)
+            if torch.equal(squares.clamp(*trust_range(FLOAT32_SMALLEST_NORMAL)), squares):
+                scratch.remember(len(tensors), {})
+                return first
+            lost = _square_underflow_loss()
+        floor, ceiling = trust_range(lost)
+        trusted = (squares >= floor) & (squares <= ceiling)
         # on the CPU this reads memory the norms are already in: no device transfer
         bad = (~trusted).nonzero().flatten().tolist()
         bad_norms = first[bad].tolist() if bad else []
