@@ -18,8 +18,8 @@ optimizer step, or at the next ``step()``). A detailed step (``detail_every``) a
 norms, the largest gradient element, the post-clip norms (only where something changed the
 gradients after ``step()``: their version counters say so), the real update (a copy of the
 weights before the optimizer step, whose memory is kept between detailed steps on the CPU: the
-one copy of the parameters the monitor makes, none with ``update_ratio=False``), the extremes of
-every weight layer's output and seven kernels per activation output (``forward_tally.py``), and
+one copy of the parameters the monitor makes, none with ``update_ratio=False``), whether every
+weight layer's output is finite and a few kernels per activation output (``forward_tally.py``), and
 a zero probe added to each recurrent layer's input (and to each ``watch_time`` tensor) for its gradient through time. Other
 steps cost a counter increment. Once, at the first training forward pass, each repeated block's
 autograd graph is read for a skip path. A non-finite loss or gradient found on a step whose forward
