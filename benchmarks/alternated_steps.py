@@ -20,11 +20,16 @@ import sys
 import time
 from collections.abc import Callable
 
-import torch
-import torch.nn.functional as F
+from pathlib import Path
 
-import gradhealth
-from gradhealth.monitor import GradientMonitor
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+
+import gradhealth  # noqa: E402
+from gradhealth.monitor import GradientMonitor  # noqa: E402
 
 MODELS = {
     "mlp50": ("mlp:depth=50,width=256", lambda: torch.randn(128, 64)),
@@ -36,19 +41,12 @@ PAIRS_PER_BLOCK = 10
 
 
 def twin_step(template: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, monitor: dict | None) -> Callable[[], None]:
+    """A step of a fresh copy of ``template``: plain, or with a GradientMonitor of these options."""
     model = copy.deepcopy(template)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    mon = GradientMonitor(model, optimizer=opt, **monitor).attach() if monitor is not None else None
-
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        if mon is not None:
-            mon.step(loss=loss)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+    opt = harness.new_optimizer(model)
+    if monitor is None:
+        return harness.plain_step(model, opt, x, y)
+    return harness.monitored_step(model, opt, x, y, GradientMonitor(model, optimizer=opt, **monitor).attach())
 
 
 def main(argv: list[str] | None = None) -> int:
